@@ -1,0 +1,136 @@
+"""LlamaGen (raster next-token prediction, class-to-image): presets and the official key maps.
+
+Official files: ``vq_ds16_c2i.pt`` (VQ-16) and ``c2i_{B,L,XL,XXL,3B}_{256,384}.pt``.  The GPT's head count
+is not visible in its shapes (q, k, v are fused), so it comes from the preset matching (depth, width), or
+an argument; the image size (hence the token grid) is an argument (default 256).
+"""
+
+from __future__ import annotations
+
+import re
+
+from arvision.checkpoints import KeyMap
+from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
+from arvision.errors import CheckpointError
+from arvision.families.var import _count, _need
+
+# name -> (depth, width, heads)
+PRESETS = {
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (36, 1280, 20),
+    "XXL": (48, 1536, 24),
+    "3B": (24, 3200, 32),
+}
+HEADS_BY_SHAPE = {(d, w): h for d, w, h in PRESETS.values()}
+
+
+def vq_keymap(levels: int) -> KeyMap:
+    """LlamaGen's encoder/decoder names -> ours (VAR's layout).  Its decoder lists levels from the lowest
+    resolution up, ours by resolution level, hence the index flip."""
+
+    def dec_in(m):
+        return f"decoder.up.{levels - 1 - int(m.group(1))}.{ {'res': 'block'}.get(m.group(2), m.group(2)) }"
+
+    def dec_out(m):
+        return f"decoder.conv_blocks.{levels - 1 - int(m.group(1))}.{ {'block': 'res'}.get(m.group(2), m.group(2)) }"
+
+    mid = {"0": "block_1", "1": "attn_1", "2": "block_2"}
+    mid_back = {v: k for k, v in mid.items()}
+    return KeyMap(
+        rules=[
+            (r"^encoder\.conv_blocks\.(\d+)\.res\.", r"encoder.down.\1.block.",
+             r"^encoder\.down\.(\d+)\.block\.", r"encoder.conv_blocks.\1.res."),
+            (r"^encoder\.conv_blocks\.(\d+)\.(attn|downsample)\.", r"encoder.down.\1.\2.",
+             r"^encoder\.down\.(\d+)\.(attn|downsample)\.", r"encoder.conv_blocks.\1.\2."),
+            (r"^decoder\.conv_blocks\.(\d+)\.(res|attn|upsample)", dec_in,
+             r"^decoder\.up\.(\d+)\.(block|attn|upsample)", dec_out),
+            (r"^(encoder|decoder)\.mid\.([012])\.", lambda m: f"{m.group(1)}.mid.{mid[m.group(2)]}.",
+             r"^(encoder|decoder)\.mid\.(block_1|attn_1|block_2)\.",
+             lambda m: f"{m.group(1)}.mid.{mid_back[m.group(2)]}."),
+        ],
+        buffers=(r"quantize\.codebook_used",),
+    )
+
+
+GPT_KEYMAP = KeyMap(
+    rules=[
+        (r"^cls_embedding\.embedding_table\.", "class_emb.", r"^class_emb\.", "cls_embedding.embedding_table."),
+        (r"^tok_embeddings\.", "input_proj.", r"^input_proj\.", "tok_embeddings."),
+        (r"^layers\.(\d+)\.attention\.wqkv\.", r"blocks.\1.attn.qkv.", r"^blocks\.(\d+)\.attn\.qkv\.",
+         r"layers.\1.attention.wqkv."),
+        (r"^layers\.(\d+)\.attention\.wo\.", r"blocks.\1.attn.proj.", r"^blocks\.(\d+)\.attn\.proj\.",
+         r"layers.\1.attention.wo."),
+        (r"^layers\.(\d+)\.feed_forward\.", r"blocks.\1.mlp.", r"^blocks\.(\d+)\.mlp\.", r"layers.\1.feed_forward."),
+        (r"^layers\.(\d+)\.attention_norm\.", r"blocks.\1.attn_norm.", r"^blocks\.(\d+)\.attn_norm\.",
+         r"layers.\1.attention_norm."),
+        (r"^layers\.(\d+)\.ffn_norm\.", r"blocks.\1.mlp_norm.", r"^blocks\.(\d+)\.mlp_norm\.", r"layers.\1.ffn_norm."),
+        (r"^norm\.", "head_norm.", r"^head_norm\.", "norm."),
+        (r"^output\.", "head.", r"^head\.", "output."),
+    ],
+    buffers=(r"freqs_cis",),
+)
+
+
+def tokenizer_config_from_official(vq_sd: dict, vq_ch: int | None = None) -> TokenizerConfig:
+    what = "LlamaGen VQ checkpoint"
+    if "quantize.ema_vocab_hit_SV" in vq_sd or any(k.startswith("encoder.down.") for k in vq_sd):
+        raise CheckpointError("this is VAR's VQ-VAE, not a LlamaGen VQ: use `arvision convert var`")
+    emb = _need(vq_sd, "quantize.embedding.weight", what)
+    ch = _need(vq_sd, "encoder.conv_in.weight", what).shape[0]
+    if vq_ch is not None and vq_ch != ch:
+        raise CheckpointError(f"--vq-ch {vq_ch} disagrees with the checkpoint (encoder.conv_in has {ch} channels)")
+    levels = _count(vq_sd, r"^encoder\.conv_blocks\.(\d+)\.")
+    enc = tuple(int(_need(vq_sd, f"encoder.conv_blocks.{i}.res.0.conv1.weight", what).shape[0] // ch)
+                for i in range(levels))
+    dec_levels = _count(vq_sd, r"^decoder\.conv_blocks\.(\d+)\.")
+    dec = tuple(int(_need(vq_sd, f"decoder.conv_blocks.{dec_levels - 1 - i}.res.0.conv1.weight", what).shape[0]
+                    // ch) for i in range(dec_levels))
+    blocks = _count(vq_sd, r"^encoder\.conv_blocks\.0\.res\.(\d+)\.")
+    return TokenizerConfig(
+        kind="vq", vocab_size=emb.shape[0], embed_dim=emb.shape[1],
+        z_channels=_need(vq_sd, "encoder.conv_out.weight", what).shape[0], ch=ch, ch_mult=enc,
+        decoder_ch_mult=None if dec == enc else dec, num_res_blocks=blocks,
+        attn_style="split" if any(re.search(r"\.attn\.\d+\.q\.", k) for k in vq_sd) else "fused",
+        quant_conv_ks=_need(vq_sd, "quant_conv.weight", what).shape[-1], l2_norm=True)
+
+
+def config_from_official(vq_sd: dict, gpt_sd: dict, image_size: int = 256, vq_ch: int | None = None,
+                         num_heads: int | None = None, num_classes: int | None = None) -> ModelConfig:
+    what = "LlamaGen GPT checkpoint"
+    if "class_emb.weight" in gpt_sd or "pos_1LC" in gpt_sd:
+        raise CheckpointError("this is a VAR transformer checkpoint, not LlamaGen: use `arvision convert var`")
+    tok = tokenizer_config_from_official(vq_sd, vq_ch)
+    emb = _need(gpt_sd, "tok_embeddings.weight", what)
+    vocab, width = emb.shape
+    depth = _count(gpt_sd, r"^layers\.(\d+)\.")
+    qkv = _need(gpt_sd, "layers.0.attention.wqkv.weight", what)
+    if qkv.shape[0] != 3 * width:
+        raise CheckpointError(f"layers.0.attention.wqkv has {qkv.shape[0]} rows, not 3 x {width}: grouped-query "
+                              "attention (n_kv_head < n_head) is not supported")
+    heads = num_heads or HEADS_BY_SHAPE.get((depth, width)) or max(width // 64, 1)
+    if num_heads is not None and (depth, width) in HEADS_BY_SHAPE and HEADS_BY_SHAPE[(depth, width)] != num_heads:
+        raise CheckpointError(f"--num-heads {num_heads} disagrees with the released model of this shape "
+                              f"({HEADS_BY_SHAPE[(depth, width)]} heads)")
+    cls = _need(gpt_sd, "cls_embedding.embedding_table.weight", what)
+    classes = cls.shape[0] - 1
+    if num_classes is not None and num_classes != classes:
+        raise CheckpointError(f"--num-classes {num_classes} disagrees with the checkpoint ({classes} classes + 1 null)")
+    tr = TransformerConfig(block="llama", width=width, depth=depth, num_heads=heads, vocab_size=vocab,
+                           num_classes=classes, in_channels=tok.embed_dim,
+                           ffn_hidden=_need(gpt_sd, "layers.0.feed_forward.w1.weight", what).shape[0])
+    if tok.vocab_size != vocab:
+        raise CheckpointError(f"the VQ codebook has {tok.vocab_size} codes but the GPT predicts {vocab}")
+    return ModelConfig(family="llamagen", image_size=image_size, tokenizer=tok, transformer=tr)
+
+
+def preset_config(name: str, image_size: int = 256, num_classes: int = 1000) -> ModelConfig:
+    """GPT-``name`` (B, L, XL, XXL, 3B) with the released VQ-16."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown LlamaGen preset {name!r}; known: {sorted(PRESETS)}")
+    depth, width, heads = PRESETS[name]
+    tok = TokenizerConfig(kind="vq", vocab_size=16384, embed_dim=8, z_channels=256, ch=128,
+                          attn_style="split", quant_conv_ks=1, l2_norm=True)
+    tr = TransformerConfig(block="llama", width=width, depth=depth, num_heads=heads, vocab_size=16384,
+                           num_classes=num_classes, in_channels=8)
+    return ModelConfig(family="llamagen", image_size=image_size, tokenizer=tok, transformer=tr)

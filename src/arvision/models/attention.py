@@ -1,0 +1,119 @@
+"""Multi-head self-attention with the options both families need, a static KV cache, and 2-D RoPE."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once for (batch, heads, length, head_dim).
+
+    Step s writes its keys at positions [begin, end) and attends to [0, end): no reallocation, no copies of the
+    history.  ``rollback(n)`` (speculative decoding) just moves ``filled`` back.
+    """
+
+    def __init__(self, depth: int, batch: int, heads: int, length: int, head_dim: int,
+                 dtype=torch.float32, device=None):
+        shape = (depth, batch, heads, length, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.filled = 0
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def write(self, layer: int, begin: int, k: torch.Tensor, v: torch.Tensor):
+        """k, v (B, H, n, hd) at positions [begin, begin+n) -> views of all keys/values in [0, begin+n)."""
+        end = begin + k.shape[2]
+        self.k[layer, :, :, begin:end] = k
+        self.v[layer, :, :, begin:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def rope_2d_table(grid: tuple[int, int], head_dim: int, base: float, num_prefix: int) -> torch.Tensor:
+    """LlamaGen's 2-D rotary table: (num_prefix + h*w, head_dim/2, 2) of (cos, sin).
+
+    The first half of the head_dim/2 rotation pairs turns with the row index, the second half with the column
+    index.  Prefix (class-token) positions get (0, 0), which zeroes their q and k: a quirk of the released
+    models that parity requires.
+    """
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    h, w = grid
+    rows = torch.outer(torch.arange(h).float(), freqs)  # (h, hd/4)
+    cols = torch.outer(torch.arange(w).float(), freqs)  # (w, hd/4)
+    angles = torch.cat([rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1)
+    table = torch.stack([angles.cos(), angles.sin()], dim=-1).flatten(0, 1)  # (h*w, hd/2, 2)
+    return torch.cat([torch.zeros(num_prefix, half, 2), table])
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """x (B, n, H, hd), table (n, hd/2, 2) -> rotated x; adjacent element pairs rotate, in fp32."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    t = table.view(1, xs.shape[1], 1, xs.shape[3], 2)
+    out = torch.stack([xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1],
+                       xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    """Self-attention over (B, n, C).
+
+    qv_bias: learnable q and v biases, none on k (VAR).  l2_norm: unit-normalised q and k with a learnable
+    per-head temperature exp(min(scale_mul, ln 100)) and softmax scale 1 (VAR); otherwise 1/sqrt(hd).
+    """
+
+    def __init__(self, width: int, heads: int, qv_bias: bool, l2_norm: bool, proj_bias: bool,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        if qv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(width))
+            self.v_bias = nn.Parameter(torch.zeros(width))
+            # VAR's "zero" k bias is a saved buffer, not a constant: a checkpoint may hold other values
+            # (the parity vectors do), and the official code adds whatever was loaded.
+            self.register_buffer("k_bias", torch.zeros(width))
+        else:
+            self.q_bias = None
+        self.l2_norm = l2_norm
+        if l2_norm:
+            self.scale_mul = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+            self.max_scale_mul = math.log(100)
+        self.proj = nn.Linear(width, width, bias=proj_bias)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0, begin: int = 0) -> torch.Tensor:
+        """x (B, n, C).  Without a cache: attention among the n positions under ``attn_bias`` (n, n).
+        With a cache: these n positions sit at [begin, begin+n) and see everything cached before them."""
+        B, n, C = x.shape
+        bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).view(B, n, 3, self.heads, self.head_dim)
+        if rope is not None:
+            q, k, v = qkv.unbind(dim=2)  # (B, n, H, hd)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(dim=0)  # (B, H, n, hd)
+        scale = None
+        if self.l2_norm:
+            q = F.normalize(q, dim=-1).mul(self.scale_mul.clamp_max(self.max_scale_mul).exp())
+            k = F.normalize(k, dim=-1)
+            scale = 1.0
+        if cache is not None:
+            k, v = cache.write(layer, begin, k, v)
+            q = q.to(k.dtype)  # under autocast q may leave the l2-norm in fp32 while the cache is bf16
+        mask = None if attn_bias is None else attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(B, n, C))

@@ -1,0 +1,110 @@
+"""Transformer blocks: VAR's AdaLN block and LlamaGen's RMSNorm/SwiGLU block, sharing one Attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arvision.models.attention import Attention
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(width, hidden, bias=False)
+        self.w3 = nn.Linear(width, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, width, bias=False)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class AdaLNBlock(nn.Module):
+    """VAR block: x += g1 * attn(LN(x)(1+s1)+b1); x += g2 * mlp(LN(x)(1+s2)+b2).
+
+    The six modulation vectors come from ``ada_lin(silu(cond))`` (B, 6C) in the order g1, g2, s1, s2, b1, b2,
+    or, with shared AdaLN, from a per-block ``ada_gss`` (1, 1, 6, C) added to one shared projection.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, eps: float, shared: bool, l2_norm: bool,
+                 drop_path: float = 0.0, dropout: float = 0.0):
+        super().__init__()
+        self.width = width
+        self.attn = Attention(width, heads, qv_bias=True, l2_norm=l2_norm, proj_bias=True, dropout=dropout)
+        self.mlp = GeluMLP(width, round(width * mlp_ratio), dropout)
+        self.eps = eps
+        self.shared = shared
+        if shared:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, width) / width**0.5)
+        else:
+            self.ada_lin = nn.Linear(width, 6 * width)
+        self.drop_path = DropPath(drop_path)
+
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond: (B, C) class embedding, or (B, 1, 6, C) shared projection -> (B, 1, 6, C)."""
+        if self.shared:
+            return self.ada_gss + cond
+        return self.ada_lin(F.silu(cond)).view(-1, 1, 6, self.width)
+
+    def forward(self, x, cond, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
+        g1, g2, s1, s2, b1, b2 = self.modulation(cond).unbind(2)
+        ln = F.layer_norm(x, (self.width,), eps=self.eps)
+        x = x + self.drop_path(self.attn(ln.mul(s1.add(1)).add_(b1), rope, attn_bias, cache, layer, begin).mul_(g1))
+        ln = F.layer_norm(x, (self.width,), eps=self.eps)
+        return x + self.drop_path(self.mlp(ln.mul(s2.add(1)).add_(b2)).mul(g2))
+
+
+class LlamaBlock(nn.Module):
+    """LlamaGen block: pre-RMSNorm attention and SwiGLU, plain residuals; ``cond`` is unused."""
+
+    def __init__(self, width: int, heads: int, ffn_hidden: int, eps: float, drop_path: float = 0.0,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.attn_norm = RMSNorm(width, eps)
+        self.attn = Attention(width, heads, qv_bias=False, l2_norm=False, proj_bias=False, dropout=0.0)
+        self.mlp_norm = RMSNorm(width, eps)
+        self.mlp = SwiGLU(width, ffn_hidden, dropout)
+        self.resid_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, cond, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
+        h = x + self.drop_path(self.resid_drop(self.attn(self.attn_norm(x), rope, attn_bias, cache, layer, begin)))
+        return h + self.drop_path(self.mlp(self.mlp_norm(h)))

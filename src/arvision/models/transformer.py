@@ -1,0 +1,157 @@
+"""The AR trunk + categorical head: one transformer, two entry points.
+
+``forward``        the whole sequence under the schedule's block-causal mask (training, parity checks).
+``forward_step``   one step's positions against a KV cache (sampling).
+
+Both build their input with ``embed``: the first step is fed the conditioning (class embedding, plus
+``pos_start`` for VAR), later steps the input builder's output (canvas features for VAR, token ids for
+raster models) through ``input_proj``.  Positions are learned (VAR: per-position + per-level embedding) or
+2-D RoPE inside attention (LlamaGen).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arvision.config import TransformerConfig
+from arvision.models.attention import KVCache, rope_2d_table
+from arvision.models.blocks import AdaLNBlock, LlamaBlock, RMSNorm
+from arvision.schedules import Schedule
+
+
+class AdaLNHeadNorm(nn.Module):
+    """LN(x)(1 + scale) + shift with (scale, shift) = ada_lin(silu(cond)) (B, 2C)."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.width, self.eps = width, eps
+        self.ada_lin = nn.Linear(width, 2 * width)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(F.silu(cond)).view(-1, 1, 2, self.width).unbind(2)
+        return F.layer_norm(x, (self.width,), eps=self.eps).mul(scale.add(1)).add_(shift)
+
+
+class ARTransformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, schedule: Schedule):
+        super().__init__()
+        self.cfg, self.schedule = cfg, schedule
+        C, L = cfg.width, schedule.length
+        self.adaln = cfg.block == "adaln"
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # row num_classes = null class
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        if self.adaln:
+            self.input_proj = nn.Linear(cfg.in_channels, C)
+            self.pos_start = nn.Parameter(torch.zeros(1, schedule.first_len, C))
+            self.pos_embed = nn.Parameter(torch.zeros(1, L, C))
+            self.lvl_embed = nn.Embedding(schedule.num_steps, C)
+            self.shared_ada_lin = nn.Linear(C, 6 * C) if cfg.shared_adaln else None
+            self.blocks = nn.ModuleList(
+                AdaLNBlock(C, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.shared_adaln, cfg.attn_l2_norm,
+                           dpr[i], cfg.dropout) for i in range(cfg.depth))
+            self.head_norm = AdaLNHeadNorm(C, cfg.norm_eps)
+            self.head = nn.Linear(C, cfg.vocab_size)
+            self.register_buffer("step_ids", schedule.step_ids(), persistent=False)
+        else:
+            self.input_proj = nn.Embedding(cfg.vocab_size, C)
+            self.blocks = nn.ModuleList(
+                LlamaBlock(C, cfg.num_heads, cfg.ffn_hidden, cfg.norm_eps, dpr[i], cfg.dropout)
+                for i in range(cfg.depth))
+            self.head_norm = RMSNorm(C, cfg.norm_eps)
+            self.head = nn.Linear(C, cfg.vocab_size, bias=False)
+            # Rotary angles of positions [cls, grid_0, ..., grid_{L-2}]: position i is fed the token that
+            # sits at grid cell i-1 (shifted raster input), cell -1 being the class token.
+            table = rope_2d_table(schedule.image_grid, cfg.head_dim, cfg.rope_base, schedule.first_len)
+            self.register_buffer("rope", table[:L].contiguous(), persistent=False)
+
+    # -- pieces shared by both entry points ------------------------------------------------------------
+    def condition(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """labels (B,) -> (class embedding (B, C), block conditioning: (B, C) or shared (B, 1, 6, C))."""
+        cond = self.class_emb(labels)
+        if self.adaln and self.shared_ada_lin is not None:
+            return cond, self.shared_ada_lin(F.silu(cond)).view(-1, 1, 6, self.cfg.width)
+        return cond, cond
+
+    def embed(self, cond: torch.Tensor, x_in: torch.Tensor | None, begin: int, end: int) -> torch.Tensor:
+        """Hidden input (B, end-begin, C) of positions [begin, end).
+
+        x_in feeds the positions from max(begin, first_len) on: (B, n, in_channels) canvas features (VAR)
+        or (B, n) token ids (raster)."""
+        parts = []
+        if begin == 0:
+            first = cond.unsqueeze(1).expand(-1, self.schedule.first_len, -1)
+            parts.append(first + self.pos_start.expand(cond.shape[0], -1, -1) if self.adaln else first)
+        if x_in is not None and x_in.shape[1] > 0:
+            parts.append(self.input_proj(x_in))
+        h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self.adaln:
+            h = h + (self.lvl_embed(self.step_ids[begin:end]) + self.pos_embed[:, begin:end])
+        return h
+
+    def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Hidden (B, n, C) -> logits (B, n, V) in fp32."""
+        if self.adaln:
+            return self.head(self.head_norm(h.float(), cond)).float()
+        return self.head(self.head_norm(h)).float()
+
+    # -- entry points -------------------------------------------------------------------------------
+    def forward(self, labels: torch.Tensor, x_in: torch.Tensor | None) -> torch.Tensor:
+        """Teacher forcing.  labels (B,), x_in for positions first_len..L-1 -> logits (B, L, V)."""
+        L = self.schedule.length
+        cond, block_cond = self.condition(labels)
+        h = self.embed(cond, x_in, 0, L)
+        bias = self.schedule.attn_bias(device=h.device)
+        rope = None if self.adaln else self.rope
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, block_cond, rope, bias, None, i, 0)
+        return self.logits(h, cond)
+
+    def forward_step(self, s: int, cond: tuple[torch.Tensor, torch.Tensor], x_in: torch.Tensor | None,
+                     cache: KVCache) -> torch.Tensor:
+        """Step s.  cond = ``condition(labels)``; x_in (B, n_s, ...) the step's input (None at s=0)
+        -> logits (B, n_s, V).  Keys/values of the step are written to ``cache``."""
+        begin, end = self.schedule.begin_ends[s]
+        class_emb, block_cond = cond
+        h = self.embed(class_emb, x_in, begin, end)
+        rope = None if self.adaln else self.rope[begin:end]
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, block_cond, rope, None, cache, i, begin)
+        return self.logits(h, class_emb)
+
+    def new_cache(self, batch: int, dtype=torch.float32, device=None) -> KVCache:
+        cfg = self.cfg
+        device = device or self.class_emb.weight.device
+        return KVCache(cfg.depth, batch, cfg.num_heads, self.schedule.length, cfg.head_dim, dtype, device)
+
+    # -- initialisation for training from scratch ---------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, adaln_gamma: float = 1e-3) -> None:
+        """VAR: trunc-normal(sqrt(1/3C)), small head and AdaLN gammas, residual outputs / sqrt(2 depth).
+        LlamaGen: normal(0.02), zero output head."""
+        C, depth = self.cfg.width, self.cfg.depth
+        std = math.sqrt(1 / C / 3) if self.adaln else 0.02
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                if self.adaln:
+                    nn.init.trunc_normal_(m.weight, std=std)
+                else:
+                    nn.init.normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        if self.adaln:
+            for p in (self.pos_start, self.pos_embed):
+                nn.init.trunc_normal_(p, std=std)
+            self.head.weight.mul_(0.02)
+            self.head_norm.ada_lin.weight.mul_(0.5)
+            for blk in self.blocks:
+                blk.attn.proj.weight.div_(math.sqrt(2 * depth))
+                blk.mlp.fc2.weight.div_(math.sqrt(2 * depth))
+                if not blk.shared:
+                    blk.ada_lin.weight[2 * C:].mul_(0.5)
+                    blk.ada_lin.weight[: 2 * C].mul_(adaln_gamma)
+        else:
+            nn.init.zeros_(self.head.weight)

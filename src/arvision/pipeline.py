@@ -1,0 +1,225 @@
+"""``ARPipeline``: a tokenizer + transformer + schedule, loaded and saved as a folder, called like diffusers.
+
+    pipe = ARPipeline.from_pretrained("my-model")
+    out = pipe(class_labels=[1, 3, 7], guidance_scale=1.5, top_k=900, top_p=0.96,
+               generator=torch.Generator().manual_seed(0))
+    out.images  # list of PIL images
+
+A model folder holds ``config.json``, ``tokenizer.safetensors`` and ``transformer.safetensors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from arvision.checkpoints import load_strict, read_safetensors, read_torch_checkpoint
+from arvision.config import ModelConfig
+from arvision.errors import ArvisionError
+from arvision.images import to_pil
+from arvision.inputs import build_inputs
+from arvision.models.transformer import ARTransformer
+from arvision.precision import resolve_precision
+from arvision.sampling.loop import generate
+from arvision.sampling.processors import Guidance, TokenSampling
+from arvision.schedules import Schedule
+from arvision.tokenizers.models import build_tokenizer
+
+# Per family: guidance rule, top-p rule, and defaults (VAR: its FID protocol; LlamaGen: its README).
+FAMILY_SAMPLING = {
+    "var": dict(guidance="ramp", top_p_rule="ascending", guidance_scale=1.5, top_k=900, top_p=0.96),
+    "llamagen": dict(guidance="constant", top_p_rule="descending", guidance_scale=2.0, top_k=0, top_p=0.0),
+}
+OUTPUT_TYPES = ("pil", "pt", "tokens")
+
+
+@dataclass
+class GenerationOutput:
+    images: list | torch.Tensor | None  # PIL images, or (B, 3, H, W) in [0, 1] for output_type="pt"
+    tokens: torch.Tensor  # (B, L) int64 in schedule order
+    step_tokens: list[torch.Tensor]  # per step (B, n_s) for scale-wise models; [tokens] for raster models
+    class_labels: list[int]
+
+
+def schedule_for(config: ModelConfig) -> Schedule:
+    if config.family == "var":
+        return Schedule.scales(config.tokenizer.patch_nums)
+    return Schedule.raster(config.latent_size)
+
+
+class ARPipeline:
+    def __init__(self, config: ModelConfig, tokenizer=None, transformer=None):
+        self.config = config
+        self.schedule = schedule_for(config)
+        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.tokenizer)
+        self.transformer = transformer if transformer is not None else ARTransformer(config.transformer,
+                                                                                     self.schedule)
+        self.tokenizer.eval().requires_grad_(False)
+        self.transformer.eval().requires_grad_(False)
+        self.inputs = build_inputs(self.tokenizer, self.schedule)
+
+    # -- persistence -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> ARPipeline:
+        """Load a model folder (config.json + safetensors).  A name that is not a local folder is looked up on
+        the Hugging Face Hub (needs network)."""
+        folder = Path(path)
+        if not folder.exists():
+            if "/" in str(path) and not str(path).startswith((".", "/")):
+                folder = _download(str(path))
+            else:
+                raise ArvisionError(f"model folder not found: {path}")
+        if not folder.is_dir():
+            raise ArvisionError(f"{path} is a file; expected a model folder with config.json "
+                                "(use `arvision convert` for official .pth checkpoints)")
+        config = ModelConfig.load(folder / "config.json")
+        pipe = cls(config)
+        load_strict(pipe.tokenizer, read_safetensors(folder / "tokenizer.safetensors"),
+                    str(folder / "tokenizer.safetensors"))
+        load_strict(pipe.transformer, read_safetensors(folder / "transformer.safetensors"),
+                    str(folder / "transformer.safetensors"))
+        return pipe.to(device) if device is not None else pipe
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise ArvisionError(f"cannot save to {folder}: a file is in the way")
+        if not folder.parent.is_dir():
+            raise ArvisionError(f"cannot save to {folder}: parent folder {folder.parent} does not exist")
+        folder.mkdir(exist_ok=True)
+        for name, module in (("tokenizer", self.tokenizer), ("transformer", self.transformer)):
+            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(state, str(folder / f"{name}.safetensors"), metadata={"format": "pt", "arvision": name})
+        self.config.save(folder / "config.json")
+        return folder
+
+    @classmethod
+    def from_official(cls, family: str, tokenizer_ckpt, transformer_ckpt, **options) -> ARPipeline:
+        """Build from the official ``.pth``/``.pt`` files.  options: VAR ``patch_nums``, ``num_classes``;
+        LlamaGen ``image_size``, ``vq_ch``, ``num_heads``, ``num_classes``."""
+        from arvision.families import llamagen, var
+
+        tok_sd = read_torch_checkpoint(tokenizer_ckpt)
+        tr_sd = read_torch_checkpoint(transformer_ckpt)
+        if family == "var":
+            config = var.config_from_official(tok_sd, tr_sd, **options)
+            tok_map, tr_map = var.VAE_KEYMAP, var.VAR_KEYMAP
+            tok_buf, tr_buf = var.expected_buffers(config)
+        elif family == "llamagen":
+            config = llamagen.config_from_official(tok_sd, tr_sd, **options)
+            tok_map, tr_map = llamagen.vq_keymap(len(config.tokenizer.dec_ch_mult)), llamagen.GPT_KEYMAP
+            tok_buf, tr_buf = {"quantize.codebook_used": (None,)}, {}
+        else:
+            raise ArvisionError(f"unknown family {family!r}; use 'var' or 'llamagen'")
+        pipe = cls(config)
+        load_strict(pipe.tokenizer, tok_sd, str(tokenizer_ckpt), tok_map, tok_buf)
+        load_strict(pipe.transformer, tr_sd, str(transformer_ckpt), tr_map, tr_buf)
+        return pipe
+
+    def to(self, device) -> ARPipeline:
+        self.tokenizer.to(device)
+        self.transformer.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.class_emb.weight.device
+
+    # -- sampling ------------------------------------------------------------------------------------
+    def sampling_settings(self, guidance_scale=None, top_k=None, top_p=None, temperature=1.0):
+        """Validate user settings (None = family default) -> (Guidance, TokenSampling)."""
+        fam = FAMILY_SAMPLING[self.config.family]
+        V = self.config.transformer.vocab_size
+        if guidance_scale is None:
+            guidance_scale = fam["guidance_scale"]
+        if top_k is None:
+            top_k = min(fam["top_k"], V)
+        if top_p is None:
+            top_p = fam["top_p"]
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ArvisionError(f"guidance scale must be >= 0, got {guidance_scale}")
+        if not isinstance(top_k, int) or top_k < 0 or top_k > V:
+            raise ArvisionError(f"top-k must be an integer in [0, {V}] (0 = off; the vocabulary has {V} codes), "
+                                f"got {top_k}")
+        if not isinstance(top_p, (int, float)) or not 0.0 <= top_p <= 1.0:
+            raise ArvisionError(f"top-p must be in [0, 1] (0 = off), got {top_p}")
+        if not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ArvisionError(f"temperature must be > 0, got {temperature}")
+        return (Guidance(fam["guidance"], float(guidance_scale)),
+                TokenSampling(float(temperature), int(top_k), float(top_p), fam["top_p_rule"]))
+
+    def check_labels(self, class_labels) -> list[int]:
+        n = self.config.num_classes
+        if isinstance(class_labels, int):
+            class_labels = [class_labels]
+        labels = [int(c) for c in class_labels]
+        if not labels:
+            raise ArvisionError("no class labels given")
+        bad = [c for c in labels if not 0 <= c < n]
+        if bad:
+            raise ArvisionError(f"class id(s) {bad} out of range: this model has {n} classes (0..{n - 1})")
+        return labels
+
+    def __call__(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0,
+                 generator: torch.Generator | None = None, more_smooth: bool = False,
+                 output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
+                 progress: bool = False) -> GenerationOutput:
+        """Generate one image per class label.
+
+        guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
+        filter off.  ``generator`` is consumed exactly as the official sampler consumes its own, so the same
+        seed gives the official tokens (in fp32).  ``batch_size`` splits the labels into batches that run one
+        after another on the same generator.  ``precision``: "fp32" (exact), "bf16", or "auto" (by hardware).
+        """
+        labels = self.check_labels(class_labels)
+        guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
+        if output_type not in OUTPUT_TYPES:
+            raise ArvisionError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if more_smooth and self.config.family != "var":
+            raise ArvisionError("more_smooth (Gumbel smoothing) exists only for VAR models")
+        dtype = resolve_precision(precision, self.device)
+        bs = batch_size or len(labels)
+        if bs < 1:
+            raise ArvisionError(f"batch size must be >= 1, got {batch_size}")
+        tokens, images = [], []
+        for i in range(0, len(labels), bs):
+            lab = torch.tensor(labels[i:i + bs], device=self.device)
+            res = generate(self.transformer, self.inputs, lab, guidance, sampling, generator, more_smooth, dtype,
+                           progress)
+            tokens.append(res.tokens)
+            if output_type != "tokens":
+                with torch.no_grad():
+                    images.append(self.inputs.finish(res.state, res.tokens).float().add(1).mul(0.5).cpu())
+        tokens = torch.cat(tokens)
+        out_images = None
+        if output_type != "tokens":
+            out_images = torch.cat(images)
+            if output_type == "pil":
+                out_images = to_pil(out_images)
+        return GenerationOutput(out_images, tokens, self.inputs.split(tokens), labels)
+
+    # -- tokenizer round trip ------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [-1, 1] -> (B, L) token ids in schedule order."""
+        return self.inputs.targets(images.to(self.device))
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> images (B, 3, H, W) in [-1, 1]."""
+        return self.inputs.decode(tokens.to(self.device)).clamp(-1, 1)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors"]))
+    except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one message for the user
+        raise ArvisionError(f"{repo_id!r} is not a local folder and could not be fetched from the Hub: {e}") from None

@@ -1,0 +1,62 @@
+"""The one generation loop, for every family.
+
+for each step s: build the input from the canvas -> trunk step with the KV cache -> logits -> guidance ->
+processors -> choose tokens -> update the canvas.  Families differ only in the parts plugged in (input
+builder, guidance rule, top-p rule); later methods plug in here as policies, never as a second loop.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from arvision.sampling.processors import Guidance, TokenSampling, gumbel_soft_codes
+
+
+@dataclass
+class LoopResult:
+    tokens: torch.Tensor  # (B, L) int64, schedule order
+    state: object  # the input builder's final state (VAR: canvas f_hat)
+
+
+@torch.no_grad()
+def generate(transformer, inputs, labels: torch.Tensor, guidance: Guidance, sampling: TokenSampling,
+             generator: torch.Generator | None = None, more_smooth: bool = False,
+             dtype: torch.dtype = torch.float32, progress: bool = False) -> LoopResult:
+    """Sample token sequences for class ``labels`` (B,).
+
+    transformer: ``ARTransformer``; inputs: an input builder (``arvision.inputs``).  All randomness is drawn
+    from ``generator`` in the order the released samplers draw it.  ``dtype`` other than fp32 runs the trunk
+    under autocast; logits and the canvas stay fp32.
+    """
+    sched = transformer.schedule
+    B, S, device = labels.shape[0], sched.num_steps, labels.device
+    doubled = guidance.doubles_batch
+    null = torch.full_like(labels, transformer.cfg.num_classes)
+    all_labels = torch.cat([labels, null]) if doubled else labels
+    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
+                else nullcontext())
+    with autocast:
+        cond = transformer.condition(all_labels)
+    cache = transformer.new_cache(all_labels.shape[0], dtype=dtype, device=device)
+    state = inputs.start(B, device)
+    tokens = torch.empty(B, sched.length, dtype=torch.long, device=device)
+    codes = inputs.tok.quantize.codes if more_smooth else None
+    x_in = None
+    for s in tqdm(range(S), desc="steps", disable=not progress, leave=False):
+        with autocast:
+            logits = transformer.forward_step(s, cond, x_in, cache)
+        if doubled:
+            logits = guidance.combine(logits[:B], logits[B:], s, S)
+        logits = sampling.process(logits)
+        ids = sampling.draw(logits, generator)
+        begin, end = sched.begin_ends[s]
+        tokens[:, begin:end] = ids
+        embeds = gumbel_soft_codes(logits, s / max(S - 1, 1), codes, generator) if more_smooth else None
+        x_in = inputs.advance(state, s, ids, embeds)
+        if x_in is not None and doubled:
+            x_in = torch.cat([x_in, x_in])
+    return LoopResult(tokens, state)
