@@ -121,6 +121,27 @@ class ARPipeline:
         load_strict(pipe.transformer, tr_sd, str(transformer_ckpt), tr_map, tr_buf)
         return pipe
 
+    def official_state_dicts(self) -> tuple[dict, dict]:
+        """(tokenizer, transformer) state dicts in the official layout and names, recomputed buffers included,
+        loadable by the research code with ``strict=True`` (and by ``from_official``)."""
+        from arvision.families import llamagen, var
+
+        tok = {k: v.detach().clone() for k, v in self.tokenizer.state_dict().items()}
+        tr = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
+        if self.config.family == "var":
+            tok = {var.VAE_KEYMAP.to_official(k): v for k, v in tok.items()}
+            tr = {var.VAR_KEYMAP.to_official(k): v for k, v in tr.items()}
+            S, V = self.schedule.num_steps, self.config.tokenizer.vocab_size
+            tok["quantize.ema_vocab_hit_SV"] = torch.zeros(S, V)
+            tr["lvl_1L"] = self.schedule.step_ids()[None]
+            tr["attn_bias_for_masking"] = self.schedule.attn_bias()[None, None]
+        else:
+            keymap = llamagen.vq_keymap(len(self.config.tokenizer.dec_ch_mult))
+            tok = {keymap.to_official(k): v for k, v in tok.items()}
+            tr = {llamagen.GPT_KEYMAP.to_official(k): v for k, v in tr.items()}
+            tok["quantize.codebook_used"] = torch.zeros(65536)
+        return tok, tr
+
     def to(self, device) -> ARPipeline:
         self.tokenizer.to(device)
         self.transformer.to(device)
