@@ -205,7 +205,7 @@ class ARPipeline:
         if more_smooth and self.config.family != "var":
             raise ArvisionError("more_smooth (Gumbel smoothing) exists only for VAR models")
         dtype = resolve_precision(precision, self.device)
-        bs = batch_size or len(labels)
+        bs = len(labels) if batch_size is None else batch_size
         if bs < 1:
             raise ArvisionError(f"batch size must be >= 1, got {batch_size}")
         tokens, images = [], []

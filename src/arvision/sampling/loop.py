@@ -46,7 +46,7 @@ def generate(transformer, inputs, labels: torch.Tensor, guidance: Guidance, samp
     tokens = torch.empty(B, sched.length, dtype=torch.long, device=device)
     codes = inputs.tok.quantize.codes if more_smooth else None
     x_in = None
-    for s in tqdm(range(S), desc="steps", disable=not progress, leave=False):
+    for s in tqdm(range(S), desc="steps", disable=True if not progress else None, leave=False):
         with autocast:
             logits = transformer.forward_step(s, cond, x_in, cache)
         if doubled:
