@@ -199,3 +199,20 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
     assert Path(tmp_path / "g.png").exists() is False
+
+
+def test_progression_picture_and_api(tmp_path, tiny_model, capsys):
+    from PIL import Image
+
+    from arvision.pipeline import ARPipeline
+
+    path = tmp_path / "prog.png"
+    assert main(["sample", str(tiny_model), "--classes", "2", "4", "--progression", str(path)]) == 0
+    one_row = Image.open(path).size
+    assert main(["sample", str(tiny_model), "--classes", "2", "--progression", str(path)]) == 0
+    assert Image.open(path).size[0] == one_row[0] and Image.open(path).size[1] < one_row[1]
+    pipe = ARPipeline.from_pretrained(tiny_model)
+    out = pipe([2, 4], generator=torch.Generator().manual_seed(0), output_type="pt", return_progression=True)
+    assert len(out.progression) == pipe.schedule.num_steps
+    assert torch.equal(out.progression[-1], out.images)  # the last stage is the final image
+    assert not torch.equal(out.progression[0], out.images)

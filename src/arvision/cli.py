@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write a labelled PNG grid here")
     p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png")
     p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens)")
+    p.add_argument("--progression", help="VAR: write a PNG of each image after every scale (coarse to fine)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("convert", help="convert official checkpoints into an arvision model folder")
@@ -102,10 +103,12 @@ def _load(model: str | None, device: str = "cpu"):
 def _check_outputs(args) -> None:
     from arvision.images import check_output_dir, check_output_file
 
-    if not (args.out or args.out_dir or args.save_tokens):
-        raise ArvisionError("nothing to write: give --out GRID.png, --out-dir DIR and/or --save-tokens FILE")
-    if args.out:
-        check_output_file(args.out)
+    if not (args.out or args.out_dir or args.save_tokens or args.progression):
+        raise ArvisionError("nothing to write: give --out GRID.png, --out-dir DIR, --save-tokens FILE "
+                            "and/or --progression PNG")
+    for path in (args.out, args.progression):
+        if path:
+            check_output_file(path)
     if args.save_tokens:
         check_output_file(args.save_tokens)
     if args.out_dir:
@@ -120,7 +123,8 @@ def run_sampling(pipe, args, progress: bool = True):
     generator = torch.Generator().manual_seed(args.seed)
     return pipe(classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                 temperature=args.temperature, generator=generator, more_smooth=args.smooth,
-                output_type="pil", batch_size=args.batch_size, precision=args.precision, progress=progress)
+                output_type="pil", batch_size=args.batch_size, precision=args.precision, progress=progress,
+                return_progression=bool(getattr(args, "progression", None)))
 
 
 def caption(pipe, k: int) -> str:
@@ -145,6 +149,17 @@ def cmd_sample(args) -> None:
         for i, (im, k) in enumerate(zip(out.images, out.class_labels)):
             im.save(folder / f"{i:05d}_class{k}.png")
         print(f"wrote {len(out.images)} images to {folder}")
+    if args.progression:
+        from arvision.images import make_grid, to_pil
+
+        steps = pipe.schedule.step_grids
+        cells, captions = [], []
+        for b, k in enumerate(out.class_labels):  # one row per image, one column per scale
+            for s, stage in enumerate(out.progression):
+                cells += to_pil(stage[b:b + 1])
+                captions.append(caption(pipe, k) if s == 0 else f"{steps[s][0]}x{steps[s][1]}")
+        make_grid(cells, captions, ncol=len(out.progression)).save(args.progression)
+        print(f"wrote {args.progression}")
     if args.save_tokens:
         from safetensors.torch import save_file
 

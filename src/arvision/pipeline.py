@@ -42,6 +42,7 @@ class GenerationOutput:
     tokens: torch.Tensor  # (B, L) int64 in schedule order
     step_tokens: list[torch.Tensor]  # per step (B, n_s) for scale-wise models; [tokens] for raster models
     class_labels: list[int]
+    progression: list[torch.Tensor] | None = None  # VAR: image after each scale, (B, 3, H, W) in [0, 1]
 
 
 def schedule_for(config: ModelConfig) -> Schedule:
@@ -190,29 +191,35 @@ class ARPipeline:
                  top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0,
                  generator: torch.Generator | None = None, more_smooth: bool = False,
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
-                 progress: bool = False) -> GenerationOutput:
+                 progress: bool = False, return_progression: bool = False) -> GenerationOutput:
         """Generate one image per class label.
 
         guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
         filter off.  ``generator`` is consumed exactly as the official sampler consumes its own, so the same
         seed gives the official tokens (in fp32).  ``batch_size`` splits the labels into batches that run one
         after another on the same generator.  ``precision``: "fp32" (exact), "bf16", or "auto" (by hardware).
+        ``return_progression`` (scale-wise models): also decode the canvas after every scale.
         """
         labels = self.check_labels(class_labels)
         guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
         if output_type not in OUTPUT_TYPES:
             raise ArvisionError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if more_smooth and self.config.family != "var":
-            raise ArvisionError("more_smooth (Gumbel smoothing) exists only for VAR models")
+        if (more_smooth or return_progression) and self.config.family != "var":
+            raise ArvisionError("more_smooth and the coarse-to-fine progression exist only for VAR models")
         dtype = resolve_precision(precision, self.device)
         bs = len(labels) if batch_size is None else batch_size
         if bs < 1:
             raise ArvisionError(f"batch size must be >= 1, got {batch_size}")
-        tokens, images = [], []
+        tokens, images, steps = [], [], []
         for i in range(0, len(labels), bs):
             lab = torch.tensor(labels[i:i + bs], device=self.device)
+            canvases = []
+            hook = (lambda s, state, toks, keep=canvases: keep.append(state.clone())) if return_progression else None
             res = generate(self.transformer, self.inputs, lab, guidance, sampling, generator, more_smooth, dtype,
-                           progress)
+                           progress, hook)
+            if return_progression:
+                with torch.no_grad():
+                    steps.append([self.inputs.finish(c, None).add(1).mul(0.5).cpu() for c in canvases])
             tokens.append(res.tokens)
             if output_type != "tokens":
                 with torch.no_grad():
@@ -223,7 +230,8 @@ class ARPipeline:
             out_images = torch.cat(images)
             if output_type == "pil":
                 out_images = to_pil(out_images)
-        return GenerationOutput(out_images, tokens, self.inputs.split(tokens), labels)
+        progression = [torch.cat(per_step) for per_step in zip(*steps)] if return_progression else None
+        return GenerationOutput(out_images, tokens, self.inputs.split(tokens), labels, progression)
 
     # -- tokenizer round trip ------------------------------------------------------------------------
     @torch.no_grad()

@@ -13,7 +13,7 @@ class KVCache:
     """Keys and values of every layer, allocated once for (batch, heads, length, head_dim).
 
     Step s writes its keys at positions [begin, end) and attends to [0, end): no reallocation, no copies of the
-    history.  ``rollback(n)`` (speculative decoding) just moves ``filled`` back.
+    history.  Rewinding (e.g. rejected speculative tokens) needs no work: later writes overwrite.
     """
 
     def __init__(self, depth: int, batch: int, heads: int, length: int, head_dim: int,
@@ -21,7 +21,6 @@ class KVCache:
         shape = (depth, batch, heads, length, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.filled = 0
 
     @property
     def batch(self) -> int:

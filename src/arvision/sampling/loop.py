@@ -25,12 +25,13 @@ class LoopResult:
 @torch.no_grad()
 def generate(transformer, inputs, labels: torch.Tensor, guidance: Guidance, sampling: TokenSampling,
              generator: torch.Generator | None = None, more_smooth: bool = False,
-             dtype: torch.dtype = torch.float32, progress: bool = False) -> LoopResult:
+             dtype: torch.dtype = torch.float32, progress: bool = False, on_step=None) -> LoopResult:
     """Sample token sequences for class ``labels`` (B,).
 
     transformer: ``ARTransformer``; inputs: an input builder (``arvision.inputs``).  All randomness is drawn
     from ``generator`` in the order the released samplers draw it.  ``dtype`` other than fp32 runs the trunk
-    under autocast; logits and the canvas stay fp32.
+    under autocast; logits and the canvas stay fp32.  ``on_step(s, state, tokens)`` is called after each step
+    (observers only: pictures of the coarse-to-fine progression, logging).
     """
     sched = transformer.schedule
     B, S, device = labels.shape[0], sched.num_steps, labels.device
@@ -57,6 +58,8 @@ def generate(transformer, inputs, labels: torch.Tensor, guidance: Guidance, samp
         tokens[:, begin:end] = ids
         embeds = gumbel_soft_codes(logits, s / max(S - 1, 1), codes, generator) if more_smooth else None
         x_in = inputs.advance(state, s, ids, embeds)
+        if on_step is not None:
+            on_step(s, state, tokens)
         if x_in is not None and doubled:
             x_in = torch.cat([x_in, x_in])
     return LoopResult(tokens, state)
