@@ -109,7 +109,7 @@ class ARPipeline:
         tr_sd = read_torch_checkpoint(transformer_ckpt)
         if family == "var":
             config = var.config_from_official(tok_sd, tr_sd, **options)
-            tok_map, tr_map = var.VAE_KEYMAP, var.VAR_KEYMAP
+            tok_map, tr_map = var.vae_keymap(config.tokenizer.share_quant_resi), var.VAR_KEYMAP
             tok_buf, tr_buf = var.expected_buffers(config)
         elif family == "llamagen":
             config = llamagen.config_from_official(tok_sd, tr_sd, **options)
@@ -130,7 +130,7 @@ class ARPipeline:
         tok = {k: v.detach().clone() for k, v in self.tokenizer.state_dict().items()}
         tr = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
         if self.config.family == "var":
-            tok = {var.VAE_KEYMAP.to_official(k): v for k, v in tok.items()}
+            tok = {var.vae_keymap(self.config.tokenizer.share_quant_resi).to_official(k): v for k, v in tok.items()}
             tr = {var.VAR_KEYMAP.to_official(k): v for k, v in tr.items()}
             S, V = self.schedule.num_steps, self.config.tokenizer.vocab_size
             tok["quantize.ema_vocab_hit_SV"] = torch.zeros(S, V)

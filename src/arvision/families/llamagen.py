@@ -8,6 +8,7 @@ an argument; the image size (hence the token grid) is an argument (default 256).
 from __future__ import annotations
 
 import re
+import warnings
 
 from arvision.checkpoints import KeyMap
 from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
@@ -108,7 +109,12 @@ def config_from_official(vq_sd: dict, gpt_sd: dict, image_size: int = 256, vq_ch
     if qkv.shape[0] != 3 * width:
         raise CheckpointError(f"layers.0.attention.wqkv has {qkv.shape[0]} rows, not 3 x {width}: grouped-query "
                               "attention (n_kv_head < n_head) is not supported")
-    heads = num_heads or HEADS_BY_SHAPE.get((depth, width)) or max(width // 64, 1)
+    heads = num_heads or HEADS_BY_SHAPE.get((depth, width))
+    if heads is None:
+        heads = max(width // 64, 1)
+        warnings.warn(f"the head count is not visible in a GPT checkpoint and depth {depth} / width {width} is not a "
+                      f"released model: assuming {heads} heads of 64 channels (LlamaGen's convention); pass "
+                      "num_heads (--num-heads) if it differs", stacklevel=2)
     if num_heads is not None and (depth, width) in HEADS_BY_SHAPE and HEADS_BY_SHAPE[(depth, width)] != num_heads:
         raise CheckpointError(f"--num-heads {num_heads} disagrees with the released model of this shape "
                               f"({HEADS_BY_SHAPE[(depth, width)]} heads)")

@@ -28,15 +28,20 @@ PRESETS = {
     "d36": (36, True, PATCH_NUMS_512),
 }
 
-VAE_KEYMAP = KeyMap(
-    rules=[
-        # one shared phi (share_quant_resi=1) or one per scale (=0) are stored under other names;
-        # error messages keep our (partially shared) names for them
-        (r"^quantize\.quant_resi\.qresi\.", "quantize.quant_resi.qresi_ls.0.", r"(?!)", ""),
-        (r"^quantize\.quant_resi\.(\d+)\.", r"quantize.quant_resi.qresi_ls.\1.", r"(?!)", ""),
-    ],
-    buffers=(r"quantize\.ema_vocab_hit_SV",),
-)
+def vae_keymap(share_quant_resi: int) -> KeyMap:
+    """The VQ-VAE key map.  Its phi convs are stored under three layouts, by ``share_quant_resi``: one per
+    scale (0: ``quant_resi.{i}``), one shared (1: ``quant_resi.qresi``), K partially shared (``qresi_ls.{i}``,
+    our layout)."""
+    if share_quant_resi == 0:
+        rules = [(r"^quantize\.quant_resi\.(\d+)\.", r"quantize.quant_resi.qresi_ls.\1.",
+                  r"^quantize\.quant_resi\.qresi_ls\.(\d+)\.", r"quantize.quant_resi.\1.")]
+    elif share_quant_resi == 1:
+        rules = [(r"^quantize\.quant_resi\.qresi\.", "quantize.quant_resi.qresi_ls.0.",
+                  r"^quantize\.quant_resi\.qresi_ls\.0\.", "quantize.quant_resi.qresi.")]
+    else:
+        rules = []
+    return KeyMap(rules=rules, buffers=(r"quantize\.ema_vocab_hit_SV",))
+
 
 VAR_KEYMAP = KeyMap(
     rules=[
