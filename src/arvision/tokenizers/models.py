@@ -40,6 +40,23 @@ class ConvTokenizer(nn.Module):
         """Quantised features (B, D, h, w) -> image (B, 3, h*f, w*f), not clamped."""
         return self.decoder(self.post_quant_conv(f))
 
+    def quantize_train(self, f: torch.Tensor, beta: float | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Differentiable quantisation: (straight-through quantised features, vq loss, per-scale hit counts)."""
+        raise NotImplementedError
+
+    def forward(self, img: torch.Tensor, beta: float | None = None, return_features: bool = False):
+        """Training pass: img (B, 3, H, W) -> (recon (B, 3, H, W) not clamped, vq_loss, per-scale usage counts),
+        plus the pre-quantisation features (B, D, h, w) when ``return_features``.
+
+        Quantisation runs in float32 even under autocast (as VAR's quantizer does)."""
+        f = self.features(img)
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            f = f.float()
+            f_q, vq_loss, usage = self.quantize_train(f, beta)
+        recon = self.decode_features(f_q)
+        return (recon, vq_loss, usage, f) if return_features else (recon, vq_loss, usage)
+
 
 class MultiScaleVQTokenizer(ConvTokenizer):
     """VAR's tokenizer: scale si quantises the area-downsampled residual at side ``patch_nums[si]``.
@@ -54,13 +71,17 @@ class MultiScaleVQTokenizer(ConvTokenizer):
         self.quantize.quant_resi = PhiBank(cfg.embed_dim, len(cfg.patch_nums), cfg.share_quant_resi, cfg.quant_resi)
 
     # -- the canvas update, shared by encoding, teacher forcing and sampling -------------------------
-    def add_scale(self, si: int, f_hat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Add scale ``si``'s code map h (B, D, pn, pn) to the canvas f_hat (B, D, p, p) in place; returns the
-        added term phi(up(h)) (B, D, p, p)."""
+    def scale_term(self, si: int, h: torch.Tensor) -> torch.Tensor:
+        """Scale ``si``'s contribution to the canvas: phi(bicubic-up(h)), h (B, D, pn, pn) -> (B, D, p, p)."""
         p = self.patch_nums[-1]
         if si != len(self.patch_nums) - 1:
             h = F.interpolate(h, size=(p, p), mode="bicubic")
-        h = self.quantize.quant_resi(si, h)
+        return self.quantize.quant_resi(si, h)
+
+    def add_scale(self, si: int, f_hat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Add scale ``si``'s code map h (B, D, pn, pn) to the canvas f_hat (B, D, p, p) in place; returns the
+        added term phi(up(h)) (B, D, p, p)."""
+        h = self.scale_term(si, h)
         f_hat.add_(h)
         return h
 
@@ -96,6 +117,37 @@ class MultiScaleVQTokenizer(ConvTokenizer):
             f_rest.sub_(self.add_scale(si, f_hat, h))
             ids.append(idx.view(B, pn * pn))
         return ids, f_hat
+
+    def quantize_train(self, f: torch.Tensor, beta: float | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Differentiable residual quantisation (VAR's ``VectorQuantizer2.forward``), f (B, D, p, p) float32.
+
+        Returns (f_hat_st, vq_loss, usage): the canvas with the value of ``quantize_features(f)[1]`` and the
+        straight-through gradient to f; the mean over scales of beta * |sg(f_hat) - f|^2 (commitment, to the
+        encoder) + |f_hat - sg(f)|^2 (to the codes and phi); per-scale code hit counts, (V,) float each.
+        The ids and canvas are computed with the same ops as ``quantize_features``, so they are bit-identical.
+        """
+        beta = self.cfg.beta if beta is None else beta
+        B, D, H, W = f.shape
+        if (H, W) != (self.patch_nums[-1],) * 2:
+            raise ValueError(f"features are {H}x{W} but the last scale is {self.patch_nums[-1]}")
+        f_no_grad = f.detach()
+        f_rest = f_no_grad.clone()
+        f_hat = torch.zeros_like(f_rest)
+        vq_loss = f.new_zeros(())
+        usage = []
+        last = len(self.patch_nums) - 1
+        for si, pn in enumerate(self.patch_nums):
+            z = f_rest if si == last else F.interpolate(f_rest, size=(pn, pn), mode="area")
+            idx = self.quantize.quantize(z.permute(0, 2, 3, 1).reshape(-1, D))
+            usage.append(idx.bincount(minlength=self.cfg.vocab_size).float())
+            h = self.scale_term(si, self.quantize.lookup(idx.view(B, pn, pn)).permute(0, 3, 1, 2))
+            f_hat = f_hat + h
+            f_rest = f_rest - h.detach()
+            vq_loss = vq_loss + F.mse_loss(f_hat.detach(), f).mul(beta) + F.mse_loss(f_hat, f_no_grad)
+        vq_loss = vq_loss / len(self.patch_nums)
+        # straight-through: the value of f_hat exactly (f - sg(f) is exactly 0), the gradient of f
+        return f_hat.detach() + (f - f_no_grad), vq_loss, usage
 
     def ids_to_maps(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-scale ids (B, pn^2) -> code maps (B, D, pn, pn)."""
@@ -139,6 +191,26 @@ class VQTokenizer(ConvTokenizer):
         f = self.features(img)
         B, D, h, w = f.shape
         return self.quantize.quantize(f.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h * w)
+
+    def quantize_train(self, f: torch.Tensor, beta: float | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Differentiable quantisation (LlamaGen's ``VectorQuantizer.forward``), f (B, D, h, w) float32.
+
+        With ``l2_norm`` the features are unit-normalised per position (z) and so are the codes.  Returns
+        (z_q_st, vq_loss, usage): the code map with the value of the looked-up codes and the straight-through
+        gradient to z; |z_q - sg(z)|^2 + beta * |sg(z_q) - z|^2; [hit counts (V,) float].
+        """
+        beta = self.cfg.beta if beta is None else beta
+        B, D, h, w = f.shape
+        z = f.permute(0, 2, 3, 1)
+        idx = self.quantize.quantize(z.detach().reshape(-1, D))  # as encode(): the codebook normalises itself
+        if self.cfg.l2_norm:
+            z = F.normalize(z, dim=-1)
+        z_q = self.quantize.lookup(idx).view(B, h, w, D)
+        vq_loss = F.mse_loss(z_q, z.detach()) + beta * F.mse_loss(z_q.detach(), z)
+        z_st = z_q.detach() + (z - z.detach())  # value of z_q exactly, gradient of z
+        usage = [idx.bincount(minlength=self.cfg.vocab_size).float()]
+        return z_st.permute(0, 3, 1, 2), vq_loss, usage
 
     def ids_to_features(self, ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """ids (B, h*w) -> code map (B, D, h, w)."""

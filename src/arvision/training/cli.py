@@ -87,7 +87,6 @@ COMMON = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "w
 def cmd_train_tokenizer(args) -> None:
     from arvision.config import TokenizerConfig
     from arvision.tokenizers.models import build_tokenizer
-    from arvision.training.datasets import build_dataset
     from arvision.training.distributed import init_distributed
     from arvision.training.tokenizer_trainer import TokenizerTrainConfig, TokenizerTrainer
 
@@ -107,15 +106,25 @@ def cmd_train_tokenizer(args) -> None:
     if args.image_size % cfg.downsample or (args.quantizer == "multiscale" and patch_nums[-1] != latent):
         raise ArvisionError(f"--image-size {args.image_size} with --ch-mult {args.ch_mult} gives a {latent}x{latent} "
                             f"latent; the last of --patch-nums must equal it (got {patch_nums})")
-    dataset = build_dataset(args.data, args.image_size)
+    dataset = _dataset(args.data, args.image_size, args.seed, augment=True)
     torch_seed(args.seed)
     tokenizer = build_tokenizer(cfg).to(info.device)
     tcfg = TokenizerTrainConfig(**_overrides(args, COMMON), recon=args.recon, disc_weight=args.disc_weight,
                                 precision=args.precision, seed=args.seed)
-    trainer = TokenizerTrainer(tokenizer, dataset, tcfg, args.out, info, data_spec=args.data)
+    trainer = TokenizerTrainer(tokenizer, dataset, tcfg, args.out, info, dataset_spec=args.data)
     trainer.train(resume=args.resume)
     if info.is_main:
         print(f"tokenizer saved to {args.out}")
+
+
+def _dataset(spec: str, image_size: int, seed: int, augment: bool):
+    """Built-in datasets as they are; image folders seeded (so resume replays the same crops and flips), with
+    random flips for tokenizer training only (AR training tokenises each image once)."""
+    from arvision.training.datasets import BUILTIN_DATASETS, build_dataset
+
+    if str(spec).strip().lower() in BUILTIN_DATASETS:
+        return build_dataset(spec, image_size)
+    return build_dataset(spec, image_size, seed=seed, random_flip=augment)
 
 
 def torch_seed(seed: int) -> None:
@@ -128,7 +137,6 @@ def cmd_train(args) -> None:
     from arvision.config import ModelConfig
     from arvision.pipeline import ARPipeline
     from arvision.training.ar_trainer import ARTrainConfig, ARTrainer
-    from arvision.training.datasets import build_dataset
     from arvision.training.distributed import init_distributed
     from arvision.training.tokenizer_trainer import load_tokenizer_folder
 
@@ -136,7 +144,7 @@ def cmd_train(args) -> None:
     tokenizer, image_size, _ = load_tokenizer_folder(args.tokenizer)
     tok_cfg = tokenizer.cfg
     family = args.family or ("var" if tok_cfg.kind == "multiscale" else "llamagen")
-    dataset = build_dataset(args.data, image_size)
+    dataset = _dataset(args.data, image_size, args.seed, augment=False)
     torch_seed(args.seed)
     tr_cfg = transformer_config(family, args.preset, tok_cfg.vocab_size, dataset.num_classes, tok_cfg.embed_dim,
                                 args.heads)

