@@ -25,6 +25,30 @@ import numpy as np
 import torch
 
 
+def real_digits(image_size: int) -> tuple[np.ndarray, torch.Tensor]:
+    """All 5,000 mnist-5k digits as (N, S, S, 3) uint8, resized as the model's training data was."""
+    from arvision.training.datasets import Mnist5k
+
+    ds = Mnist5k(image_size=image_size)
+    imgs = np.stack([((ds[i][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+                     for i in range(len(ds))])
+    return imgs, ds.labels
+
+
+def real_inception(work: Path, image_size: int, real: np.ndarray) -> np.ndarray:
+    """Inception features of the real digits, cached in ``work`` (they do not depend on the model)."""
+    from arvision.evaluation.inception import InceptionFeatures
+
+    cache = work / f"real_inception_{image_size}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    feats = np.asarray(InceptionFeatures()(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous()),
+                       dtype=np.float64)
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(cache, feats)
+    return feats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
@@ -39,8 +63,6 @@ def main() -> None:
     from arvision.evaluation.classifier import load_mnist_classifier, to_classifier_input
     from arvision.evaluation.fid import fid_from_features
     from arvision.evaluation.inception import InceptionFeatures
-    from arvision.training.datasets import Mnist5k
-
     model = Path(args.model) if args.model else bundled_model_dir()
     cfg = ModelConfig.load(model / "config.json")
     work = Path(args.work)
@@ -58,10 +80,7 @@ def main() -> None:
     files = sorted(gen_dir.glob("*.png"))
     gen = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])  # (N, H, W, 3) uint8
     gen_labels = torch.tensor([int(f.stem.split("class")[1]) for f in files])
-    real_ds = Mnist5k(image_size=cfg.image_size)
-    real = np.stack([((real_ds[i][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-                     for i in range(len(real_ds))])
-    real_labels = real_ds.labels
+    real, real_labels = real_digits(cfg.image_size)
     subset = torch.cat([torch.nonzero(real_labels == k).flatten()[: args.per_class] for k in range(10)])
 
     clf = load_mnist_classifier()
@@ -80,15 +99,9 @@ def main() -> None:
     per_class = [(gen_logits.argmax(1)[gen_labels == k] == k).float().mean().item() for k in range(10)]
     real_accuracy = (real_logits.argmax(1) == real_labels).float().mean().item()
 
-    inception = InceptionFeatures()
-    cache = work / f"real_inception_{cfg.image_size}.npy"
-    if cache.is_file():
-        real_if = np.load(cache)
-    else:
-        real_if = inception(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous())
-        real_if = np.asarray(real_if, dtype=np.float64)
-        np.save(cache, real_if)
-    gen_if = np.asarray(inception(torch.from_numpy(gen).permute(0, 3, 1, 2).contiguous()), dtype=np.float64)
+    real_if = real_inception(work, cfg.image_size, real)
+    gen_if = np.asarray(InceptionFeatures()(torch.from_numpy(gen).permute(0, 3, 1, 2).contiguous()),
+                        dtype=np.float64)
     sub = subset.numpy()
     result = {
         "model": str(model), "images": len(files), "seed": args.seed, "sample_command": " ".join(cmd[1:]),

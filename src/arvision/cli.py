@@ -33,7 +33,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="guidance scale (default: the family's, VAR 1.5, LlamaGen 2.0)")
     p.add_argument("--top-k", type=int, default=None, help="0 = off (default: VAR 900, LlamaGen 0)")
     p.add_argument("--top-p", type=float, default=None, help="0 = off (default: VAR 0.96, LlamaGen 0)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None, help="default 1 (or the model's own setting)")
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward batch (default: all)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
@@ -230,7 +230,7 @@ def cmd_demo(args) -> None:
         note = ("note: no trained model is bundled yet (it comes with the training work); this demo samples a tiny "
                 "randomly initialised VAR model, so the images are noise.\n")
     ns = argparse.Namespace(classes=list(range(min(pipe.config.num_classes, 10))), seed=args.seed, cfg=None,
-                            top_k=None, top_p=None, temperature=1.0, smooth=False, batch_size=None,
+                            top_k=None, top_p=None, temperature=None, smooth=False, batch_size=None,
                             precision="auto", device="cpu")
     t0 = time.perf_counter()
     out = run_sampling(pipe, ns, progress=False)

@@ -154,6 +154,9 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     class_names: tuple[str, ...] | None = None
+    # sampling settings this model was tuned for (guidance_scale, top_k, top_p, temperature); they replace the
+    # family's published defaults when a caller leaves a setting out
+    sampling: dict | None = None
 
     def __post_init__(self):
         if self.family not in ("var", "llamagen"):
@@ -177,6 +180,9 @@ class ModelConfig:
             self.class_names = tuple(str(c) for c in self.class_names)
             if len(self.class_names) != tr.num_classes:
                 _fail("class_names", len(self.class_names), f"one name per class ({tr.num_classes})")
+        allowed = {"guidance_scale", "top_k", "top_p", "temperature"}
+        if self.sampling is not None and (not isinstance(self.sampling, dict) or set(self.sampling) - allowed):
+            _fail("sampling defaults", self.sampling, f"a dict with keys among {sorted(allowed)}")
 
     @property
     def latent_size(self) -> int:

@@ -153,9 +153,9 @@ class ARPipeline:
         return self.transformer.class_emb.weight.device
 
     # -- sampling ------------------------------------------------------------------------------------
-    def sampling_settings(self, guidance_scale=None, top_k=None, top_p=None, temperature=1.0):
+    def sampling_settings(self, guidance_scale=None, top_k=None, top_p=None, temperature=None):
         """Validate user settings (None = family default) -> (Guidance, TokenSampling)."""
-        fam = FAMILY_SAMPLING[self.config.family]
+        fam = {**FAMILY_SAMPLING[self.config.family], **(self.config.sampling or {})}
         V = self.config.transformer.vocab_size
         if guidance_scale is None:
             guidance_scale = fam["guidance_scale"]
@@ -163,6 +163,8 @@ class ARPipeline:
             top_k = min(fam["top_k"], V)
         if top_p is None:
             top_p = fam["top_p"]
+        if temperature is None:
+            temperature = fam.get("temperature", 1.0)
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ArvisionError(f"guidance scale must be >= 0, got {guidance_scale}")
         if not isinstance(top_k, int) or top_k < 0 or top_k > V:
@@ -188,7 +190,7 @@ class ARPipeline:
         return labels
 
     def __call__(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                  generator: torch.Generator | None = None, more_smooth: bool = False,
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                  progress: bool = False, return_progression: bool = False) -> GenerationOutput:

