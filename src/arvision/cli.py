@@ -227,7 +227,7 @@ def cmd_demo(args) -> None:
         note = ""
     except ArvisionError:
         pipe = tiny_random_pipeline()
-        note = ("note: no trained model is bundled yet (it comes with the training work); this demo samples a tiny "
+        note = ("note: this installation has no bundled model; this demo samples a tiny "
                 "randomly initialised VAR model, so the images are noise.\n")
     ns = argparse.Namespace(classes=list(range(min(pipe.config.num_classes, 10))), seed=args.seed, cfg=None,
                             top_k=None, top_p=None, temperature=None, smooth=False, batch_size=None,

@@ -1,0 +1,28 @@
+"""The model shipped inside the package: small, loadable offline, and it draws the digits it is asked for."""
+
+from __future__ import annotations
+
+import torch
+
+from arvision.bundled import ASSETS, bundled_model_dir
+from arvision.evaluation.classifier import load_mnist_classifier, to_classifier_input
+from arvision.pipeline import ARPipeline
+
+
+def test_bundled_model_is_small_and_complete():
+    folder = bundled_model_dir()
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert set(sizes) == {"config.json", "tokenizer.safetensors", "transformer.safetensors"}
+    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) <= 25 * 2**20
+
+
+def test_bundled_model_draws_the_requested_digits():
+    pipe = ARPipeline.from_pretrained(bundled_model_dir())
+    assert pipe.config.num_classes == 10 and pipe.config.class_names == tuple(str(i) for i in range(10))
+    labels = torch.arange(10).repeat(3)
+    out = pipe(labels.tolist(), generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.images.shape == (30, 3, pipe.config.image_size, pipe.config.image_size)
+    with torch.no_grad():
+        pred = load_mnist_classifier()(to_classifier_input(out.images * 2 - 1)).argmax(1)
+    # the full measurement (1,000 digits, >= 90%) is bench/bundled_quality.py; this guards against regressions
+    assert (pred == labels).float().mean().item() >= 0.8
