@@ -104,11 +104,18 @@ class ARTransformer(nn.Module):
         L = self.schedule.length
         cond, block_cond = self.condition(labels)
         h = self.embed(cond, x_in, 0, L)
-        bias = self.schedule.attn_bias(device=h.device)
+        bias = self._mask(h.device)
         rope = None if self.adaln else self.rope
         for i, blk in enumerate(self.blocks):
             h = blk(h, block_cond, rope, bias, None, i, 0)
         return self.logits(h, cond)
+
+    def _mask(self, device) -> torch.Tensor:
+        """The schedule's (L, L) additive mask, built once per device rather than at every training step."""
+        cached = getattr(self, "_mask_cache", None)
+        if cached is None or cached.device != torch.device(device):
+            cached = self._mask_cache = self.schedule.attn_bias(device=device)
+        return cached
 
     def forward_step(self, s: int, cond: tuple[torch.Tensor, torch.Tensor], x_in: torch.Tensor | None,
                      cache: KVCache) -> torch.Tensor:
