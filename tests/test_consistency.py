@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
+from arvision.errors import ArvisionError
 from arvision.pipeline import ARPipeline
 from arvision.sampling.processors import Guidance, TokenSampling, top_k_filter_, top_p_filter_
 
@@ -211,6 +212,27 @@ def test_same_seed_same_tokens_other_seed_other_tokens(name):
     torch.manual_seed(5)
     sample_tokens(pipe, 11, top_k=0, top_p=0.0)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_per_image_generators_make_images_independent_of_their_batch(name):
+    """With one generator per image, image i is the same alone, in a batch, or at another position."""
+    pipe = make_pipe(name)
+    labels, seeds = labels_for(pipe), [101, 102, 103]
+    smooth = {"more_smooth": True} if is_var(pipe) else {}
+
+    def run(lab, sd, **kw):
+        gens = [torch.Generator().manual_seed(s) for s in sd]
+        return pipe(lab, generator=gens, output_type="tokens", top_k=0, top_p=0.0, **smooth, **kw).tokens
+
+    together = run(labels, seeds)
+    alone = torch.cat([run([lab], [sd]) for lab, sd in zip(labels, seeds)])
+    reversed_ = run(labels[::-1], seeds[::-1]).flip(0)
+    split = run(labels, seeds, batch_size=2)
+    assert torch.equal(together, alone) and torch.equal(together, reversed_) and torch.equal(together, split)
+    assert not torch.equal(together, run(labels, [7, 8, 9]))  # the seeds matter
+    with pytest.raises(ArvisionError, match="one per image"):
+        run(labels, seeds[:2])
 
 
 # -- official-format round trip ----------------------------------------------------------------------------

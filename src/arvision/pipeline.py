@@ -24,7 +24,7 @@ from arvision.inputs import build_inputs
 from arvision.models.transformer import ARTransformer
 from arvision.precision import resolve_precision
 from arvision.sampling.loop import generate
-from arvision.sampling.processors import Guidance, TokenSampling
+from arvision.sampling.processors import Generators, Guidance, TokenSampling
 from arvision.schedules import Schedule
 from arvision.tokenizers.models import build_tokenizer
 
@@ -43,6 +43,7 @@ class GenerationOutput:
     step_tokens: list[torch.Tensor]  # per step (B, n_s) for scale-wise models; [tokens] for raster models
     class_labels: list[int]
     progression: list[torch.Tensor] | None = None  # VAR: image after each scale, (B, 3, H, W) in [0, 1]
+    stats: dict | None = None  # seconds in the transformer loop / decoding, KV-cache bytes, precision
 
 
 def schedule_for(config: ModelConfig) -> Schedule:
@@ -143,10 +144,25 @@ class ARPipeline:
             tok["quantize.codebook_used"] = torch.zeros(65536)
         return tok, tr
 
-    def to(self, device) -> ARPipeline:
-        self.tokenizer.to(device)
-        self.transformer.to(device)
+    def to(self, device=None, dtype: torch.dtype | None = None) -> ARPipeline:
+        """Move to ``device``; ``dtype`` (e.g. torch.bfloat16) casts the transformer's weights in place.
+
+        bf16 weights halve the memory and skip autocast's per-call weight casts; such a pipeline samples only in
+        bf16 (the exact fp32 mode needs fp32 weights: reload them).  The tokenizer stays fp32 (its nearest-code
+        search decides tokens); decoding runs under autocast in the sampling precision.
+        """
+        if device is not None:
+            self.tokenizer.to(device)
+            self.transformer.to(device)
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise ArvisionError(f"dtype must be a floating point type, got {dtype}")
+            self.transformer.to(dtype)
         return self
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.transformer.class_emb.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -191,16 +207,20 @@ class ARPipeline:
 
     def __call__(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
-                 generator: torch.Generator | None = None, more_smooth: bool = False,
+                 generator: Generators = None, more_smooth: bool = False,
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
-                 progress: bool = False, return_progression: bool = False) -> GenerationOutput:
+                 progress: bool = False, return_progression: bool = False,
+                 time_steps: bool = False) -> GenerationOutput:
         """Generate one image per class label.
 
         guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
         filter off.  ``generator`` is consumed exactly as the official sampler consumes its own, so the same
         seed gives the official tokens (in fp32).  ``batch_size`` splits the labels into batches that run one
-        after another on the same generator.  ``precision``: "fp32" (exact), "bf16", or "auto" (by hardware).
-        ``return_progression`` (scale-wise models): also decode the canvas after every scale.
+        after another on the same generator.  A list of generators, one per label, makes every image depend only
+        on its own generator (not on its batch or position): what evaluation and search use.
+        ``precision``: "fp32" (exact), "bf16", or "auto" (by hardware).
+        ``return_progression`` (scale-wise models): also decode the canvas after every scale.  ``time_steps``:
+        record each step's seconds in ``stats["step_seconds"]`` (summed over batches; synchronises CUDA per step).
         """
         labels = self.check_labels(class_labels)
         guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
@@ -209,23 +229,46 @@ class ARPipeline:
         if (more_smooth or return_progression) and self.config.family != "var":
             raise ArvisionError("more_smooth and the coarse-to-fine progression exist only for VAR models")
         dtype = resolve_precision(precision, self.device)
+        if self.weight_dtype != torch.float32 and dtype != self.weight_dtype:
+            raise ArvisionError(f"this pipeline's transformer weights are {self.weight_dtype}; it cannot sample in "
+                                f"{dtype} (reload the model for exact fp32 sampling)")
         bs = len(labels) if batch_size is None else batch_size
         if bs < 1:
             raise ArvisionError(f"batch size must be >= 1, got {batch_size}")
+        per_image = isinstance(generator, (list, tuple))
+        if per_image and len(generator) != len(labels):
+            raise ArvisionError(f"got {len(generator)} generators for {len(labels)} class labels; give one per image")
         tokens, images, steps = [], [], []
+        stats = {"transformer_seconds": 0.0, "decode_seconds": 0.0, "kv_cache_bytes": 0,
+                 "precision": str(dtype).removeprefix("torch.")}
         for i in range(0, len(labels), bs):
             lab = torch.tensor(labels[i:i + bs], device=self.device)
-            canvases = []
-            hook = (lambda s, state, toks, keep=canvases: keep.append(state.clone())) if return_progression else None
-            res = generate(self.transformer, self.inputs, lab, guidance, sampling, generator, more_smooth, dtype,
-                           progress, hook)
+            canvases, marks = [], []
+
+            def hook(s, state, toks, keep=canvases, marks=marks):
+                if return_progression:
+                    keep.append(state.clone())
+                if time_steps:
+                    marks.append(_clock(self.device))
+
+            gen = generator[i:i + bs] if per_image else generator
+            t0 = _clock(self.device)
+            res = generate(self.transformer, self.inputs, lab, guidance, sampling, gen, more_smooth, dtype,
+                           progress, hook if (return_progression or time_steps) else None)
+            t1 = _clock(self.device)
+            stats["transformer_seconds"] += t1 - t0
+            if time_steps:
+                per_step = [b - a for a, b in zip([t0, *marks[:-1]], marks)]
+                old = stats.setdefault("step_seconds", [0.0] * len(per_step))
+                stats["step_seconds"] = [x + y for x, y in zip(old, per_step)]
+            stats["kv_cache_bytes"] = max(stats["kv_cache_bytes"], res.kv_cache_bytes)
             if return_progression:
-                with torch.no_grad():
-                    steps.append([self.inputs.finish(c, None).add(1).mul(0.5).cpu() for c in canvases])
+                steps.append([self._decode_state(c, None, dtype).add(1).mul(0.5).cpu() for c in canvases])
             tokens.append(res.tokens)
             if output_type != "tokens":
-                with torch.no_grad():
-                    images.append(self.inputs.finish(res.state, res.tokens).float().add(1).mul(0.5).cpu())
+                t2 = _clock(self.device)
+                images.append(self._decode_state(res.state, res.tokens, dtype).float().add(1).mul(0.5).cpu())
+                stats["decode_seconds"] += _clock(self.device) - t2
         tokens = torch.cat(tokens)
         out_images = None
         if output_type != "tokens":
@@ -233,7 +276,16 @@ class ARPipeline:
             if output_type == "pil":
                 out_images = to_pil(out_images)
         progression = [torch.cat(per_step) for per_step in zip(*steps)] if return_progression else None
-        return GenerationOutput(out_images, tokens, self.inputs.split(tokens), labels, progression)
+        return GenerationOutput(out_images, tokens, self.inputs.split(tokens), labels, progression, stats)
+
+    @torch.no_grad()
+    def _decode_state(self, state, tokens, dtype: torch.dtype) -> torch.Tensor:
+        """The input builder's final state (and tokens) -> images (B, 3, H, W) in [-1, 1], decoded in ``dtype``
+        (fp32 exactly; bf16 under autocast)."""
+        if dtype == torch.float32:
+            return self.inputs.finish(state, tokens)
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            return self.inputs.finish(state, tokens).float()
 
     # -- tokenizer round trip ------------------------------------------------------------------------
     @torch.no_grad()
@@ -245,6 +297,15 @@ class ARPipeline:
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> images (B, 3, H, W) in [-1, 1]."""
         return self.inputs.decode(tokens.to(self.device)).clamp(-1, 1)
+
+
+def _clock(device: torch.device) -> float:
+    """Wall time, after the device finished its queued work (CUDA runs asynchronously)."""
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _download(repo_id: str) -> Path:

@@ -84,8 +84,9 @@ class AdaLNBlock(nn.Module):
             return self.ada_gss + cond
         return self.ada_lin(F.silu(cond)).view(-1, 1, 6, self.width)
 
-    def forward(self, x, cond, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
-        g1, g2, s1, s2, b1, b2 = self.modulation(cond).unbind(2)
+    def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
+        """x (B, n, C); mod = ``modulation(cond)`` (B, 1, 6C), computed once per sequence by the caller."""
+        g1, g2, s1, s2, b1, b2 = mod.unbind(2)
         ln = F.layer_norm(x, (self.width,), eps=self.eps)
         x = x + self.drop_path(self.attn(ln.mul(s1.add(1)).add_(b1), rope, attn_bias, cache, layer, begin).mul_(g1))
         ln = F.layer_norm(x, (self.width,), eps=self.eps)
@@ -93,7 +94,7 @@ class AdaLNBlock(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-    """LlamaGen block: pre-RMSNorm attention and SwiGLU, plain residuals; ``cond`` is unused."""
+    """LlamaGen block: pre-RMSNorm attention and SwiGLU, plain residuals; ``mod`` is unused (None)."""
 
     def __init__(self, width: int, heads: int, ffn_hidden: int, eps: float, drop_path: float = 0.0,
                  dropout: float = 0.0):
@@ -105,6 +106,6 @@ class LlamaBlock(nn.Module):
         self.resid_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, cond, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
+    def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
         h = x + self.drop_path(self.resid_drop(self.attn(self.attn_norm(x), rope, attn_bias, cache, layer, begin)))
         return h + self.drop_path(self.mlp(self.mlp_norm(h)))

@@ -12,6 +12,7 @@ raster models) through ``input_proj``.  Positions are learned (VAR: per-position
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,14 @@ from arvision.models.blocks import AdaLNBlock, LlamaBlock, RMSNorm
 from arvision.schedules import Schedule
 
 
+class Conditioning(NamedTuple):
+    """What a class label contributes to every step: computed once per sequence by ``condition``."""
+
+    class_emb: torch.Tensor  # (B, C)
+    blocks: list  # per block: AdaLN modulation (B, 1, 6, C), or None (Llama blocks)
+    head: torch.Tensor | None  # AdaLN head modulation (B, 1, 2, C), or None
+
+
 class AdaLNHeadNorm(nn.Module):
     """LN(x)(1 + scale) + shift with (scale, shift) = ada_lin(silu(cond)) (B, 2C)."""
 
@@ -31,8 +40,12 @@ class AdaLNHeadNorm(nn.Module):
         self.width, self.eps = width, eps
         self.ada_lin = nn.Linear(width, 2 * width)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(F.silu(cond)).view(-1, 1, 2, self.width).unbind(2)
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond (B, C) -> (B, 1, 2, C): scale, shift."""
+        return self.ada_lin(F.silu(cond)).view(-1, 1, 2, self.width)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        scale, shift = mod.unbind(2)
         return F.layer_norm(x, (self.width,), eps=self.eps).mul(scale.add(1)).add_(shift)
 
 
@@ -69,12 +82,18 @@ class ARTransformer(nn.Module):
             self.register_buffer("rope", table[:L].contiguous(), persistent=False)
 
     # -- pieces shared by both entry points ------------------------------------------------------------
-    def condition(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """labels (B,) -> (class embedding (B, C), block conditioning: (B, C) or shared (B, 1, 6, C))."""
+    def condition(self, labels: torch.Tensor) -> Conditioning:
+        """labels (B,) -> the class embedding and, for AdaLN, every block's and the head's modulation.
+
+        The modulations depend only on the class, so they are computed once per sequence, not once per step:
+        at batch 1 their weights (a third of a VAR model's) would otherwise be read again at every scale."""
         cond = self.class_emb(labels)
-        if self.adaln and self.shared_ada_lin is not None:
-            return cond, self.shared_ada_lin(F.silu(cond)).view(-1, 1, 6, self.cfg.width)
-        return cond, cond
+        if not self.adaln:
+            return Conditioning(cond, [None] * len(self.blocks), None)
+        shared = (self.shared_ada_lin(F.silu(cond)).view(-1, 1, 6, self.cfg.width)
+                  if self.shared_ada_lin is not None else None)
+        mods = [blk.modulation(cond if shared is None else shared) for blk in self.blocks]
+        return Conditioning(cond, mods, self.head_norm.modulation(cond))
 
     def embed(self, cond: torch.Tensor, x_in: torch.Tensor | None, begin: int, end: int) -> torch.Tensor:
         """Hidden input (B, end-begin, C) of positions [begin, end).
@@ -92,22 +111,22 @@ class ARTransformer(nn.Module):
             h = h + (self.lvl_embed(self.step_ids[begin:end]) + self.pos_embed[:, begin:end])
         return h
 
-    def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Hidden (B, n, C) -> logits (B, n, V) in fp32."""
         if self.adaln:
-            return self.head(self.head_norm(h.float(), cond)).float()
+            return self.head(self.head_norm(h.float(), cond.head)).float()
         return self.head(self.head_norm(h)).float()
 
     # -- entry points -------------------------------------------------------------------------------
     def forward(self, labels: torch.Tensor, x_in: torch.Tensor | None) -> torch.Tensor:
         """Teacher forcing.  labels (B,), x_in for positions first_len..L-1 -> logits (B, L, V)."""
         L = self.schedule.length
-        cond, block_cond = self.condition(labels)
-        h = self.embed(cond, x_in, 0, L)
+        cond = self.condition(labels)
+        h = self.embed(cond.class_emb, x_in, 0, L)
         bias = self._mask(h.device)
         rope = None if self.adaln else self.rope
-        for i, blk in enumerate(self.blocks):
-            h = blk(h, block_cond, rope, bias, None, i, 0)
+        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
+            h = blk(h, mod, rope, bias, None, i, 0)
         return self.logits(h, cond)
 
     def _mask(self, device) -> torch.Tensor:
@@ -117,17 +136,16 @@ class ARTransformer(nn.Module):
             cached = self._mask_cache = self.schedule.attn_bias(device=device)
         return cached
 
-    def forward_step(self, s: int, cond: tuple[torch.Tensor, torch.Tensor], x_in: torch.Tensor | None,
+    def forward_step(self, s: int, cond: Conditioning, x_in: torch.Tensor | None,
                      cache: KVCache) -> torch.Tensor:
         """Step s.  cond = ``condition(labels)``; x_in (B, n_s, ...) the step's input (None at s=0)
         -> logits (B, n_s, V).  Keys/values of the step are written to ``cache``."""
         begin, end = self.schedule.begin_ends[s]
-        class_emb, block_cond = cond
-        h = self.embed(class_emb, x_in, begin, end)
+        h = self.embed(cond.class_emb, x_in, begin, end)
         rope = None if self.adaln else self.rope[begin:end]
-        for i, blk in enumerate(self.blocks):
-            h = blk(h, block_cond, rope, None, cache, i, begin)
-        return self.logits(h, class_emb)
+        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
+            h = blk(h, mod, rope, None, cache, i, begin)
+        return self.logits(h, cond)
 
     def new_cache(self, batch: int, dtype=torch.float32, device=None) -> KVCache:
         cfg = self.cfg

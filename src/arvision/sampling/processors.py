@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+Generators = torch.Generator | list[torch.Generator] | tuple[torch.Generator, ...] | None
+"""One generator for the whole batch (the released samplers), or one per image (batch-independent draws)."""
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -78,21 +81,31 @@ class TokenSampling:
         top_k_filter_(logits, self.top_k)
         return top_p_filter_(logits, self.top_p, self.top_p_rule)
 
-    def draw(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Filtered logits (B, n, V) -> ids (B, n): one multinomial call over all B*n rows."""
+    def draw(self, logits: torch.Tensor, generator: Generators) -> torch.Tensor:
+        """Filtered logits (B, n, V) -> ids (B, n).
+
+        One generator: one multinomial call over all B*n rows (the released samplers' order).  A list of B
+        generators (one per image): row b draws only from its own, so an image does not depend on its batch.
+        """
         B, n, V = logits.shape
-        probs = logits.softmax(dim=-1).view(-1, V)
-        return torch.multinomial(probs, 1, generator=generator).view(B, n)
+        probs = logits.softmax(dim=-1)
+        if isinstance(generator, (list, tuple)):
+            return torch.stack([torch.multinomial(probs[b], 1, generator=g).view(n) for b, g in enumerate(generator)])
+        return torch.multinomial(probs.view(-1, V), 1, generator=generator).view(B, n)
 
 
 def gumbel_soft_codes(logits: torch.Tensor, ratio: float, codes: torch.Tensor,
-                      generator: torch.Generator | None) -> torch.Tensor:
+                      generator: Generators) -> torch.Tensor:
     """VAR's ``more_smooth``: a Gumbel-softmax mix of codes instead of one code per position.
 
     logits (B, n, V) filtered, ratio = s/(S-1), codes (V, D) -> (B, n, D).  tau anneals from 0.27 to 0.005
     and the logits are sharpened by (1 + ratio); the noise comes from the same generator as the draws.
     """
     tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-    gumbels = -torch.empty_like(logits).exponential_(generator=generator).log()
+    if isinstance(generator, (list, tuple)):
+        noise = torch.stack([torch.empty_like(logits[b]).exponential_(generator=g) for b, g in enumerate(generator)])
+    else:
+        noise = torch.empty_like(logits).exponential_(generator=generator)
+    gumbels = -noise.log()
     weights = ((logits * (1 + ratio) + gumbels) / tau).softmax(dim=-1)
     return weights @ codes.unsqueeze(0)
