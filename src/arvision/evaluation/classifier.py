@@ -31,6 +31,8 @@ __all__ = [
     "ASSET_PATH",
     "HOLDOUT_EVERY",
     "MnistClassifier",
+    "classifier_features",
+    "classifier_report",
     "classify_images",
     "load_mnist_classifier",
     "mnist5k_split",
@@ -215,3 +217,54 @@ def _default_model() -> MnistClassifier:
     if "default" not in _CACHED:
         _CACHED["default"] = load_mnist_classifier()
     return _CACHED["default"]
+
+
+@torch.no_grad()
+def classifier_features(images, model: MnistClassifier | None = None, batch_size: int = 500
+                        ) -> tuple[torch.Tensor, np.ndarray]:
+    """``(logits (B, 10), penultimate features (B, feature_dim) float64)`` of images in any accepted form."""
+    model = model if model is not None else _default_model()
+    x = to_classifier_input(images)
+    device = next(model.parameters()).device
+    logits, feats = [], []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i : i + batch_size].to(device)
+        f = model.features(chunk)
+        feats.append(f.double().cpu())
+        logits.append(model.head(f).float().cpu())  # eval mode: dropout is the identity
+    return torch.cat(logits), torch.cat(feats).numpy()
+
+
+def _real_mnist5k_features(model: MnistClassifier) -> np.ndarray:
+    from arvision.training.datasets import Mnist5k
+
+    ds = Mnist5k(image_size=28)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return classifier_features(images, model)[1]
+
+
+def classifier_report(images, labels: Sequence[int] | None = None, *, fid_real: str | None = None,
+                      model: MnistClassifier | None = None) -> dict:
+    """Accuracy of digit images against the classes they were drawn for, and optionally a classifier-FID.
+
+    Returns ``{"predicted": (B,) int64, "counts": [10 ints]}`` plus, with ``labels``, ``"accuracy"`` and
+    ``"per_class"`` ``{k: accuracy}``, and with ``fid_real="mnist-5k"``, ``"fid"``: the Fréchet distance on the
+    classifier's penultimate features against all 5,000 real digits (at their native 28x28).
+    """
+    from arvision.evaluation.fid import fid_from_features
+
+    model = model if model is not None else _default_model()
+    logits, feats = classifier_features(images, model)
+    pred = logits.argmax(1)
+    report: dict = {"predicted": pred, "counts": torch.bincount(pred, minlength=10).tolist()}
+    if labels is not None:
+        lab = torch.as_tensor(list(labels), dtype=torch.long)
+        if lab.shape != pred.shape:
+            raise ArvisionError(f"got {len(lab)} labels for {len(pred)} images")
+        report["accuracy"] = (pred == lab).float().mean().item()
+        report["per_class"] = {int(k): (pred[lab == k] == k).float().mean().item() for k in lab.unique()}
+    if fid_real is not None:
+        if fid_real != "mnist-5k":
+            raise ArvisionError(f"unknown reference set {fid_real!r}; only 'mnist-5k' is built in")
+        report["fid"] = fid_from_features(feats, _real_mnist5k_features(model))
+    return report

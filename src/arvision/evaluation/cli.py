@@ -1,0 +1,210 @@
+"""``arvision eval``: FID and friends, the evaluation sampler, the tokenizer benchmark, digit classification.
+
+    arvision eval fid REAL GEN [--sfid] [--pr] [--kid]       # folders or .npz; prints "FID <value>"
+    arvision eval sample [MODEL] --per-class 50 --out DIR   # torchrun-shardable, resumable; DIR/samples.npz
+    arvision eval tokenizer [MODEL] --data photos,text      # PSNR / SSIM / perceptual / rFID / usage table
+    arvision eval classify DIR [--fid-real mnist-5k]        # digit accuracy (labels from *_classK.png names)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arvision.errors import ArvisionError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate: fid, sample, tokenizer, classify")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+
+    e = esub.add_parser("fid", help="FID between two image sets (folders of PNG/JPG, or .npz files)")
+    e.add_argument("real", help="folder, or .npz with mu/sigma (ADM reference batch), activations, or arr_0 images")
+    e.add_argument("gen", help="folder or .npz, as REAL")
+    e.add_argument("--sfid", action="store_true", help="also sFID (spatial mixed_6/conv features, as ADM)")
+    e.add_argument("--pr", action="store_true", help="also improved precision/recall (k=3)")
+    e.add_argument("--kid", action="store_true", help="also KID (polynomial kernel, 100 subsets)")
+    e.add_argument("--batch-size", type=int, default=50)
+    e.add_argument("--cache-dir", default=None, help="cache features of folders here as .npz")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_fid)
+
+    e = esub.add_parser("sample", help="N images per class with per-image seeds, resumable, torchrun-shardable")
+    e.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
+    e.add_argument("--out", required=True, help="output folder: {i:06d}_class{k}.png, spec.json, samples.npz")
+    e.add_argument("--per-class", type=int, default=50)
+    e.add_argument("--classes", type=int, nargs="+", default=None, help="default: every class")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--cfg", type=float, default=None)
+    e.add_argument("--top-k", type=int, default=None)
+    e.add_argument("--top-p", type=float, default=None)
+    e.add_argument("--temperature", type=float, default=None)
+    e.add_argument("--batch-size", type=int, default=25)
+    e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
+    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    e.set_defaults(func=cmd_sample)
+
+    from arvision.evaluation import tokenizer_bench
+
+    tokenizer_bench.add_parser(esub)
+
+    e = esub.add_parser("classify", help="classify digit images with the shipped mnist-5k classifier")
+    e.add_argument("folder", help="folder of PNG/JPG digits; labels are read from names like 000012_class7.png")
+    e.add_argument("--fid-real", choices=["mnist-5k"], default=None,
+                   help="also the FID on the classifier's features against the 5,000 real digits")
+    e.set_defaults(func=cmd_classify)
+
+
+# -- fid ----------------------------------------------------------------------------------------------------
+
+class _Source:
+    """One side of a comparison: statistics and, when needed, the activations behind them."""
+
+    def __init__(self, path: str, need_acts: bool, need_spatial: bool, extractor_fn, batch_size: int,
+                 cache_dir: str | None):
+        from arvision.evaluation.fid import load_stats, statistics
+        from arvision.evaluation.inception import features_from_folder
+
+        p = Path(path).expanduser()
+        self.name = p.name
+        self.acts = self.spatial = None
+        self.mu_s = self.sigma_s = None
+        if p.is_dir():
+            cache = Path(cache_dir) / f"{p.resolve().name}-features.npz" if cache_dir else None
+            if need_spatial:
+                self.acts, self.spatial = features_from_folder(p, batch_size, cache=cache,
+                                                               extractor=extractor_fn(), spatial=True)
+                self.mu_s, self.sigma_s = statistics(self.spatial)
+            else:
+                self.acts = features_from_folder(p, batch_size, cache=cache, extractor=extractor_fn())
+            self.mu, self.sigma = statistics(self.acts)
+            return
+        if not p.is_file():
+            raise ArvisionError(f"not found: {p} (expected a folder of images or an .npz)")
+        if p.suffix != ".npz":
+            raise ArvisionError(f"{p} is neither a folder nor an .npz file")
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            images = z["arr_0"] if "arr_0" in keys and z["arr_0"].ndim == 4 else None
+            acts = z["activations"] if "activations" in keys else (z["arr_0"] if "arr_0" in keys and images is None
+                                                                   else None)
+            has_stats = {"mu", "sigma"} <= keys
+            if {"mu_s", "sigma_s"} <= keys:
+                self.mu_s, self.sigma_s = np.asarray(z["mu_s"], np.float64), np.asarray(z["sigma_s"], np.float64)
+            if "spatial_activations" in keys:
+                self.spatial = np.asarray(z["spatial_activations"], np.float64)
+        if images is not None and (need_acts or not has_stats or (need_spatial and self.mu_s is None)):
+            if images.dtype != np.uint8 or images.shape[-1] != 3:
+                raise ArvisionError(f"{p}: arr_0 has dtype {images.dtype} and shape {images.shape}; an ADM sample "
+                                    "batch holds uint8 images (N, H, W, 3)")
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+            self.acts, spatial = extractor_fn().pool_and_spatial(x)
+            if need_spatial:
+                self.spatial = spatial
+                self.mu_s, self.sigma_s = statistics(spatial)
+        elif acts is not None:
+            self.acts = np.asarray(acts, np.float64)
+        if has_stats:
+            self.mu, self.sigma = load_stats(p)
+        elif self.acts is not None:
+            self.mu, self.sigma = statistics(self.acts)
+        else:
+            raise ArvisionError(f"{p} has neither mu/sigma, activations nor arr_0 images; keys found: "
+                                f"{', '.join(sorted(keys)) or 'none'}")
+        if need_acts and self.acts is None:
+            raise ArvisionError(f"{p} holds only statistics (mu/sigma); precision/recall and KID need the "
+                                "activations or the images (arr_0)")
+        if need_spatial and self.mu_s is None:
+            if self.spatial is None:
+                raise ArvisionError(f"{p} has no spatial statistics (mu_s/sigma_s) or images for sFID")
+            self.mu_s, self.sigma_s = statistics(self.spatial)
+
+
+def cmd_fid(args) -> None:
+    from arvision.evaluation.fid import frechet_distance
+    from arvision.evaluation.inception import InceptionFeatures
+
+    holder: list = []
+
+    def extractor():
+        if not holder:
+            holder.append(InceptionFeatures(device=args.device, batch_size=args.batch_size, progress=True))
+        return holder[0]
+
+    need_acts = args.pr or args.kid
+    real, gen = (_Source(path, need_acts, args.sfid, extractor, args.batch_size, args.cache_dir)
+                 for path in (args.real, args.gen))
+    print(f"FID {frechet_distance(real.mu, real.sigma, gen.mu, gen.sigma):.6f}")
+    if args.sfid:
+        print(f"sFID {frechet_distance(real.mu_s, real.sigma_s, gen.mu_s, gen.sigma_s):.6f}")
+    if args.pr:
+        from arvision.evaluation.metrics import precision_recall
+
+        precision, recall = precision_recall(real.acts, gen.acts, k=3)
+        print(f"precision {precision:.6f}")
+        print(f"recall {recall:.6f}")
+    if args.kid:
+        from arvision.evaluation.metrics import kid
+
+        mean, std = kid(real.acts, gen.acts)
+        print(f"KID {mean:.6f} +- {std:.6f}")
+
+
+# -- sample -------------------------------------------------------------------------------------------------
+
+def cmd_sample(args) -> None:
+    from arvision.bundled import bundled_model_dir
+    from arvision.evaluation.sampler import EvalSamplingSpec, check_spec, pack_npz, sample_for_evaluation
+    from arvision.pipeline import ARPipeline
+    from arvision.training.distributed import barrier, init_distributed
+
+    info = init_distributed(args.device)
+    model = args.model if args.model else str(bundled_model_dir())
+    pipe = ARPipeline.from_pretrained(model, device=info.device)
+    spec = EvalSamplingSpec(per_class=args.per_class, classes=tuple(args.classes) if args.classes else None,
+                            seed=args.seed, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                            temperature=args.temperature, precision=args.precision)
+    labels = spec.labels(pipe.config.num_classes)
+    if info.is_main:  # before any rank writes: refuse a folder drawn with other settings
+        check_spec(args.out, spec, Path(model).name)
+    barrier(info)
+    written = sample_for_evaluation(pipe, args.out, spec, batch_size=args.batch_size, rank=info.rank,
+                                    world=info.world, model_name=Path(model).name)
+    barrier(info)
+    if info.is_main:
+        path = pack_npz(args.out, labels)
+        print(f"wrote {len(written)} new image(s) (rank 0); {len(labels)} in {args.out}; packed {path}")
+
+
+# -- classify -----------------------------------------------------------------------------------------------
+
+_LABEL = re.compile(r"class(\d+)")
+
+
+def cmd_classify(args) -> None:
+    from arvision.evaluation.classifier import classifier_report
+    from arvision.evaluation.inception import _read_rgb, list_image_files
+
+    files = list_image_files(args.folder)
+    labels = [_LABEL.search(f.stem) for f in files]
+    known = all(m is not None for m in labels)
+    images = [_read_rgb(f) for f in files]
+    if len({im.shape for im in images}) > 1:
+        raise ArvisionError(f"images in {args.folder} differ in size; classify one size at a time")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    report = classifier_report(x, [int(m.group(1)) for m in labels] if known else None,
+                               fid_real=args.fid_real)
+    print(f"images {len(files)}")
+    if known:
+        print(f"accuracy {report['accuracy']:.4f}")
+        for k, acc in sorted(report["per_class"].items()):
+            print(f"class {k}: accuracy {acc:.4f}")
+    else:
+        print("no labels in the file names (expected *_class<k>.png); predicted counts:")
+        for k, c in enumerate(report["counts"]):
+            print(f"class {k}: {c}")
+    if args.fid_real:
+        print(f"classifier-FID vs {args.fid_real} {report['fid']:.6f}")
