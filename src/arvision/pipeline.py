@@ -160,6 +160,19 @@ class ARPipeline:
             self.transformer.to(dtype)
         return self
 
+    def compile(self, **options) -> ARPipeline:
+        """Compile the transformer's step function with ``torch.compile(**options)`` (e.g. ``mode="max-autotune"``,
+        ``backend="aot_eager"``).  The step traces as one graph, without breaks (``tests/test_speed.py``); each
+        step shape is a specialisation (VAR: one per scale; raster models go dynamic in the cache length after
+        the second step), so the first call of each shape pays the compile time."""
+        import torch._dynamo
+
+        limit = max(torch._dynamo.config.cache_size_limit, 4 * self.schedule.num_steps if
+                    self.schedule.kind == "scales" else 64)
+        torch._dynamo.config.cache_size_limit = limit
+        self.transformer.forward_step = torch.compile(self.transformer.forward_step, **options)
+        return self
+
     @property
     def weight_dtype(self) -> torch.dtype:
         return self.transformer.class_emb.weight.dtype

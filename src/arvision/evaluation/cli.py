@@ -60,82 +60,14 @@ def add_parsers(sub) -> None:
 
 # -- fid ----------------------------------------------------------------------------------------------------
 
-class _Source:
-    """One side of a comparison: statistics and, when needed, the activations behind them."""
-
-    def __init__(self, path: str, need_acts: bool, need_spatial: bool, extractor_fn, batch_size: int,
-                 cache_dir: str | None):
-        from arvision.evaluation.fid import load_stats, statistics
-        from arvision.evaluation.inception import features_from_folder
-
-        p = Path(path).expanduser()
-        self.name = p.name
-        self.acts = self.spatial = None
-        self.mu_s = self.sigma_s = None
-        if p.is_dir():
-            cache = Path(cache_dir) / f"{p.resolve().name}-features.npz" if cache_dir else None
-            if need_spatial:
-                self.acts, self.spatial = features_from_folder(p, batch_size, cache=cache,
-                                                               extractor=extractor_fn(), spatial=True)
-                self.mu_s, self.sigma_s = statistics(self.spatial)
-            else:
-                self.acts = features_from_folder(p, batch_size, cache=cache, extractor=extractor_fn())
-            self.mu, self.sigma = statistics(self.acts)
-            return
-        if not p.is_file():
-            raise ArvisionError(f"not found: {p} (expected a folder of images or an .npz)")
-        if p.suffix != ".npz":
-            raise ArvisionError(f"{p} is neither a folder nor an .npz file")
-        with np.load(p, allow_pickle=False) as z:
-            keys = set(z.files)
-            images = z["arr_0"] if "arr_0" in keys and z["arr_0"].ndim == 4 else None
-            acts = z["activations"] if "activations" in keys else (z["arr_0"] if "arr_0" in keys and images is None
-                                                                   else None)
-            has_stats = {"mu", "sigma"} <= keys
-            if {"mu_s", "sigma_s"} <= keys:
-                self.mu_s, self.sigma_s = np.asarray(z["mu_s"], np.float64), np.asarray(z["sigma_s"], np.float64)
-            if "spatial_activations" in keys:
-                self.spatial = np.asarray(z["spatial_activations"], np.float64)
-        if images is not None and (need_acts or not has_stats or (need_spatial and self.mu_s is None)):
-            if images.dtype != np.uint8 or images.shape[-1] != 3:
-                raise ArvisionError(f"{p}: arr_0 has dtype {images.dtype} and shape {images.shape}; an ADM sample "
-                                    "batch holds uint8 images (N, H, W, 3)")
-            x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-            self.acts, spatial = extractor_fn().pool_and_spatial(x)
-            if need_spatial:
-                self.spatial = spatial
-                self.mu_s, self.sigma_s = statistics(spatial)
-        elif acts is not None:
-            self.acts = np.asarray(acts, np.float64)
-        if has_stats:
-            self.mu, self.sigma = load_stats(p)
-        elif self.acts is not None:
-            self.mu, self.sigma = statistics(self.acts)
-        else:
-            raise ArvisionError(f"{p} has neither mu/sigma, activations nor arr_0 images; keys found: "
-                                f"{', '.join(sorted(keys)) or 'none'}")
-        if need_acts and self.acts is None:
-            raise ArvisionError(f"{p} holds only statistics (mu/sigma); precision/recall and KID need the "
-                                "activations or the images (arr_0)")
-        if need_spatial and self.mu_s is None:
-            if self.spatial is None:
-                raise ArvisionError(f"{p} has no spatial statistics (mu_s/sigma_s) or images for sFID")
-            self.mu_s, self.sigma_s = statistics(self.spatial)
-
-
 def cmd_fid(args) -> None:
     from arvision.evaluation.fid import frechet_distance
-    from arvision.evaluation.inception import InceptionFeatures
+    from arvision.evaluation.sources import FeatureSource, lazy_extractor
 
-    holder: list = []
-
-    def extractor():
-        if not holder:
-            holder.append(InceptionFeatures(device=args.device, batch_size=args.batch_size, progress=True))
-        return holder[0]
-
+    extractor = lazy_extractor(args.batch_size, args.device, progress=True)
     need_acts = args.pr or args.kid
-    real, gen = (_Source(path, need_acts, args.sfid, extractor, args.batch_size, args.cache_dir)
+    real, gen = (FeatureSource(path, need_acts=need_acts, need_spatial=args.sfid, extractor=extractor,
+                               batch_size=args.batch_size, cache_dir=args.cache_dir)
                  for path in (args.real, args.gen))
     print(f"FID {frechet_distance(real.mu, real.sigma, gen.mu, gen.sigma):.6f}")
     if args.sfid:

@@ -192,23 +192,16 @@ def save_stats(path: str | os.PathLike, acts) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fid_from_folders(folder_a: str | os.PathLike, folder_b: str | os.PathLike, *, batch_size: int = 50,
-                     cache_a: str | os.PathLike | None = None, cache_b: str | os.PathLike | None = None,
-                     method: str = "sqrtm", progress: bool | None = None) -> float:
+                     cache_dir: str | os.PathLike | None = None, method: str = "sqrtm",
+                     progress: bool | None = None) -> float:
     """FID between two folders of PNG/JPG images (Inception features, standard protocol).
 
-    Either folder may instead be an ``.npz`` of statistics (see :func:`load_stats`), e.g. a reference batch.
+    Either side may instead be an ``.npz`` (see :class:`~arvision.evaluation.sources.FeatureSource`): statistics,
+    activations or an ADM sample batch of images.  ``cache_dir``: keep the features of folders there as ``.npz``.
     """
-    from arvision.evaluation.inception import InceptionFeatures, features_from_folder
+    from arvision.evaluation.sources import FeatureSource, lazy_extractor
 
-    extractor = None
-    stats = []
-    for folder, cache in ((folder_a, cache_a), (folder_b, cache_b)):
-        p = Path(folder).expanduser()
-        if p.is_file() and p.suffix == ".npz":
-            stats.append(load_stats(p))
-            continue
-        extractor = extractor or InceptionFeatures(batch_size=batch_size, progress=progress)
-        acts = features_from_folder(p, batch_size, cache=cache, extractor=extractor, progress=progress)
-        stats.append(statistics(acts))
-    (mu1, sigma1), (mu2, sigma2) = stats
-    return frechet_distance(mu1, sigma1, mu2, sigma2, method=method)
+    extractor = lazy_extractor(batch_size, progress=progress)
+    a, b = (FeatureSource(p, extractor=extractor, batch_size=batch_size, cache_dir=cache_dir)
+            for p in (folder_a, folder_b))
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method=method)

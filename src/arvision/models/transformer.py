@@ -53,6 +53,8 @@ class ARTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig, schedule: Schedule):
         super().__init__()
         self.cfg, self.schedule = cfg, schedule
+        # a plain tuple: the schedule's cached properties take a lock that torch.compile cannot trace
+        self.begin_ends = tuple(schedule.begin_ends)
         C, L = cfg.width, schedule.length
         self.adaln = cfg.block == "adaln"
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # row num_classes = null class
@@ -140,7 +142,7 @@ class ARTransformer(nn.Module):
                      cache: KVCache) -> torch.Tensor:
         """Step s.  cond = ``condition(labels)``; x_in (B, n_s, ...) the step's input (None at s=0)
         -> logits (B, n_s, V).  Keys/values of the step are written to ``cache``."""
-        begin, end = self.schedule.begin_ends[s]
+        begin, end = self.begin_ends[s]
         h = self.embed(cond.class_emb, x_in, begin, end)
         rope = None if self.adaln else self.rope[begin:end]
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
