@@ -61,3 +61,37 @@ def test_bf16_weights_sample_in_bf16_only_and_report_stats():
     assert same > 0.5
     with pytest.raises(ArvisionError, match="reload the model"):
         pipe([1], precision="fp32")
+
+
+def test_bf16_raster_model_keeps_fp32_rotary_angles():
+    pipe = make_pipe("llamagen_g3_w64h2").to(dtype=torch.bfloat16)
+    assert pipe.transformer.rope.dtype == torch.float32
+    assert pipe.transformer.input_proj.weight.dtype == torch.bfloat16
+    out = pipe([0, 1], generator=torch.Generator().manual_seed(0), output_type="tokens", precision="bf16")
+    assert out.tokens.shape == (2, pipe.schedule.length)
+    assert 0 <= out.tokens.min() and out.tokens.max() < pipe.config.transformer.vocab_size
+
+
+def test_bench_cli_json_line(tmp_path, capsys):
+    import json
+
+    from arvision.bundled import tiny_random_pipeline
+    from arvision.cli import main
+
+    model = tmp_path / "tiny"
+    tiny_random_pipeline(seed=3).save_pretrained(model)
+    argv = ["bench", str(model), "--classes", "4", "--batch-size", "2", "--precision", "fp32", "--warmup", "0",
+            "--repeat", "2", "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    for key in ("seconds_per_image", "transformer_seconds_per_image", "decode_seconds_per_image",
+                "peak_memory_bytes", "kv_cache_bytes", "precision", "threads", "device", "tokens_sha256"):
+        assert key in result, key
+    assert result["precision"] == "float32" and result["batch_size"] == 2
+    assert result["seconds_per_image"] == pytest.approx(
+        result["transformer_seconds_per_image"] + result["decode_seconds_per_image"], rel=0.5)
+    assert len(result["step_seconds"]) == 4 and "seconds per image" in out[0] + out[1]
+    # the same seed gives the same tokens: the hash is reproducible
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens_sha256"] == result["tokens_sha256"]

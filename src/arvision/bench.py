@@ -159,6 +159,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
     p.add_argument("--no-decode", action="store_true", help="time the tokens only")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the step function (compiles during the warm-up runs: use --warmup >= 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="end with one JSON line of every number")
     p.set_defaults(func=cmd_bench)
@@ -178,10 +180,13 @@ def cmd_bench(args) -> None:
     dtype = resolve_precision(args.precision, pipe.device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)  # weights cast once: half the memory, no per-call casts
+    if args.compile:
+        pipe.compile()
     result = benchmark(pipe, args.classes, batch_size=args.batch_size, seed=args.seed, guidance_scale=args.cfg,
                        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                        precision=args.precision, warmup=args.warmup, repeat=args.repeat, decode=not args.no_decode)
     result["model"] = str(args.model or "bundled")
+    result["compiled"] = bool(args.compile)
     print(format_report(result))
     if args.json:
         print(json.dumps(result))

@@ -157,7 +157,10 @@ class ARPipeline:
         if dtype is not None:
             if not dtype.is_floating_point:
                 raise ArvisionError(f"dtype must be a floating point type, got {dtype}")
+            rope = getattr(self.transformer, "rope", None)
             self.transformer.to(dtype)
+            if rope is not None:
+                self.transformer.rope = rope  # rotary angles stay fp32: bf16 cos/sin would blur positions
         return self
 
     def compile(self, **options) -> ARPipeline:
