@@ -235,12 +235,22 @@ def classifier_features(images, model: MnistClassifier | None = None, batch_size
     return torch.cat(logits), torch.cat(feats).numpy()
 
 
-def _real_mnist5k_features(model: MnistClassifier) -> np.ndarray:
+def _real_mnist5k_features(model: MnistClassifier, image_size: int) -> np.ndarray:
+    """Features of the 5,000 real digits after the same resize chain as generated ``image_size`` images: 28 px ->
+    ``image_size`` (as a model's training data) -> the classifier's 28 px.  Comparing native 28 px digits with
+    generated 32 px ones would add the resize's blur to the distance."""
     from arvision.training.datasets import Mnist5k
 
-    ds = Mnist5k(image_size=28)
+    ds = Mnist5k(image_size=image_size)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
+    images = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # quantised like saved samples
     return classifier_features(images, model)[1]
+
+
+def _image_size(images) -> int:
+    if isinstance(images, (list, tuple)):
+        return images[0].size[1]
+    return int(images.shape[-2])
 
 
 def classifier_report(images, labels: Sequence[int] | None = None, *, fid_real: str | None = None,
@@ -249,7 +259,8 @@ def classifier_report(images, labels: Sequence[int] | None = None, *, fid_real: 
 
     Returns ``{"predicted": (B,) int64, "counts": [10 ints]}`` plus, with ``labels``, ``"accuracy"`` and
     ``"per_class"`` ``{k: accuracy}``, and with ``fid_real="mnist-5k"``, ``"fid"``: the Fréchet distance on the
-    classifier's penultimate features against all 5,000 real digits (at their native 28x28).
+    classifier's penultimate features against all 5,000 real digits, resized to the images' size first (as a
+    model trained at that size saw them) and quantised to uint8 like saved samples.
     """
     from arvision.evaluation.fid import fid_from_features
 
@@ -266,5 +277,5 @@ def classifier_report(images, labels: Sequence[int] | None = None, *, fid_real: 
     if fid_real is not None:
         if fid_real != "mnist-5k":
             raise ArvisionError(f"unknown reference set {fid_real!r}; only 'mnist-5k' is built in")
-        report["fid"] = fid_from_features(feats, _real_mnist5k_features(model))
+        report["fid"] = fid_from_features(feats, _real_mnist5k_features(model, _image_size(images)))
     return report
