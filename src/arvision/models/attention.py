@@ -58,12 +58,12 @@ def rope_2d_table(grid: tuple[int, int], head_dim: int, base: float, num_prefix:
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """x (B, n, H, hd), table (n, hd/2, 2) -> rotated x; adjacent element pairs rotate, in fp32."""
+    """x (B, n, ..., hd), table (n, hd/2, 2) -> rotated x; adjacent element pairs rotate, in fp32."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    t = table.view(1, xs.shape[1], 1, xs.shape[3], 2)
+    t = table.view(1, xs.shape[1], *([1] * (xs.ndim - 4)), xs.shape[-2], 2)
     out = torch.stack([xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1],
                        xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
+    return out.flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -101,9 +101,8 @@ class Attention(nn.Module):
         bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).view(B, n, 3, self.heads, self.head_dim)
         if rope is not None:
-            q, k, v = qkv.unbind(dim=2)  # (B, n, H, hd)
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one call: (B, n, 2, H, hd)
+            q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(dim=0)  # (B, H, n, hd)
         scale = None
@@ -114,7 +113,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.write(layer, begin, k, v)
             q = q.to(k.dtype)  # under autocast q may leave the l2-norm in fp32 while the cache is bf16
-        mask = None if attn_bias is None else attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        if n == 1 and attn_bias is None and not self.training:
+            # one query (raster decoding): the fused CPU kernel's set-up costs more than the arithmetic
+            att = (q @ k.transpose(-2, -1)).mul_(self.head_dim ** -0.5 if scale is None else scale)
+            out = att.softmax(dim=-1) @ v
+        else:
+            mask = None if attn_bias is None else attn_bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(B, n, C))
