@@ -61,6 +61,10 @@ class ARPipeline:
                                                                                      self.schedule)
         self.tokenizer.eval().requires_grad_(False)
         self.transformer.eval().requires_grad_(False)
+        # channels-last convolutions decode faster on CPUs, in fp32 and bf16 (bench/decoder_formats.py); only the
+        # decoder: the encoder's output decides tokens, so it keeps the layout the parity tests pin down
+        self.tokenizer.decoder.to(memory_format=torch.channels_last)
+        self.tokenizer.post_quant_conv.to(memory_format=torch.channels_last)
         self.inputs = build_inputs(self.tokenizer, self.schedule)
 
     # -- persistence -------------------------------------------------------------------------------
