@@ -107,6 +107,8 @@ class ARTransformer(nn.Module):
             first = cond.unsqueeze(1).expand(-1, self.schedule.first_len, -1)
             parts.append(first + self.pos_start.expand(cond.shape[0], -1, -1) if self.adaln else first)
         if x_in is not None and x_in.shape[1] > 0:
+            if x_in.is_floating_point():  # canvas features are fp32; the weights may be bf16
+                x_in = x_in.to(self.input_proj.weight.dtype)
             parts.append(self.input_proj(x_in))
         h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         if self.adaln:
@@ -116,7 +118,7 @@ class ARTransformer(nn.Module):
     def logits(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Hidden (B, n, C) -> logits (B, n, V) in fp32."""
         if self.adaln:
-            return self.head(self.head_norm(h.float(), cond.head)).float()
+            return self.head(self.head_norm(h.float(), cond.head).to(self.head.weight.dtype)).float()
         return self.head(self.head_norm(h)).float()
 
     # -- entry points -------------------------------------------------------------------------------

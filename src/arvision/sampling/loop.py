@@ -45,7 +45,9 @@ def generate(transformer, inputs, labels: torch.Tensor, guidance: Guidance, samp
     # One autocast context around the whole loop: autocast keeps its cast copy of each fp32 weight until the
     # outermost context exits, so the weights are cast once per call, not once per step.  The parts outside the
     # trunk (guidance, filters, the draw, the canvas) run with autocast switched off, in fp32.
-    mixed = dtype != torch.float32
+    # Weights already in the sampling dtype (``pipe.to(dtype=...)``) need no autocast, which would only add a
+    # dispatch layer to every small op of every step.
+    mixed = dtype != torch.float32 and transformer.class_emb.weight.dtype != dtype
     trunk_ctx = torch.autocast(device_type=device.type, dtype=dtype) if mixed else nullcontext()
     fp32_ctx = (lambda: torch.autocast(device_type=device.type, enabled=False)) if mixed else nullcontext
     cache = transformer.new_cache(all_labels.shape[0], dtype=dtype, device=device)
