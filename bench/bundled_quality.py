@@ -60,7 +60,7 @@ def main() -> None:
 
     from arvision.bundled import bundled_model_dir
     from arvision.config import ModelConfig
-    from arvision.evaluation.classifier import load_mnist_classifier, to_classifier_input
+    from arvision.evaluation.classifier import classifier_features, load_mnist_classifier
     from arvision.evaluation.fid import fid_from_features
     from arvision.evaluation.inception import InceptionFeatures
     model = Path(args.model) if args.model else bundled_model_dir()
@@ -84,17 +84,12 @@ def main() -> None:
     subset = torch.cat([torch.nonzero(real_labels == k).flatten()[: args.per_class] for k in range(10)])
 
     clf = load_mnist_classifier()
-    with torch.no_grad():
-        def clf_run(images: np.ndarray):
-            x = to_classifier_input(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-            logits, feats = [], []
-            for i in range(0, len(x), 500):
-                logits.append(clf(x[i:i + 500]))
-                feats.append(clf.features(x[i:i + 500]))
-            return torch.cat(logits), torch.cat(feats).double().numpy()
 
-        gen_logits, gen_cf = clf_run(gen)
-        real_logits, real_cf = clf_run(real)
+    def clf_run(images: np.ndarray):
+        return classifier_features(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), clf)
+
+    gen_logits, gen_cf = clf_run(gen)
+    real_logits, real_cf = clf_run(real)
     accuracy = (gen_logits.argmax(1) == gen_labels).float().mean().item()
     per_class = [(gen_logits.argmax(1)[gen_labels == k] == k).float().mean().item() for k in range(10)]
     real_accuracy = (real_logits.argmax(1) == real_labels).float().mean().item()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
+from arvision.evaluation.cli import add_tokenizer_parser
 from inception_helpers import one_thread
 
 
@@ -230,7 +231,7 @@ def test_format_table(results):
 def test_cli_eval_tokenizer(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="arvision")
     esub = parser.add_subparsers(dest="command").add_parser("eval").add_subparsers(dest="eval_command")
-    tb.add_parser(esub)
+    add_tokenizer_parser(esub)
     args = parser.parse_args(["eval", "tokenizer", "--data", "mnist-5k,text", "--n", "2", "--no-inception",
                               "--json", str(tmp_path / "r.json"), "--out-png", str(tmp_path / "r.png")])
     args.func(args)

@@ -196,17 +196,10 @@ def to_classifier_input(images) -> torch.Tensor:
     return x.contiguous()
 
 
-@torch.no_grad()
 def classify_images(images, model: MnistClassifier | None = None, batch_size: int = 500,
                     return_logits: bool = False) -> torch.Tensor:
     """Predicted digit ``(B,)`` int64 for images in any form :func:`to_classifier_input` takes (logits if asked)."""
-    model = model if model is not None else _default_model()
-    x = to_classifier_input(images)
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(x), batch_size):
-        out.append(model(x[i : i + batch_size].to(device)).float().cpu())
-    logits = torch.cat(out)
+    logits = classifier_features(images, model, batch_size)[0]
     return logits if return_logits else logits.argmax(1)
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from arvision.errors import ArvisionError
+from arvision.evaluation import tokenizer_bench as tb
 
 
 def add_parsers(sub) -> None:
@@ -47,9 +49,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.set_defaults(func=cmd_sample)
 
-    from arvision.evaluation import tokenizer_bench
-
-    tokenizer_bench.add_parser(esub)
+    add_tokenizer_parser(esub)
 
     e = esub.add_parser("classify", help="classify digit images with the shipped mnist-5k classifier")
     e.add_argument("folder", help="folder of PNG/JPG digits; labels are read from names like 000012_class7.png")
@@ -109,6 +109,54 @@ def cmd_sample(args) -> None:
     if info.is_main:
         path = pack_npz(args.out, labels)
         print(f"wrote {len(written)} new image(s) (rank 0); {len(labels)} in {args.out}; packed {path}")
+
+
+# -- tokenizer --------------------------------------------------------------------------------------------
+
+
+def add_tokenizer_parser(esub) -> argparse.ArgumentParser:
+    """Register ``tokenizer`` on the ``arvision eval`` sub-parsers ``esub``; the command runs ``args.func(args)``."""
+    p = esub.add_parser("tokenizer", help="reconstruction quality and codebook usage of a model's tokenizer",
+                        description="Encode and decode images with a model's tokenizer; print a Markdown table of "
+                                    "PSNR, SSIM, an Inception-feature perceptual distance, rFID and per-scale "
+                                    "codebook usage / perplexity.")
+    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
+    p.add_argument("--data", default=",".join(tb.DATASETS),
+                   help=f"comma-separated datasets among {', '.join(tb.DATASETS)} (default: all)")
+    p.add_argument("--n", type=int, default=16, help="images per dataset (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out-png", help="write original | reconstruction pairs here (one row per dataset)")
+    p.add_argument("--json", help="write the results (without images) as JSON here")
+    p.add_argument("--no-inception", action="store_true", help="skip the perceptual distance and rFID (fast)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_tokenizer)
+    return p
+
+
+def cmd_tokenizer(args) -> None:
+    import json
+
+    from arvision.bundled import bundled_model_dir
+    from arvision.images import check_output_file
+    from arvision.pipeline import ARPipeline
+
+    names = [tb._check_dataset(d) for d in str(args.data).split(",") if d.strip()]
+    if not names:
+        raise ArvisionError(f"--data names no dataset; choose among {', '.join(tb.DATASETS)}")
+    tb._check_n(args.n)
+    for out in (args.out_png, args.json):
+        if out:
+            check_output_file(out)
+    pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir(), device=args.device)
+    results = [tb.benchmark_tokenizer(pipe, d, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                                   inception=not args.no_inception) for d in names]
+    print(tb.format_table(results))
+    if args.out_png:
+        tb.write_side_by_side(results, args.out_png)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(args.model or "bundled"),
+                                               "results": tb.to_jsonable(results)}, indent=2))
 
 
 # -- classify -----------------------------------------------------------------------------------------------

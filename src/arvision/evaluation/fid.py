@@ -142,6 +142,18 @@ def fid_from_features(a, b, *, method: str = "sqrtm") -> float:
     return frechet_distance(mu1, sigma1, mu2, sigma2, method=method)
 
 
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """``np.load`` of an ``.npz`` without pickles; a clear error for an unreadable file or a single array."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ArvisionError(f"cannot read {path}: {e}") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ArvisionError(f"{path} holds a single array; expected an .npz archive (mu/sigma, activations or "
+                            "arr_0)")
+    return z
+
+
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``(mu, sigma)`` from an ``.npz``: its ``mu``/``sigma`` arrays, else computed from ``activations`` or ``arr_0``.
 
@@ -151,13 +163,7 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ArvisionError(f"statistics file not found: {path}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise ArvisionError(f"cannot read statistics file {path}: {e}") from e
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ArvisionError(f"{path} is a single .npy array, expected an .npz with mu and sigma (or activations)")
-    with z:
+    with open_npz(path) as z:
         keys = list(z.files)
         if "mu" in keys and "sigma" in keys:
             mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)

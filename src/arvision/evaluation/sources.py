@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from arvision.errors import ArvisionError
-from arvision.evaluation.fid import load_stats, statistics
+from arvision.evaluation.fid import load_stats, open_npz, statistics
 from arvision.evaluation.inception import InceptionFeatures, features_from_folder
 
 __all__ = ["FeatureSource", "lazy_extractor"]
@@ -62,14 +62,7 @@ class FeatureSource:
             raise ArvisionError(f"not found: {p} (expected a folder of images or an .npz)")
         if p.suffix != ".npz":
             raise ArvisionError(f"{p} is neither a folder nor an .npz file")
-        try:
-            z = np.load(p, allow_pickle=False)
-        except Exception as e:
-            raise ArvisionError(f"cannot read {p}: {e}") from e
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ArvisionError(f"{p} holds a single array; expected an .npz archive (mu/sigma, activations or "
-                                "arr_0)")
-        with z:
+        with open_npz(p) as z:
             keys = set(z.files)
             images = z["arr_0"] if "arr_0" in keys and z["arr_0"].ndim == 4 else None
             acts = z["activations"] if "activations" in keys else (z["arr_0"] if "arr_0" in keys and images is None

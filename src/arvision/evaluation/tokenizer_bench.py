@@ -49,8 +49,6 @@ Data sets (all deterministic for a ``seed``):
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -77,7 +75,6 @@ __all__ = [
     "ssim",
     "to_jsonable",
     "write_side_by_side",
-    "add_parser",
 ]
 
 DATASETS = ("photos", "text", "mnist-5k")
@@ -469,50 +466,3 @@ def write_side_by_side(pipe_or_results, path: str | Path, *, pairs: int = 8, dat
                 captions += ["", ""]
     make_grid(cells, captions, ncol=2 * pairs).save(path)
     return path
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# command line: `arvision eval tokenizer`
-
-
-def add_parser(esub) -> argparse.ArgumentParser:
-    """Register ``tokenizer`` on the ``arvision eval`` sub-parsers ``esub``; the command runs ``args.func(args)``."""
-    p = esub.add_parser("tokenizer", help="reconstruction quality and codebook usage of a model's tokenizer",
-                        description="Encode and decode images with a model's tokenizer; print a Markdown table of "
-                                    "PSNR, SSIM, an Inception-feature perceptual distance, rFID and per-scale "
-                                    "codebook usage / perplexity.")
-    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
-    p.add_argument("--data", default=",".join(DATASETS),
-                   help=f"comma-separated datasets among {', '.join(DATASETS)} (default: all)")
-    p.add_argument("--n", type=int, default=16, help="images per dataset (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out-png", help="write original | reconstruction pairs here (one row per dataset)")
-    p.add_argument("--json", help="write the results (without images) as JSON here")
-    p.add_argument("--no-inception", action="store_true", help="skip the perceptual distance and rFID (fast)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_tokenizer)
-    return p
-
-
-def cmd_tokenizer(args) -> None:
-    from arvision.bundled import bundled_model_dir
-    from arvision.images import check_output_file
-    from arvision.pipeline import ARPipeline
-
-    names = [_check_dataset(d) for d in str(args.data).split(",") if d.strip()]
-    if not names:
-        raise ArvisionError(f"--data names no dataset; choose among {', '.join(DATASETS)}")
-    _check_n(args.n)
-    for out in (args.out_png, args.json):
-        if out:
-            check_output_file(out)
-    pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir(), device=args.device)
-    results = [benchmark_tokenizer(pipe, d, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                                   inception=not args.no_inception) for d in names]
-    print(format_table(results))
-    if args.out_png:
-        write_side_by_side(results, args.out_png)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(args.model or "bundled"),
-                                               "results": to_jsonable(results)}, indent=2))
