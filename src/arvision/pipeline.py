@@ -230,7 +230,8 @@ class ARPipeline:
                  generator: Generators = None, more_smooth: bool = False,
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                  progress: bool = False, return_progression: bool = False,
-                 time_steps: bool = False) -> GenerationOutput:
+                 time_steps: bool = False, processors=(), override=None, kv_policy=None,
+                 decoding=None) -> GenerationOutput:
         """Generate one image per class label.
 
         guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
@@ -241,6 +242,9 @@ class ARPipeline:
         ``precision``: "fp32" (exact), "bf16", or "auto" (by hardware).
         ``return_progression`` (scale-wise models): also decode the canvas after every scale.  ``time_steps``:
         record each step's seconds in ``stats["step_seconds"]`` (summed over batches; synchronises CUDA per step).
+        Options of the one loop (``arvision.sampling.loop``): ``processors`` (extra logits processors),
+        ``override`` (forced tokens), ``kv_policy`` (a cache policy or its spec, e.g. "scalekv:0.1"),
+        ``decoding`` (a decoding policy or its spec, e.g. "sjd", "gsd:3"; raster models).
         """
         labels = self.check_labels(class_labels)
         guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
@@ -259,8 +263,8 @@ class ARPipeline:
         if per_image and len(generator) != len(labels):
             raise ArvisionError(f"got {len(generator)} generators for {len(labels)} class labels; give one per image")
         tokens, images, steps = [], [], []
-        stats = {"transformer_seconds": 0.0, "decode_seconds": 0.0, "kv_cache_bytes": 0,
-                 "precision": str(dtype).removeprefix("torch.")}
+        stats = {"transformer_seconds": 0.0, "decode_seconds": 0.0, "kv_cache_bytes": 0, "forwards": 0,
+                 "token_forwards": 0, "precision": str(dtype).removeprefix("torch.")}
         for i in range(0, len(labels), bs):
             lab = torch.tensor(labels[i:i + bs], device=self.device)
             canvases, marks = [], []
@@ -274,7 +278,8 @@ class ARPipeline:
             gen = generator[i:i + bs] if per_image else generator
             t0 = _clock(self.device)
             res = generate(self.transformer, self.inputs, lab, guidance, sampling, gen, more_smooth, dtype,
-                           progress, hook if (return_progression or time_steps) else None)
+                           progress, hook if (return_progression or time_steps) else None,
+                           processors=processors, override=override, kv_policy=kv_policy, decoding=decoding)
             t1 = _clock(self.device)
             stats["transformer_seconds"] += t1 - t0
             if time_steps:
@@ -282,6 +287,8 @@ class ARPipeline:
                 old = stats.setdefault("step_seconds", [0.0] * len(per_step))
                 stats["step_seconds"] = [x + y for x, y in zip(old, per_step)]
             stats["kv_cache_bytes"] = max(stats["kv_cache_bytes"], res.kv_cache_bytes)
+            stats["forwards"] += res.forwards
+            stats["token_forwards"] += res.token_forwards
             if return_progression:
                 steps.append([self._decode_state(c, None, dtype).add(1).mul(0.5).cpu() for c in canvases])
             tokens.append(res.tokens)

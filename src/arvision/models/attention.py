@@ -9,11 +9,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+           mask: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """q (B, H, n, hd) against k, v (B, H, m, hd); mask (n, m) additive or None -> (B, H, n, hd)."""
+    if q.shape[2] == 1 and mask is None and dropout == 0.0:
+        # one query (raster decoding): the fused CPU kernel's set-up costs more than the arithmetic
+        att = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5 if scale is None else scale)
+        return att.softmax(dim=-1) @ v
+    mask = None if mask is None else mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout)
+
+
 class KVCache:
     """Keys and values of every layer, allocated once for (batch, heads, length, head_dim).
 
-    Step s writes its keys at positions [begin, end) and attends to [0, end): no reallocation, no copies of the
-    history.  Rewinding (e.g. rejected speculative tokens) needs no work: later writes overwrite.
+    A forward over positions [begin, end) writes its keys there and attends to [0, end): no reallocation, no
+    copies of the history.  Rewinding (rejected speculative tokens) needs no work: later writes overwrite.
+    Cache policies (``arvision.sampling.kv_policies``) subclass this and override ``attend``.
     """
 
     def __init__(self, depth: int, batch: int, heads: int, length: int, head_dim: int,
@@ -30,7 +42,13 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held now."""
         return self.k.numel() * self.k.element_size() * 2
+
+    @property
+    def peak_nbytes(self) -> int:
+        """The most bytes held at any time (the static cache holds its full size from the start)."""
+        return self.nbytes
 
     def write(self, layer: int, begin: int, k: torch.Tensor, v: torch.Tensor):
         """k, v (B, H, n, hd) at positions [begin, begin+n) -> views of all keys/values in [0, begin+n)."""
@@ -38,6 +56,17 @@ class KVCache:
         self.k[layer, :, :, begin:end] = k
         self.v[layer, :, :, begin:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def attend(self, layer: int, begin: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Store this forward's k, v (B, H, n, hd) at [begin, begin+n) and attend q (B, H, n, hd) to everything
+        cached up to begin+n.  mask: (n, begin+n) additive, or None (the n positions see each other)."""
+        k, v = self.write(layer, begin, k, v)
+        return attend(q.to(k.dtype), k, v, scale, mask)  # under autocast q may leave the l2-norm in fp32
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep batch rows ``rows`` (int64, repeats allowed): search controllers re-batch the running samples."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
 
 
 def rope_2d_table(grid: tuple[int, int], head_dim: int, base: float, num_prefix: int) -> torch.Tensor:
@@ -96,7 +125,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0, begin: int = 0) -> torch.Tensor:
         """x (B, n, C).  Without a cache: attention among the n positions under ``attn_bias`` (n, n).
-        With a cache: these n positions sit at [begin, begin+n) and see everything cached before them."""
+        With a cache: these n positions sit at [begin, begin+n) and see everything cached before them, and
+        each other under ``attn_bias`` (n, begin+n) when given (a causal window of speculative drafts)."""
         B, n, C = x.shape
         bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).view(B, n, 3, self.heads, self.head_dim)
@@ -111,14 +141,7 @@ class Attention(nn.Module):
             k = F.normalize(k, dim=-1)
             scale = 1.0
         if cache is not None:
-            k, v = cache.write(layer, begin, k, v)
-            q = q.to(k.dtype)  # under autocast q may leave the l2-norm in fp32 while the cache is bf16
-        if n == 1 and attn_bias is None and not self.training:
-            # one query (raster decoding): the fused CPU kernel's set-up costs more than the arithmetic
-            att = (q @ k.transpose(-2, -1)).mul_(self.head_dim ** -0.5 if scale is None else scale)
-            out = att.softmax(dim=-1) @ v
+            out = cache.attend(layer, begin, q, k, v, scale, attn_bias)
         else:
-            mask = None if attn_bias is None else attn_bias.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                                 dropout_p=self.dropout if self.training else 0.0)
+            out = attend(q, k, v, scale, attn_bias, self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(B, n, C))

@@ -145,15 +145,24 @@ class ARTransformer(nn.Module):
         """Step s.  cond = ``condition(labels)``; x_in (B, n_s, ...) the step's input (None at s=0)
         -> logits (B, n_s, V).  Keys/values of the step are written to ``cache``."""
         begin, end = self.begin_ends[s]
+        return self.forward_positions(begin, end, cond, x_in, cache)
+
+    def forward_positions(self, begin: int, end: int, cond: Conditioning, x_in: torch.Tensor | None,
+                          cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions [begin, end) against the cache -> logits (B, end-begin, V).  ``mask`` (end-begin, end)
+        additive restricts what they see (a causal window of speculative raster drafts); None: all of it."""
         h = self.embed(cond.class_emb, x_in, begin, end)
         rope = None if self.adaln else self.rope[begin:end]
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, rope, None, cache, i, begin)
+            h = blk(h, mod, rope, mask, cache, i, begin)
         return self.logits(h, cond)
 
-    def new_cache(self, batch: int, dtype=torch.float32, device=None) -> KVCache:
+    def new_cache(self, batch: int, dtype=torch.float32, device=None, policy=None) -> KVCache:
+        """A full static cache, or the one ``policy`` (``arvision.sampling.kv_policies``) builds."""
         cfg = self.cfg
         device = device or self.class_emb.weight.device
+        if policy is not None:
+            return policy.new_cache(self, batch, dtype, device)
         return KVCache(cfg.depth, batch, cfg.num_heads, self.schedule.length, cfg.head_dim, dtype, device)
 
     # -- initialisation for training from scratch ---------------------------------------------------
