@@ -51,7 +51,7 @@ def peak_memory_bytes(device: torch.device) -> int | None:
 def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: int = 0,
               guidance_scale: float | None = None, top_k: int | None = None, top_p: float | None = None,
               temperature: float | None = None, precision: str = "auto", warmup: int = 1, repeat: int = 3,
-              decode: bool = True) -> dict:
+              decode: bool = True, kv_policy=None, decoding=None) -> dict:
     """Time ``pipe`` generating one batch of ``batch_size`` images (classes cycled to fill it).
 
     Returns a dict with per-image medians (``seconds_per_image``, ``transformer_seconds_per_image``,
@@ -69,7 +69,8 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
     labels = [classes[i % len(classes)] for i in range(b)]
     dtype = resolve_precision(precision, pipe.device)
     kw = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature,
-              output_type="pt" if decode else "tokens", precision=precision, time_steps=True)
+              output_type="pt" if decode else "tokens", precision=precision, time_steps=True,
+              kv_policy=kv_policy, decoding=decoding)
 
     def run():
         return pipe(labels, generator=torch.Generator(device=pipe.device).manual_seed(seed), **kw)
@@ -95,6 +96,8 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
         "step_sizes": list(pipe.schedule.step_sizes),
         "peak_memory_bytes": peak,
         "kv_cache_bytes": runs[0].stats["kv_cache_bytes"],
+        "forwards_per_batch": runs[0].stats["forwards"],
+        "token_forwards_per_batch": runs[0].stats["token_forwards"],
         "precision": str(dtype).removeprefix("torch."),
         "weights_dtype": str(pipe.weight_dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
@@ -163,6 +166,9 @@ def add_parser(sub) -> None:
                    help="torch.compile the step function (compiles during the warm-up runs: use --warmup >= 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="end with one JSON line of every number")
+    from arvision.cli import add_policy_args
+
+    add_policy_args(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -184,9 +190,11 @@ def cmd_bench(args) -> None:
         pipe.compile()
     result = benchmark(pipe, args.classes, batch_size=args.batch_size, seed=args.seed, guidance_scale=args.cfg,
                        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                       precision=args.precision, warmup=args.warmup, repeat=args.repeat, decode=not args.no_decode)
+                       precision=args.precision, warmup=args.warmup, repeat=args.repeat, decode=not args.no_decode,
+                       kv_policy=args.kv_policy, decoding=args.decoding)
     result["model"] = str(args.model or "bundled")
     result["compiled"] = bool(args.compile)
+    result["kv_policy"], result["decoding"] = args.kv_policy, args.decoding
     print(format_report(result))
     if args.json:
         print(json.dumps(result))

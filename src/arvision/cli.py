@@ -29,6 +29,14 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_policy_args(p: argparse.ArgumentParser) -> None:
+    """The loop's efficiency options, shared by `sample` and `bench`."""
+    p.add_argument("--kv-policy", default=None,
+                   help="scale-wise models: KV-cache compression, e.g. scalekv:0.1 or hack:0.3 (default: full cache)")
+    p.add_argument("--decoding", default=None,
+                   help="raster models: plain (default), sjd, mcsjd or gsd[:G] (speculative Jacobi decoding)")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, nargs="+", help="class ids, one image each (default: 0..7 or all)")
     p.add_argument("--seed", type=int, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
@@ -38,6 +46,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None, help="0 = off (default: VAR 0.96, LlamaGen 0)")
     p.add_argument("--temperature", type=float, default=None, help="default 1 (or the model's own setting)")
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
+    add_policy_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="images per forward batch (default: all)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
@@ -139,7 +148,8 @@ def run_sampling(pipe, args, progress: bool = True):
     return pipe(classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                 temperature=args.temperature, generator=generator, more_smooth=args.smooth,
                 output_type="pil", batch_size=args.batch_size, precision=args.precision, progress=progress,
-                return_progression=bool(getattr(args, "progression", None)))
+                return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
+                decoding=args.decoding)
 
 
 def caption(pipe, k: int) -> str:
@@ -242,7 +252,7 @@ def cmd_demo(args) -> None:
                 "randomly initialised VAR model, so the images are noise.\n")
     ns = argparse.Namespace(classes=list(range(min(pipe.config.num_classes, 10))), seed=args.seed, cfg=None,
                             top_k=None, top_p=None, temperature=None, smooth=False, batch_size=None,
-                            precision="auto", device="cpu")
+                            precision="auto", device="cpu", kv_policy=None, decoding=None)
     t0 = time.perf_counter()
     out = run_sampling(pipe, ns, progress=False)
     make_grid(out.images, [caption(pipe, k) for k in out.class_labels], ncol=5).save(args.out)

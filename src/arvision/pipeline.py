@@ -253,6 +253,7 @@ class ARPipeline:
         if (more_smooth or return_progression) and self.config.family != "var":
             raise ArvisionError("more_smooth and the coarse-to-fine progression exist only for VAR models")
         dtype = resolve_precision(precision, self.device)
+        kv_policy, decoding = self.policies(kv_policy, decoding)
         if self.weight_dtype != torch.float32 and dtype != self.weight_dtype:
             raise ArvisionError(f"this pipeline's transformer weights are {self.weight_dtype}; it cannot sample in "
                                 f"{dtype} (reload the model for exact fp32 sampling)")
@@ -304,6 +305,18 @@ class ARPipeline:
                 out_images = to_pil(out_images)
         progression = [torch.cat(per_step) for per_step in zip(*steps)] if return_progression else None
         return GenerationOutput(out_images, tokens, self.inputs.split(tokens), labels, progression, stats)
+
+    def policies(self, kv_policy, decoding):
+        """Specs ("scalekv:0.1", "gsd:3", ...) -> policy objects; objects and None pass through."""
+        if isinstance(kv_policy, str):
+            from arvision.sampling.kv_policies import parse_kv_policy
+
+            kv_policy = parse_kv_policy(kv_policy, self)
+        if isinstance(decoding, str):
+            from arvision.sampling.speculative import parse_decoding
+
+            decoding = parse_decoding(decoding, self)
+        return kv_policy, decoding
 
     @torch.no_grad()
     def _decode_state(self, state, tokens, dtype: torch.dtype) -> torch.Tensor:
