@@ -157,6 +157,9 @@ def test_acceptance_probabilities_by_hand():
     assert GroupedAcceptance(size=3).probability(p, q, x).item() == pytest.approx(0.4)
     assert GroupedAcceptance(size=3, prob_gap=1.0).probability(p, q, x).item() == pytest.approx(0.5 / 0.75)
     assert GroupedAcceptance(size=1).probability(p, q, x).item() == pytest.approx(0.6)
+    # a draft outside the filtered support is never accepted, though its group holds mass
+    p0 = torch.tensor([[[0.6, 0.4, 0.0, 0.0]]])
+    assert GroupedAcceptance(size=4, prob_gap=1.0).probability(p0, q, torch.tensor([[3]])).item() == 0.0
 
 
 def test_gsd_with_group_one_equals_sjd():

@@ -79,7 +79,8 @@ class GroupedAcceptance:
     input embedding lies within that squared L2 distance of x's (the released code's filters; its
     thresholds were 0.15 and 0.5 for Lumina-mGPT's embeddings, whose scale is not ours, so the distance
     filter is off by default).  size 1 is the standard rule.  Lossy: the accepted token is the draft itself,
-    not a draw within the group.
+    not a draw within the group.  Our guard: a draft the filters removed (p(x) = 0: outside top-k/top-p) is
+    never accepted, whatever its group's mass — the released rule would emit it.
     """
 
     size: int = 3
@@ -107,7 +108,7 @@ class GroupedAcceptance:
             keep &= d < self.embed_dist
         keep |= group == x[..., None]
         P, Q = (pg * keep).sum(-1), (qg * keep).sum(-1)
-        return (P / Q.clamp_min(1e-30)).clamp_max(1.0)
+        return (P / Q.clamp_min(1e-30)).clamp_max(1.0).masked_fill_(px[..., 0] <= 0, 0.0)
 
 
 # -- the decoding policy -------------------------------------------------------------------------------
