@@ -103,16 +103,21 @@ def test_pixel_masks_are_area_averaged_to_tokens():
     src, frac, _ = prepare_edit_inputs(im, mask, 32, (8, 8))
     assert src.shape == (1, 3, 32, 32) and frac.sum() == 0
     assert box_mask(4, 4, (0, 0, 0.5, 1), outpaint=True).sum() == 8
+    # a (B, H, W) batch of masks is one mask per image
+    two = torch.stack([torch.zeros(32, 32), torch.ones(32, 32)])
+    _, frac, _ = prepare_edit_inputs(digits()[0][:2], two, 32, (8, 8))
+    assert frac[0].sum() == 0 and frac[1].sum() == 64
 
 
 # -- in-painting keeps the source ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("klass", [None, 7])
-def test_var_inpainting_keeps_every_token_outside_the_mask(klass):
+@pytest.mark.parametrize("klass,outpaint", [(None, False), (7, False), (None, True)])
+def test_var_inpainting_keeps_every_token_outside_the_mask(klass, outpaint):
     pipe = bundled()
     x, _ = digits()
-    out = edit(pipe, x[:4], box_mask(32, 32, (0.25, 0.25, 0.75, 0.75)), class_labels=klass, generator=gen(1),
-               output_type="tokens")
+    mask = box_mask(32, 32, (0.25, 0.25, 0.75, 0.75), outpaint=outpaint)
+    out = edit(pipe, x[:4], mask, class_labels=klass, generator=gen(1), output_type="tokens")
+    assert out.keep[:, -64:].sum(1).tolist() == [16 if outpaint else 48] * 4  # the final 8x8 scale
     assert_kept_everywhere(pipe, out)
     free = ~out.keep
     assert free.any() and (out.tokens[free] != out.source_tokens[free]).any()  # the hole was really sampled

@@ -125,18 +125,20 @@ def _centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def _as_list(items, name: str) -> list:
-    if isinstance(items, (Image.Image, np.ndarray)) or (isinstance(items, torch.Tensor) and items.ndim in (2, 3)):
+def _as_list(items, name: str, item_ndim: int) -> list:
+    """One item or a batch of them -> a list; an array/tensor with ``item_ndim`` dims is one item, with one more a
+    batch."""
+    if isinstance(items, np.ndarray):
+        items = torch.from_numpy(items)
+    if isinstance(items, torch.Tensor):
+        return list(items) if items.ndim == item_ndim + 1 else [items]
+    if isinstance(items, Image.Image):
         return [items]
-    if isinstance(items, torch.Tensor) and items.ndim == 4 and name == "images":
-        return list(items)
-    if isinstance(items, torch.Tensor) and items.ndim == 3 and name == "masks":
-        return list(items)
     if isinstance(items, (list, tuple)):
         if not items:
             raise ArvisionError(f"no {name} given")
         return list(items)
-    raise ArvisionError(f"{name} must be a PIL image, a tensor or a list of them, got {type(items).__name__}")
+    raise ArvisionError(f"{name} must be a PIL image, an array, a tensor or a list of them, got {type(items).__name__}")
 
 
 def prepare_edit_inputs(images, masks, image_size: int, grid: tuple[int, int]
@@ -150,7 +152,7 @@ def prepare_edit_inputs(images, masks, image_size: int, grid: tuple[int, int]
     or tensors (H, W) of the *image's* size (before any resize), bool or float, 1 / white = regenerate.  A mask
     gets its image's crop, then is area-averaged.
     """
-    imgs, msks = _as_list(images, "images"), _as_list(masks, "masks")
+    imgs, msks = _as_list(images, "images", 3), _as_list(masks, "masks", 2)
     if len(msks) == 1 and len(imgs) > 1:
         msks = msks * len(imgs)
     if len(msks) != len(imgs):
@@ -330,7 +332,7 @@ def add_parser(sub) -> None:
     where.add_argument("--box", type=_box_arg, metavar="Y0,X0,Y1,X1",
                        help="regenerate this box, given as fractions of the image (e.g. 0.25,0.25,0.75,0.75)")
     p.add_argument("--outpaint", action="store_true", help="with --box: keep the box, regenerate around it")
-    p.add_argument("--class", dest="klass", type=int, default=None,
+    p.add_argument("--class", dest="klass", type=int, default=None, metavar="K",
                    help="class to regenerate the region as (class editing); default: none (plain in-/out-painting "
                         "with the unconditional class)")
     p.add_argument("--seed", type=int, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
