@@ -8,6 +8,7 @@
     arvision train-tokenizer ... / arvision train ...      (arvision.training.cli)
     arvision eval fid|sample|tokenizer|classify ...       (arvision.evaluation.cli)
     arvision bench MODEL --classes 207 --precision auto --json
+    arvision edit [MODEL] --image IN.png --mask MASK.png [--class K] --seed 0 --out OUT.png
 
 Mistakes in the input (files, arguments) print one ``error:`` line and exit with status 2.
 """
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     from arvision.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+
+    from arvision.sampling.editing import add_parser as add_edit_parser
+
+    add_edit_parser(sub)
 
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model", nargs="?")

@@ -213,16 +213,25 @@ class ARPipeline:
         return (Guidance(fam["guidance"], float(guidance_scale)),
                 TokenSampling(float(temperature), int(top_k), float(top_p), fam["top_p_rule"]))
 
-    def check_labels(self, class_labels) -> list[int]:
+    @property
+    def null_class(self) -> int:
+        """The unconditional ("null") class id, ``num_classes``: the row of the class embedding that guidance's
+        unconditional half uses (VAR's label 1000 on ImageNet)."""
+        return self.config.num_classes
+
+    def check_labels(self, class_labels, allow_null: bool = False) -> list[int]:
+        """Class ids in 0..num_classes-1; with ``allow_null`` also the null class id (unconditional rows)."""
         n = self.config.num_classes
         if isinstance(class_labels, int):
             class_labels = [class_labels]
         labels = [int(c) for c in class_labels]
         if not labels:
             raise ArvisionError("no class labels given")
-        bad = [c for c in labels if not 0 <= c < n]
+        top = n + 1 if allow_null else n
+        bad = [c for c in labels if not 0 <= c < top]
         if bad:
-            raise ArvisionError(f"class id(s) {bad} out of range: this model has {n} classes (0..{n - 1})")
+            extra = f", or {n} for the null (unconditional) class" if allow_null else ""
+            raise ArvisionError(f"class id(s) {bad} out of range: this model has {n} classes (0..{n - 1}{extra})")
         return labels
 
     def __call__(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
@@ -231,7 +240,7 @@ class ARPipeline:
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                  progress: bool = False, return_progression: bool = False,
                  time_steps: bool = False, processors=(), override=None, kv_policy=None,
-                 decoding=None) -> GenerationOutput:
+                 decoding=None, allow_null_class: bool = False) -> GenerationOutput:
         """Generate one image per class label.
 
         guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
@@ -245,8 +254,11 @@ class ARPipeline:
         Options of the one loop (``arvision.sampling.loop``): ``processors`` (extra logits processors),
         ``override`` (forced tokens), ``kv_policy`` (a cache policy or its spec, e.g. "scalekv:0.1"),
         ``decoding`` (a decoding policy or its spec, e.g. "sjd", "gsd:3"; raster models).
+        ``allow_null_class``: accept the null class id (``self.null_class``) as a label, i.e. unconditional rows
+        (guidance then has nothing to steer); off by default so that an out-of-range id stays an error.  Zero-shot
+        editing without a class (``arvision.sampling.editing``) is what uses it.
         """
-        labels = self.check_labels(class_labels)
+        labels = self.check_labels(class_labels, allow_null=allow_null_class)
         guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
         if output_type not in OUTPUT_TYPES:
             raise ArvisionError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

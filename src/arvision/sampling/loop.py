@@ -97,6 +97,7 @@ class SamplingRun:
         self.state = self.inputs.start(B, self.device)
         self.tokens = torch.empty(B, self.schedule.length, dtype=torch.long, device=self.device)
         self.x_in = None
+        self.rows = torch.arange(B, device=self.device)  # each image's row in the starting batch (select keeps it)
         return self
 
     @property
@@ -163,7 +164,9 @@ class SamplingRun:
     # -- search controllers -----------------------------------------------------------------------------
     def select(self, rows) -> None:
         """Keep images ``rows`` (B',) int64 of the batch, repeats allowed (beam expansion, resampling): every
-        per-image tensor, the cache (conditional and unconditional rows) and the per-image generators."""
+        per-image tensor, the cache (conditional and unconditional rows) and the per-image generators.
+        ``self.rows`` (B',) tracks the starting-batch row each image descends from (per-image data of options,
+        e.g. an edit's source tokens, is indexed by it)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         B = self.batch
         cache_rows = torch.cat([rows, rows + B]) if self.doubled else rows
@@ -171,7 +174,7 @@ class SamplingRun:
         self.cond = type(self.cond)(self.cond.class_emb[cache_rows],
                                     [None if m is None else m[cache_rows] for m in self.cond.blocks],
                                     None if self.cond.head is None else self.cond.head[cache_rows])
-        self.labels, self.tokens = self.labels[rows], self.tokens[rows]
+        self.labels, self.tokens, self.rows = self.labels[rows], self.tokens[rows], self.rows[rows]
         if isinstance(self.state, torch.Tensor):
             self.state = self.state[rows]
         if self.x_in is not None:
