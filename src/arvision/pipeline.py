@@ -231,7 +231,7 @@ class ARPipeline:
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                  progress: bool = False, return_progression: bool = False,
                  time_steps: bool = False, processors=(), override=None, kv_policy=None,
-                 decoding=None) -> GenerationOutput:
+                 decoding=None, search=None, verifier=None) -> GenerationOutput:
         """Generate one image per class label.
 
         guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
@@ -245,6 +245,10 @@ class ARPipeline:
         Options of the one loop (``arvision.sampling.loop``): ``processors`` (extra logits processors),
         ``override`` (forced tokens), ``kv_policy`` (a cache policy or its spec, e.g. "scalekv:0.1"),
         ``decoding`` (a decoding policy or its spec, e.g. "sjd", "gsd:3"; raster models).
+        ``search``: a search controller or its spec ("bon:8", "beam:4", "lookahead:4", "tts-var";
+        ``arvision.sampling.search``) returns the verifier's best image per label; ``verifier``: callable(images
+        (B, 3, H, W) in [-1, 1], labels (B,)) -> scores (B,), or a classifier weights path (default: the bundled
+        digit classifier).  Its cost goes to ``stats["search"]``.
         """
         labels = self.check_labels(class_labels)
         guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
@@ -254,6 +258,11 @@ class ARPipeline:
             raise ArvisionError("more_smooth and the coarse-to-fine progression exist only for VAR models")
         dtype = resolve_precision(precision, self.device)
         kv_policy, decoding = self.policies(kv_policy, decoding)
+        sample = generate
+        if search is not None or verifier is not None:
+            from arvision.sampling.search import SearchSampler
+
+            sample = SearchSampler.for_pipeline(self, search, verifier, decoding, override, return_progression)
         if self.weight_dtype != torch.float32 and dtype != self.weight_dtype:
             raise ArvisionError(f"this pipeline's transformer weights are {self.weight_dtype}; it cannot sample in "
                                 f"{dtype} (reload the model for exact fp32 sampling)")
@@ -278,9 +287,11 @@ class ARPipeline:
 
             gen = generator[i:i + bs] if per_image else generator
             t0 = _clock(self.device)
-            res = generate(self.transformer, self.inputs, lab, guidance, sampling, gen, more_smooth, dtype,
-                           progress, hook if (return_progression or time_steps) else None,
-                           processors=processors, override=override, kv_policy=kv_policy, decoding=decoding)
+            res = sample(self.transformer, self.inputs, lab, guidance, sampling, gen, more_smooth, dtype,
+                         progress, hook if (return_progression or time_steps) else None,
+                         processors=processors, override=override, kv_policy=kv_policy, decoding=decoding)
+            if search is not None:
+                sample.record(stats, res)
             t1 = _clock(self.device)
             stats["transformer_seconds"] += t1 - t0
             if time_steps:
