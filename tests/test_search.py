@@ -140,14 +140,15 @@ def test_cost_meter_counts_token_forwards_by_hand():
     assert res.cost.verifier_calls == res.cost.decoder_calls == n * 3
     assert res.batches == [n * 3] * 4
 
-    # beam 2x2: 4 rows per label at every step; scored after steps 1 and 2 (default) and at the end
-    res = search("beam:2,expand=2")
+    # beam 2x2: 4 rows per label at every step; scored after steps 1 and 2 and at the end
+    res = search("beam:2,expand=2,steps=1/2")
     assert res.cost.token_forwards == n * 4 * 102 * 2
     assert res.cost.verifier_calls == n * 4 * 3 and res.batches == [n * 4] * 4
+    assert search("beam:2,expand=2").cost.verifier_calls == n * 4 * 2  # default: step 2 (6/13 of 4 steps) only
 
     # lookahead: the same, plus greedy roll-outs of all 4 rows from after step 1 (25 + 64 tokens to go) and from
     # after step 2 (64 to go)
-    res = search("lookahead:2,expand=2")
+    res = search("lookahead:2,expand=2,steps=1/2")
     rollout = n * 4 * ((25 + 64) + 64) * 2
     assert res.cost.rollout_token_forwards == rollout
     assert res.cost.token_forwards == n * 4 * 102 * 2 + rollout

@@ -265,10 +265,12 @@ def _check_steps(name: str, steps, num_steps: int) -> None:
 
 
 def default_scoring_steps(num_steps: int) -> tuple[int, ...]:
-    """Beam/lookahead scoring steps: every step but the first and last (scale-wise models); at the quarters of
-    long schedules (raster)."""
+    """Beam/lookahead scoring steps.  Scale-wise schedules (<= 16 steps): from TTS-VAR's first resampling position
+    (step 6 of 13, scaled) to the second-to-last step -- scores of coarser canvases barely predict the final score
+    (TTS-VAR uses no reward there; ``bench/search_eval.py`` measures the rank correlation), so pruning on them only
+    throws candidates away.  Long (raster) schedules: at the quarters (GridAR's stages)."""
     if num_steps <= 16:
-        return tuple(range(1, num_steps - 1))
+        return tuple(range(max(1, int(6 * num_steps / 13 + 0.5)), num_steps - 1))
     return tuple(sorted({num_steps * q // 4 - 1 for q in (1, 2, 3)}))
 
 
