@@ -294,7 +294,8 @@ def test_specs_parse_and_validate_against_the_model():
     assert parse_search("lookahead:3,expand=2,steps=2/1") == Lookahead(3, expand=2, steps=(1, 2))
     tts = parse_search("tts-var")
     assert isinstance(tts, TTSVAR) and tts.n == 8 and tts.lam == 10
-    assert parse_search("tts-var,schedule=4/4/2/1").n == 4
+    assert parse_search("tts-var,schedule=4/4/2/1").n == 4 and TTSVAR(schedule=(4, 4, 2, 1)).n == 4
+    assert TTSVAR().n == 8 and TTSVAR().batches(6) == (8, 6, 4, 2, 1, 1)
     pipe = make_pipe(VAR4)
     for spec, message in [("beam:2,steps=3", "out of range"), ("tts-var,schedule=8/4", "4 steps"),
                           ("tts-var:8,cluster=1,resample=2,schedule=8/4/4/2", "step 3"),

@@ -354,7 +354,7 @@ class TTSVAR(SearchController):
     resample 3, 4), the batch shrinking to 3/4, 1/2, 1/4, 1/8 of n at those events (n=8: 8, 8, 6, 4, 2, 1), lam 10.
     """
 
-    n: int | None = 8  # None: schedule[0]
+    n: int | None = None  # None: schedule[0], or 8 without a schedule
     lam: float = 10.0
     cluster: tuple[int, ...] | None = None
     resample: tuple[int, ...] | None = None
@@ -367,6 +367,7 @@ class TTSVAR(SearchController):
             if not self.schedule or min(self.schedule) < 1:
                 raise ArvisionError(f"tts-var schedule must be positive batch sizes, got {self.schedule}")
             self.n = self.schedule[0] if self.n is None else self.n
+        self.n = 8 if self.n is None else self.n
         _positive("tts-var's N", self.n)
         if not isinstance(self.lam, (int, float)) or self.lam < 0:
             raise ArvisionError(f"tts-var lam must be >= 0, got {self.lam!r}")
@@ -511,8 +512,6 @@ def parse_search(spec) -> SearchController:
         if positional is None:
             raise ArvisionError(f"{name} search needs its width, e.g. '{name}:4' (got {spec!r})")
         return (BeamSearch if name == "beam" else Lookahead)(positional, **options)
-    if positional is None and "schedule" not in options:
-        positional = 8
     return TTSVAR(positional, **options)
 
 
