@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images (and tokens) from a model folder")
     p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
     _add_sampling_args(p)
+    p.add_argument("--search", default=None,
+                   help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md)")
+    p.add_argument("--verifier", default=None,
+                   help="with --search: classifier weights (.safetensors) to score with (default: the bundled one)")
     p.add_argument("--out", help="write a labelled PNG grid here")
     p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png")
     p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens)")
@@ -154,7 +158,8 @@ def run_sampling(pipe, args, progress: bool = True):
                 temperature=args.temperature, generator=generator, more_smooth=args.smooth,
                 output_type="pil", batch_size=args.batch_size, precision=args.precision, progress=progress,
                 return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
-                decoding=args.decoding)
+                decoding=args.decoding, search=getattr(args, "search", None),
+                verifier=getattr(args, "verifier", None))
 
 
 def caption(pipe, k: int) -> str:
@@ -200,6 +205,11 @@ def cmd_sample(args) -> None:
         save_file(tensors, args.save_tokens, metadata={"class_labels": ",".join(map(str, out.class_labels)),
                                                        "seed": str(args.seed)})
         print(f"wrote {args.save_tokens}")
+    if "search" in out.stats:
+        cost = out.stats["search"]
+        print(f"search {cost['spec']}: {cost['token_forwards']} token forwards ({cost['plain_equivalents']:.2f}x "
+              f"plain sampling), {cost['verifier_calls']} verifier calls, {cost['decoder_calls']} decoder calls; "
+              f"verifier scores " + " ".join(f"{x:.3f}" for x in out.stats["search_scores"]))
     print(f"{len(out.class_labels)} image(s) in {dt:.2f} s")
 
 

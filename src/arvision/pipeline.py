@@ -240,7 +240,7 @@ class ARPipeline:
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                  progress: bool = False, return_progression: bool = False,
                  time_steps: bool = False, processors=(), override=None, kv_policy=None,
-                 decoding=None, allow_null_class: bool = False) -> GenerationOutput:
+                 decoding=None, search=None, verifier=None, allow_null_class: bool = False) -> GenerationOutput:
         """Generate one image per class label.
 
         guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
@@ -257,6 +257,10 @@ class ARPipeline:
         ``allow_null_class``: accept the null class id (``self.null_class``) as a label, i.e. unconditional rows
         (guidance then has nothing to steer); off by default so that an out-of-range id stays an error.  Zero-shot
         editing without a class (``arvision.sampling.editing``) is what uses it.
+        ``search``: a search controller or its spec ("bon:8", "beam:4", "lookahead:4", "tts-var";
+        ``arvision.sampling.search``) returns the verifier's best image per label; ``verifier``: callable(images
+        (B, 3, H, W) in [-1, 1], labels (B,)) -> scores (B,), or a classifier weights path (default: the bundled
+        digit classifier).  Its cost goes to ``stats["search"]``.
         """
         labels = self.check_labels(class_labels, allow_null=allow_null_class)
         guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
@@ -266,6 +270,11 @@ class ARPipeline:
             raise ArvisionError("more_smooth and the coarse-to-fine progression exist only for VAR models")
         dtype = resolve_precision(precision, self.device)
         kv_policy, decoding = self.policies(kv_policy, decoding)
+        sample = generate
+        if search is not None or verifier is not None:
+            from arvision.sampling.search import SearchSampler
+
+            sample = SearchSampler.for_pipeline(self, search, verifier, decoding, override, return_progression)
         if self.weight_dtype != torch.float32 and dtype != self.weight_dtype:
             raise ArvisionError(f"this pipeline's transformer weights are {self.weight_dtype}; it cannot sample in "
                                 f"{dtype} (reload the model for exact fp32 sampling)")
@@ -290,9 +299,11 @@ class ARPipeline:
 
             gen = generator[i:i + bs] if per_image else generator
             t0 = _clock(self.device)
-            res = generate(self.transformer, self.inputs, lab, guidance, sampling, gen, more_smooth, dtype,
-                           progress, hook if (return_progression or time_steps) else None,
-                           processors=processors, override=override, kv_policy=kv_policy, decoding=decoding)
+            res = sample(self.transformer, self.inputs, lab, guidance, sampling, gen, more_smooth, dtype,
+                         progress, hook if (return_progression or time_steps) else None,
+                         processors=processors, override=override, kv_policy=kv_policy, decoding=decoding)
+            if search is not None:
+                sample.record(stats, res)
             t1 = _clock(self.device)
             stats["transformer_seconds"] += t1 - t0
             if time_steps:

@@ -14,6 +14,7 @@ second loop:
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,6 +34,16 @@ class TokenOverride(Protocol):
     def forced(self, s: int, run: SamplingRun) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Step s -> (ids (B, n_s) int64, keep (B, n_s) bool): where keep is True the step takes ids instead of
         its draw; None: nothing forced at this step."""
+
+
+def fork_generator(generator: torch.Generator, key: int) -> torch.Generator:
+    """A new generator seeded from ``generator``'s current state and ``key``, without drawing from it.
+
+    Deterministic (same state and key -> same stream) and independent of the parent's future draws: how a
+    re-batched image's repeats get their own randomness (``SamplingRun.select``)."""
+    state = generator.get_state().cpu().numpy().tobytes()
+    seed = int.from_bytes(hashlib.sha256(state + int(key).to_bytes(8, "little", signed=True)).digest()[:8], "little")
+    return torch.Generator(device=generator.device).manual_seed(seed >> 1)
 
 
 @dataclass
@@ -164,7 +175,8 @@ class SamplingRun:
     # -- search controllers -----------------------------------------------------------------------------
     def select(self, rows) -> None:
         """Keep images ``rows`` (B',) int64 of the batch, repeats allowed (beam expansion, resampling): every
-        per-image tensor, the cache (conditional and unconditional rows) and the per-image generators.
+        per-image tensor (labels, tokens, canvas, next input), the conditioning and the cache (conditional rows
+        ``rows`` and unconditional rows ``rows + B``) and the per-image generators (repeats get forks).
         ``self.rows`` (B',) tracks the starting-batch row each image descends from (per-image data of options,
         e.g. an edit's source tokens, is indexed by it)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
@@ -180,7 +192,16 @@ class SamplingRun:
         if self.x_in is not None:
             self.x_in = self.x_in[cache_rows]
         if isinstance(self.generator, list):
-            self.generator = [self.generator[int(r)] for r in rows]
+            # a repeated row must not share its generator object with the original: the two would draw from one
+            # stream in batch order, so each image would depend on its neighbours.  The first copy keeps the
+            # generator (it continues exactly as if never re-batched); the k-th repeat gets fork_generator(g, k).
+            copies: dict[int, int] = {}
+            gens = []
+            for r in rows.tolist():
+                k = copies.get(r, 0)
+                copies[r] = k + 1
+                gens.append(self.generator[r] if k == 0 else fork_generator(self.generator[r], k))
+            self.generator = gens
 
     def result(self) -> LoopResult:
         return LoopResult(self.tokens, self.state, self.cache.peak_nbytes, self.forwards, self.token_forwards)
