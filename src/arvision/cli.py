@@ -8,6 +8,7 @@
     arvision train-tokenizer ... / arvision train ...      (arvision.training.cli)
     arvision eval fid|sample|tokenizer|classify ...       (arvision.evaluation.cli)
     arvision bench MODEL --classes 207 --precision auto --json
+    arvision sample --watermark-key KEY --out-dir imgs; arvision watermark detect imgs/*.png --key KEY
 
 Mistakes in the input (files, arguments) print one ``error:`` line and exit with status 2.
 """
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png")
     p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens)")
     p.add_argument("--progression", help="VAR: write a PNG of each image after every scale (coarse to fine)")
+    from arvision.sampling.watermark import add_sample_args as add_watermark_args
+
+    add_watermark_args(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("convert", help="convert official checkpoints into an arvision model folder")
@@ -103,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     from arvision.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+
+    from arvision.sampling.watermark import add_parser as add_watermark_parser
+
+    add_watermark_parser(sub)
 
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model", nargs="?")
@@ -142,14 +150,18 @@ def _check_outputs(args) -> None:
 def run_sampling(pipe, args, progress: bool = True):
     import torch
 
+    from arvision.sampling.watermark import spec_from_args
+
     n = pipe.config.num_classes
     classes = args.classes if args.classes is not None else list(range(min(n, 8)))
     generator = torch.Generator().manual_seed(args.seed)
+    watermark = spec_from_args(args)
+    processors = [watermark.processor(pipe)] if watermark is not None else []
     return pipe(classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                 temperature=args.temperature, generator=generator, more_smooth=args.smooth,
                 output_type="pil", batch_size=args.batch_size, precision=args.precision, progress=progress,
                 return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
-                decoding=args.decoding)
+                decoding=args.decoding, processors=processors)
 
 
 def caption(pipe, k: int) -> str:
