@@ -193,3 +193,32 @@ def test_cli_detect_errors(tmp_path, capsys):
     assert main(["sample", "--classes", "1", "--out-dir", str(tmp_path / "o"), "--watermark-key", "k",
                  "--watermark-delta", "lots"]) == 2
     assert "hard" in capsys.readouterr().err
+
+
+def test_lists_follow_rows_through_select(tiny):
+    """A search controller re-batches mid-run: in hard mode every row's tokens, before and after ``select``, are green
+    under that image's own list."""
+    from arvision.sampling.loop import SamplingRun
+
+    spec = WatermarkSpec("k", hard=True, pool=3)
+    proc = spec.processor(tiny)
+    guidance, sampling = tiny.sampling_settings()
+    for first in range(0, 400, 4):  # seeds whose images use at least three different lists, so a mix-up shows
+        gens = [torch.Generator().manual_seed(first + i) for i in range(4)]
+        run = SamplingRun(tiny.transformer, tiny.inputs, torch.tensor([1, 2, 3, 4]), guidance, sampling, gens,
+                          processors=[proc])
+        before = proc.row_lists(run)
+        if len(set(before[[2, 0, 3]].tolist())) == 3:
+            break
+    assert len(set(before[[2, 0, 3]].tolist())) == 3
+    with run.context():
+        run.start()
+        run.step()
+        run.step()
+        run.select([2, 0, 0, 3])
+        while not run.done:
+            run.step()
+    lists = spec.lists(64)
+    assert proc.row_lists(run).tolist() == before[[2, 0, 0, 3]].tolist()
+    for b, k in enumerate(before[[2, 0, 0, 3]].tolist()):
+        assert lists[k][run.tokens[b]].all()
