@@ -9,6 +9,7 @@
     arvision eval fid|sample|tokenizer|classify ...       (arvision.evaluation.cli)
     arvision bench MODEL --classes 207 --precision auto --json
     arvision edit [MODEL] --image IN.png --mask MASK.png [--class K] --seed 0 --out OUT.png
+    arvision sample --watermark-key KEY --out-dir imgs; arvision watermark detect imgs/*.png --key KEY
 
 Mistakes in the input (files, arguments) print one ``error:`` line and exit with status 2.
 """
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png")
     p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens)")
     p.add_argument("--progression", help="VAR: write a PNG of each image after every scale (coarse to fine)")
+    from arvision.sampling.watermark import add_sample_args as add_watermark_args
+
+    add_watermark_args(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("convert", help="convert official checkpoints into an arvision model folder")
@@ -113,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_edit_parser(sub)
 
+    from arvision.sampling.watermark import add_parser as add_watermark_parser
+
+    add_watermark_parser(sub)
+
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model", nargs="?")
     p.set_defaults(func=cmd_info)
@@ -151,15 +159,19 @@ def _check_outputs(args) -> None:
 def run_sampling(pipe, args, progress: bool = True):
     import torch
 
+    from arvision.sampling.watermark import spec_from_args
+
     n = pipe.config.num_classes
     classes = args.classes if args.classes is not None else list(range(min(n, 8)))
     generator = torch.Generator().manual_seed(args.seed)
+    watermark = spec_from_args(args)
+    processors = [watermark.processor(pipe)] if watermark is not None else []
     return pipe(classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                 temperature=args.temperature, generator=generator, more_smooth=args.smooth,
                 output_type="pil", batch_size=args.batch_size, precision=args.precision, progress=progress,
                 return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
                 decoding=args.decoding, search=getattr(args, "search", None),
-                verifier=getattr(args, "verifier", None))
+                verifier=getattr(args, "verifier", None), processors=processors)
 
 
 def caption(pipe, k: int) -> str:
