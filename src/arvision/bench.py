@@ -96,6 +96,7 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
         "step_sizes": list(pipe.schedule.step_sizes),
         "peak_memory_bytes": peak,
         "kv_cache_bytes": runs[0].stats["kv_cache_bytes"],
+        "kv_transient_bytes": runs[0].stats["kv_transient_bytes"],
         "forwards_per_batch": runs[0].stats["forwards"],
         "token_forwards_per_batch": runs[0].stats["token_forwards"],
         "precision": str(dtype).removeprefix("torch."),
