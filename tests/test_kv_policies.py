@@ -262,3 +262,12 @@ def raster_pipe() -> ARPipeline:
     tr = TransformerConfig(block="llama", width=64, depth=1, num_heads=2, vocab_size=32, num_classes=4,
                            in_channels=8)
     return ARPipeline(ModelConfig(family="llamagen", image_size=8, tokenizer=tok, transformer=tr))
+
+
+def test_the_bundled_model_ships_its_calibration():
+    bundled = ARPipeline.from_pretrained(bundled_model_dir())
+    policy = parse_kv_policy("scalekv:0.1", bundled)
+    assert isinstance(policy, ScaleKV) and policy.calibration.samples >= 1
+    policy.calibration.check(bundled.transformer)
+    out = bundled([4], generator=torch.Generator().manual_seed(0), output_type="tokens", kv_policy="hack:0.7")
+    assert out.tokens.shape == (1, bundled.schedule.length)

@@ -189,9 +189,10 @@ class _Recorder:
 
 @torch.no_grad()
 def calibrate(pipe, samples: int = 4, seed: int = 0, *, k_prime: int = K_PRIME, alpha: float = DEFAULT_ALPHA,
-              num_drafters: int | None = None, batch_size: int = 8, progress: bool = False) -> Calibration:
-    """Run ``samples`` full-cache samples (classes cycled, the pipeline's default settings, fp32) and classify
-    layers and heads.
+              num_drafters: int | None = None, batch_size: int = 8, precision: str = "fp32",
+              progress: bool = False) -> Calibration:
+    """Run ``samples`` full-cache samples (classes cycled, the pipeline's default sampling settings, in
+    ``precision``; statistics in fp32) and classify layers and heads.
 
     ASI(l, s) = mean over current-map queries of the attention mass on the current map x mean of the sum of the
     top-K' attention weights on the history (K' = ``k_prime``), averaged over samples and the guidance-doubled
@@ -211,7 +212,7 @@ def calibrate(pipe, samples: int = 4, seed: int = 0, *, k_prime: int = K_PRIME, 
     while done < samples:
         b = min(batch_size, samples - done)
         labels = [(done + i) % num_classes for i in range(b)]
-        pipe(labels, generator=g, output_type="tokens", precision="fp32", kv_policy=rec, progress=progress)
+        pipe(labels, generator=g, output_type="tokens", precision=precision, kv_policy=rec, progress=progress)
         done += b
         rec.batches += 1
     asi = (rec.asi / rec.batches).float()
