@@ -34,7 +34,7 @@ from arvision.bundled import bundled_model_dir
 from arvision.evaluation.classifier import classifier_report
 from arvision.families.var import preset_config
 from arvision.pipeline import ARPipeline
-from arvision.sampling.kv_policies import calibrate
+from arvision.sampling.kv_calibration import calibrate
 
 D16_POLICIES = ["full", "scalekv:0.1", "scalekv:0.3", "scalekv:0.5", "snapkv:0.1", "hack:0.9", "hack:0.7",
                 "hack:0.5"]

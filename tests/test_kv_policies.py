@@ -12,15 +12,12 @@ from arvision.bundled import bundled_model_dir
 from arvision.cli import main
 from arvision.errors import ArvisionError
 from arvision.pipeline import ARPipeline
+from arvision.sampling.kv_calibration import CALIBRATION_FILE, Calibration, calibrate, classify
 from arvision.sampling.kv_policies import (
-    CALIBRATION_FILE,
     HACK,
-    Calibration,
     CompressedCache,
     ScaleKV,
     SnapKV,
-    calibrate,
-    classify,
     parse_kv_policy,
     snap_select,
     window_positions,

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
-    from arvision.sampling.kv_policies import add_parser as add_calibrate_kv_parser
+    from arvision.sampling.kv_calibration import add_parser as add_calibrate_kv_parser
 
     add_calibrate_kv_parser(sub)
 
