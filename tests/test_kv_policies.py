@@ -135,6 +135,13 @@ def test_scalekv_selection_matches_brute_force():
             assert sorted(pooled[j] for j in kept if j not in win) == pytest.approx(sorted(pooled[j] for j in top))
 
 
+def test_scalekv_caps_never_fall_below_the_window(pipe):
+    policy = ScaleKV(0.05, pipe.kv_calibration)
+    policy.prepare(pipe.transformer)
+    for s, caps in enumerate(policy.caps):
+        assert min(caps) >= len(window_positions(*pipe.schedule.step_grids[s]))
+
+
 def test_scalekv_budgets_favour_drafters_and_keep_the_total(pipe):
     policy = ScaleKV(0.2, pipe.kv_calibration)
     policy.prepare(pipe.transformer)

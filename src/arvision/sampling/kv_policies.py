@@ -242,9 +242,10 @@ class ScaleKV(SnapKV):
             drafters = self.calibration.drafters[s] if end > self.capacity else []
             nd, nr = len(drafters), self.depth - len(drafters)
             min_refiner = len(window_positions(*sched.step_grids[s]))
-            # drafters take the cumulative length, but leave every refiner at least its observation window
-            d_cap = min(end, (total - nr * min_refiner) // nd) if nd else 0
-            r_cap = (total - nd * d_cap) // nr if nr else 0
+            # drafters take the cumulative length, but leave every refiner at least its observation window; a
+            # budget too small for that leaves every layer its window alone (always kept: the floor of any cap)
+            d_cap = max(min_refiner, min(end, (total - nr * min_refiner) // nd)) if nd else 0
+            r_cap = max(min_refiner, (total - nd * d_cap) // nr) if nr else 0
             self.caps.append([d_cap if layer in drafters else r_cap for layer in range(self.depth)])
 
     def cap(self, layer, s, length):
