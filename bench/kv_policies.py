@@ -49,7 +49,7 @@ def calibration_summary(calib) -> dict:
     return {"drafters": calib.drafters, "contextual_heads": n_ctx, "heads": calib.depth * calib.heads,
             "head_variance_sorted": [round(v, 4) for v in var],
             "asi_z_min_per_step": [round(min(z), 2) for z in calib.z],
-            "asi_z_sorted_last_step": [round(v, 2) for v in sorted(calib.z[-2])]}
+            "asi_z_sorted_last_step": [round(v, 2) for v in sorted(calib.z[-1])]}
 
 
 def bench_d16(args) -> dict:
