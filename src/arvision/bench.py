@@ -134,7 +134,8 @@ def format_report(r: dict) -> str:
         f"    decode               {r['decode_seconds_per_image']:.3f}",
         f"  peak memory            {r['peak_memory_bytes'] / mb:.0f} MiB" if r["peak_memory_bytes"] is not None
         else "  peak memory            n/a",
-        f"  KV cache               {r['kv_cache_bytes'] / mb:.1f} MiB",
+        f"  KV cache               {r['kv_cache_bytes'] / mb:.1f} MiB stored, {r['kv_transient_bytes'] / mb:.1f} MiB "
+        "during a step",
         "  step  tokens  seconds (whole batch)",
     ]
     steps = r["step_seconds"]
