@@ -96,6 +96,7 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
         "step_sizes": list(pipe.schedule.step_sizes),
         "peak_memory_bytes": peak,
         "kv_cache_bytes": runs[0].stats["kv_cache_bytes"],
+        "kv_transient_bytes": runs[0].stats["kv_transient_bytes"],
         "forwards_per_batch": runs[0].stats["forwards"],
         "token_forwards_per_batch": runs[0].stats["token_forwards"],
         "precision": str(dtype).removeprefix("torch."),
@@ -133,7 +134,8 @@ def format_report(r: dict) -> str:
         f"    decode               {r['decode_seconds_per_image']:.3f}",
         f"  peak memory            {r['peak_memory_bytes'] / mb:.0f} MiB" if r["peak_memory_bytes"] is not None
         else "  peak memory            n/a",
-        f"  KV cache               {r['kv_cache_bytes'] / mb:.1f} MiB",
+        f"  KV cache               {r['kv_cache_bytes'] / mb:.1f} MiB stored, {r['kv_transient_bytes'] / mb:.1f} MiB "
+        "during a step",
         "  step  tokens  seconds (whole batch)",
     ]
     steps = r["step_seconds"]

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watermark_parser(sub)
 
+    from arvision.sampling.kv_calibration import add_parser as add_calibrate_kv_parser
+
+    add_calibrate_kv_parser(sub)
+
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model", nargs="?")
     p.set_defaults(func=cmd_info)

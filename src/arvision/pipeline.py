@@ -66,6 +66,8 @@ class ARPipeline:
         self.tokenizer.decoder.to(memory_format=torch.channels_last)
         self.tokenizer.post_quant_conv.to(memory_format=torch.channels_last)
         self.inputs = build_inputs(self.tokenizer, self.schedule)
+        self.folder: Path | None = None  # the model folder it was loaded from, if any
+        self.kv_calibration = None  # ScaleKV/HACK layer and head classes (``arvision calibrate-kv``), loaded lazily
 
     # -- persistence -------------------------------------------------------------------------------
     @classmethod
@@ -87,6 +89,7 @@ class ARPipeline:
                     str(folder / "tokenizer.safetensors"))
         load_strict(pipe.transformer, read_safetensors(folder / "transformer.safetensors"),
                     str(folder / "transformer.safetensors"))
+        pipe.folder = folder  # where per-model extras live (``kv_calibration.json``)
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -285,7 +288,8 @@ class ARPipeline:
         if per_image and len(generator) != len(labels):
             raise ArvisionError(f"got {len(generator)} generators for {len(labels)} class labels; give one per image")
         tokens, images, steps = [], [], []
-        stats = {"transformer_seconds": 0.0, "decode_seconds": 0.0, "kv_cache_bytes": 0, "forwards": 0,
+        stats = {"transformer_seconds": 0.0, "decode_seconds": 0.0, "kv_cache_bytes": 0, "kv_transient_bytes": 0,
+                 "forwards": 0,
                  "token_forwards": 0, "precision": str(dtype).removeprefix("torch.")}
         for i in range(0, len(labels), bs):
             lab = torch.tensor(labels[i:i + bs], device=self.device)
@@ -311,6 +315,7 @@ class ARPipeline:
                 old = stats.setdefault("step_seconds", [0.0] * len(per_step))
                 stats["step_seconds"] = [x + y for x, y in zip(old, per_step)]
             stats["kv_cache_bytes"] = max(stats["kv_cache_bytes"], res.kv_cache_bytes)
+            stats["kv_transient_bytes"] = max(stats["kv_transient_bytes"], res.kv_transient_bytes)
             stats["forwards"] += res.forwards
             stats["token_forwards"] += res.token_forwards
             if return_progression:

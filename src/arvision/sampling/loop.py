@@ -53,6 +53,8 @@ class LoopResult:
     kv_cache_bytes: int = 0  # the most bytes the KV cache held at any time
     forwards: int = 0  # transformer forward passes (one per step for plain decoding)
     token_forwards: int = 0  # rows x positions through the trunk, doubled batch included (compute measure)
+    kv_transient_bytes: int = 0  # the most KV bytes alive during a step's attention (a compressed cache's history
+    # plus the step's own keys/values; the full static cache: its size)
 
 
 class SamplingRun:
@@ -204,7 +206,8 @@ class SamplingRun:
             self.generator = gens
 
     def result(self) -> LoopResult:
-        return LoopResult(self.tokens, self.state, self.cache.peak_nbytes, self.forwards, self.token_forwards)
+        return LoopResult(self.tokens, self.state, self.cache.peak_nbytes, self.forwards, self.token_forwards,
+                          getattr(self.cache, "transient_peak_nbytes", self.cache.peak_nbytes))
 
 
 @torch.no_grad()
