@@ -12,7 +12,8 @@ from arvision.pipeline import ARPipeline
 def test_bundled_model_is_small_and_complete():
     folder = bundled_model_dir()
     sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
-    assert set(sizes) == {"config.json", "tokenizer.safetensors", "transformer.safetensors"}
+    # the KV-cache calibration (``arvision calibrate-kv``) ships with it so that --kv-policy works out of the box
+    assert set(sizes) == {"config.json", "tokenizer.safetensors", "transformer.safetensors", "kv_calibration.json"}
     assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) <= 25 * 2**20
 
 

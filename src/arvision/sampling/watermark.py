@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -143,9 +144,25 @@ class WatermarkProcessor:
     def __init__(self, spec: WatermarkSpec, vocab_size: int):
         self.spec, self.vocab_size = spec, vocab_size
         self.masks = spec.lists(vocab_size)  # (K, V) bool, CPU; moved to the logits' device on first use
+        self._chosen = weakref.WeakKeyDictionary()  # run -> list index per starting-batch row
 
     def row_lists(self, run) -> torch.Tensor:
-        """The list index of every row of ``run`` (B,) int64, from (key, generator seed, class label)."""
+        """The list index of every row of ``run`` (B,) int64, from (key, generator seed, class label).
+
+        Fixed per image the first time a run is seen, then indexed by ``run.rows`` (the starting-batch row
+        each image descends from): rows repeated by a search controller get forked generators but keep the
+        list of the image they descend from."""
+        rows = getattr(run, "rows", None)
+        if rows is None:
+            return self._choose(run)
+        chosen = self._chosen.get(run)
+        if chosen is None:
+            chosen = torch.zeros(int(rows.max()) + 1, dtype=torch.long)
+            chosen[rows.cpu()] = self._choose(run)
+            self._chosen[run] = chosen
+        return chosen[rows.cpu()]
+
+    def _choose(self, run) -> torch.Tensor:
         B = run.labels.shape[0]
         if self.spec.list_index is not None or self.spec.pool == 1:
             return torch.full((B,), self.spec.list_index or 0, dtype=torch.long)
