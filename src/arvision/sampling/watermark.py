@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -143,22 +144,35 @@ class WatermarkProcessor:
     def __init__(self, spec: WatermarkSpec, vocab_size: int):
         self.spec, self.vocab_size = spec, vocab_size
         self.masks = spec.lists(vocab_size)  # (K, V) bool, CPU; moved to the logits' device on first use
+        self._run_ref = None  # weak reference to the run whose starting-batch lists are cached
+        self._start_lists = torch.zeros(0, dtype=torch.long)  # (B0,) list of each starting-batch row
 
     def row_lists(self, run) -> torch.Tensor:
-        """The list index of every row of ``run`` (B,) int64, from (key, generator seed, class label)."""
+        """The list index of every row of ``run`` (B,) int64, from (key, generator seed, class label) of the
+        starting-batch row it descends from (``run.rows``): ``SamplingRun.select`` gives repeated rows forked
+        generators with new seeds, so the seeds are read once, the first time the processor sees the run."""
         B = run.labels.shape[0]
         if self.spec.list_index is not None or self.spec.pool == 1:
             return torch.full((B,), self.spec.list_index or 0, dtype=torch.long)
-        gen = run.generator
-        if isinstance(gen, list):
-            seeds = [g.initial_seed() for g in gen]
-        else:
-            seeds = [gen.initial_seed() if gen is not None else torch.initial_seed()] * B
-        labels = run.labels.tolist()
-        return torch.tensor([_digest_int("arvision-lbw-choice", self.spec.key, sd, lab) % self.spec.pool
-                             for sd, lab in zip(seeds, labels)], dtype=torch.long)
+        rows = getattr(run, "rows", None)  # None before SamplingRun.start(): the starting batch itself
+        if rows is None or self._run_ref is None or self._run_ref() is not run:
+            gen = run.generator
+            if isinstance(gen, list):
+                seeds = [g.initial_seed() for g in gen]
+            else:
+                seeds = [gen.initial_seed() if gen is not None else torch.initial_seed()] * B
+            labels = run.labels.tolist()
+            start = torch.tensor([_digest_int("arvision-lbw-choice", self.spec.key, sd, lab) % self.spec.pool
+                                  for sd, lab in zip(seeds, labels)], dtype=torch.long)
+            if rows is None:
+                return start
+            self._start_lists = torch.zeros(int(rows.max()) + 1, dtype=torch.long)
+            self._start_lists[rows.cpu()] = start
+            self._run_ref = weakref.ref(run)
+        return self._start_lists[rows.cpu()]
 
     def __call__(self, logits: torch.Tensor, s: int, run) -> torch.Tensor:
+        self.row_lists(run)  # reads the starting batch's seeds before any select() forks them
         if s < self.spec.start_step or (self.spec.delta == 0 and not self.spec.hard):
             return logits
         if self.masks.device != logits.device:
