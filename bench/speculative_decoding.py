@@ -99,7 +99,7 @@ def main() -> None:
     if args.timing_only:
         args.n_greedy = 0
     glabels = [i % pipe.config.num_classes for i in range(args.n_greedy)]
-    base = sample(pipe, "plain", glabels, args.seed, batch=1, greedy=True)["tokens"]
+    base = sample(pipe, "plain", glabels, args.seed, batch=1, greedy=True)["tokens"] if glabels else None
     for rule in ("sjd", "mcsjd"):
         if rule in args.rules and glabels:
             t = sample(pipe, rule, glabels, args.seed, batch=1, greedy=True)["tokens"]
