@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 from arvision.errors import ArvisionError
 from test_consistency import make_pipe
@@ -35,13 +36,45 @@ def test_compiled_step_samples_the_same_tokens(name):
     labels = [1, 2]
     kw = dict(output_type="tokens", top_k=0, top_p=0.0)
     want = eager(labels, generator=torch.Generator().manual_seed(3), **kw).tokens
-    compiled = make_pipe(name).compile(backend="aot_eager")
-    got = compiled(labels, generator=torch.Generator().manual_seed(3), **kw).tokens
+    compiled = make_pipe(name).compile(backend="aot_eager")  # the same cached object: undone below
+    try:
+        got = compiled(labels, generator=torch.Generator().manual_seed(3), **kw).tokens
+    finally:
+        for attr in ("forward_step", "forward_token"):
+            compiled.transformer.__dict__.pop(attr, None)
+        compiled.transformer.static_steps = False
     assert torch.equal(got, want)
 
 
+def test_raster_static_step_is_exact_and_one_graph_for_every_position():
+    """forward_token (fixed shapes, whole cache under a position mask) samples the tokens forward_step does,
+    and traces as one graph whatever the position: torch.compile specialises once."""
+    pipe = make_pipe("llamagen_g5_w96h4")
+    tr = pipe.transformer
+    kw = dict(output_type="tokens", guidance_scale=3.0, top_k=0, generator=None)
+    want = pipe([0, 1, 2], **{**kw, "generator": torch.Generator().manual_seed(5)}).tokens
+    tr.static_steps = True
+    try:
+        got = pipe([0, 1, 2], **{**kw, "generator": torch.Generator().manual_seed(5)}).tokens
+        with torch.no_grad():
+            cond = tr.condition(torch.tensor([1, 0]))
+            cache = tr.new_cache(2)
+            assert cache.k.abs().sum() == 0  # masked positions are read: they must be finite
+            torch._dynamo.reset()
+            counter = torch._dynamo.testing.CompileCounter()
+            step = torch.compile(tr.forward_token, backend=counter)
+            for pos in (1, 7, 20):
+                step(torch.tensor(pos), cond, torch.randint(0, tr.cfg.vocab_size, (2, 1)), cache)
+    finally:
+        tr.static_steps = False
+    assert torch.equal(got, want)
+    assert counter.frame_count == 1  # one graph, no recompilation for new positions
+
+
 def test_bf16_weights_sample_in_bf16_only_and_report_stats():
-    pipe = make_pipe("var_pn2358_w128h4_shared_q4")
+    import copy
+
+    pipe = copy.deepcopy(make_pipe("var_pn2358_w128h4_shared_q4"))  # cast to bf16 below; the cached one stays fp32
     fp32 = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="pt", precision="fp32")
     assert fp32.stats["precision"] == "float32" and fp32.stats["kv_cache_bytes"] > 0
     assert fp32.stats["transformer_seconds"] > 0 and fp32.stats["decode_seconds"] > 0
@@ -64,7 +97,9 @@ def test_bf16_weights_sample_in_bf16_only_and_report_stats():
 
 
 def test_bf16_raster_model_keeps_fp32_rotary_angles():
-    pipe = make_pipe("llamagen_g3_w64h2").to(dtype=torch.bfloat16)
+    import copy
+
+    pipe = copy.deepcopy(make_pipe("llamagen_g3_w64h2")).to(dtype=torch.bfloat16)  # the cached one stays fp32
     assert pipe.transformer.rope.dtype == torch.float32
     assert pipe.transformer.input_proj.weight.dtype == torch.bfloat16
     out = pipe([0, 1], generator=torch.Generator().manual_seed(0), output_type="tokens", precision="bf16")

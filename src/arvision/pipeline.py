@@ -172,13 +172,18 @@ class ARPipeline:
 
     def compile(self, **options) -> ARPipeline:
         """Compile the transformer's step function with ``torch.compile(**options)`` (e.g. ``mode="max-autotune"``,
-        ``backend="aot_eager"``).  The step traces as one graph, without breaks (``tests/test_speed.py``); each
-        step shape is a specialisation (VAR: one per scale; raster models go dynamic in the cache length after
-        the second step), so the first call of each shape pays the compile time."""
+        ``backend="aot_eager"``).  The step traces as one graph, without breaks (``tests/test_speed.py``).  VAR: each
+        scale is a specialisation, so the first call of each pays the compile time.  Raster models sample through
+        ``forward_token``, a fixed-shape step over the whole (zero-initialised) static cache with a position mask,
+        compiled once for every position."""
         import torch._dynamo
 
-        limit = max(torch._dynamo.config.cache_size_limit, 4 * self.schedule.num_steps if
-                    self.schedule.kind == "scales" else 64)
+        if self.schedule.kind == "raster":
+            # one fixed-shape step for every position after the first: one specialisation, compiled once
+            self.transformer.static_steps = True
+            self.transformer.forward_token = torch.compile(self.transformer.forward_token, **options)
+            return self
+        limit = max(torch._dynamo.config.cache_size_limit, 4 * self.schedule.num_steps)
         torch._dynamo.config.cache_size_limit = limit
         self.transformer.forward_step = torch.compile(self.transformer.forward_step, **options)
         return self

@@ -61,6 +61,12 @@ class KVCache:
                scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Store this forward's k, v (B, H, n, hd) at [begin, begin+n) and attend q (B, H, n, hd) to everything
         cached up to begin+n.  mask: (n, begin+n) additive, or None (the n positions see each other)."""
+        if isinstance(begin, torch.Tensor):
+            # fixed-shape one-token step (raster decoding under torch.compile): write at a tensor position and
+            # attend to the whole static cache, the positions not yet written masked out by ``mask`` (1, length)
+            self.k[layer].index_copy_(2, begin.view(1), k.to(self.k.dtype))
+            self.v[layer].index_copy_(2, begin.view(1), v.to(self.v.dtype))
+            return attend(q.to(self.k.dtype), self.k[layer], self.v[layer], scale, mask)
         k, v = self.write(layer, begin, k, v)
         return attend(q.to(k.dtype), k, v, scale, mask)  # under autocast q may leave the l2-norm in fp32
 

@@ -55,6 +55,7 @@ class ARTransformer(nn.Module):
         self.cfg, self.schedule = cfg, schedule
         # a plain tuple: the schedule's cached properties take a lock that torch.compile cannot trace
         self.begin_ends = tuple(schedule.begin_ends)
+        self.static_steps = False  # raster sampling through forward_token (set by ARPipeline.compile)
         C, L = cfg.width, schedule.length
         self.adaln = cfg.block == "adaln"
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # row num_classes = null class
@@ -157,13 +158,31 @@ class ARTransformer(nn.Module):
             h = blk(h, mod, rope, mask, cache, i, begin)
         return self.logits(h, cond)
 
+    def forward_token(self, pos: torch.Tensor, cond: Conditioning, x_in: torch.Tensor,
+                      cache: KVCache) -> torch.Tensor:
+        """Raster step at position ``pos`` (0-d int64 tensor, >= 1) with fixed shapes: x_in (B, 1) the previous
+        token -> logits (B, 1, V).  The same arithmetic as ``forward_step`` (the masked-out positions add exact
+        zeros), but every call has the same shapes, so ``torch.compile`` specialises once instead of once per
+        cache length (gpt-fast's static-cache step)."""
+        h = self.input_proj(x_in)
+        rope = self.rope.index_select(0, pos.view(1))
+        keys = torch.arange(self.schedule.length, device=pos.device)
+        mask = torch.zeros((), device=pos.device).masked_fill(keys > pos, float("-inf"))[None]  # (1, L)
+        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
+            h = blk(h, mod, rope, mask, cache, i, pos)
+        return self.logits(h, cond)
+
     def new_cache(self, batch: int, dtype=torch.float32, device=None, policy=None) -> KVCache:
         """A full static cache, or the one ``policy`` (``arvision.sampling.kv_policies``) builds."""
         cfg = self.cfg
         device = device or self.class_emb.weight.device
         if policy is not None:
             return policy.new_cache(self, batch, dtype, device)
-        return KVCache(cfg.depth, batch, cfg.num_heads, self.schedule.length, cfg.head_dim, dtype, device)
+        cache = KVCache(cfg.depth, batch, cfg.num_heads, self.schedule.length, cfg.head_dim, dtype, device)
+        if self.static_steps:  # forward_token reads unwritten positions (masked): they must hold finite values
+            cache.k.zero_()
+            cache.v.zero_()
+        return cache
 
     # -- initialisation for training from scratch ---------------------------------------------------
     @torch.no_grad()

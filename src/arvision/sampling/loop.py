@@ -153,7 +153,12 @@ class SamplingRun:
         s, S = self.s, self.schedule.num_steps
         begin, end = self.schedule.begin_ends[s]
         # forward_step, not forward_positions: the per-step entry point is the one ``pipe.compile`` compiles
-        logits = self.guided(self.transformer.forward_step(s, self.cond, self.x_in, self.cache), s)
+        if s > 0 and self.transformer.static_steps and self.kv_policy is None:
+            pos = torch.tensor(s, device=self.device)
+            out = self.transformer.forward_token(pos, self.cond, self.x_in, self.cache)
+        else:
+            out = self.transformer.forward_step(s, self.cond, self.x_in, self.cache)
+        logits = self.guided(out, s)
         with self.fp32():
             logits = self.filtered(logits, s)
             ids = self.sampling.draw(logits, self.generator)
