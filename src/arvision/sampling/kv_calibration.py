@@ -21,11 +21,11 @@ K_PRIME = 16  # ASI: history tokens in the top-K' concentration term (our choice
 DEFAULT_ALPHA = 0.5  # HACK: fraction of contextual heads
 
 
-def require_scalewise(pipe):
-    """Raise unless ``pipe`` is a scale-wise (VAR) model."""
-    if pipe.config.family != "var":
-        raise ArvisionError(f"KV-cache policies (scalekv, hack, snapkv) apply to scale-wise (VAR) models only; "
-                            f"this model's family is {pipe.config.family!r}")
+def require_scalewise(schedule) -> None:
+    """Raise unless ``schedule`` (a pipeline's or transformer's) is scale-wise (VAR)."""
+    if schedule.kind != "scales":
+        raise ArvisionError("KV-cache policies (scalekv, hack, snapkv) apply to scale-wise (VAR) models only; "
+                            f"this is a {schedule.kind} (next-token) model")
 
 
 # -- calibration data -------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def calibrate(pipe, samples: int = 4, seed: int = 0, *, k_prime: int = K_PRIME, 
     the variance over queries of each key's attention weight, averaged over keys, normalised by m^2 (m keys) and
     averaged over steps; the ``alpha`` fraction with the lowest variance are contextual heads.
     """
-    require_scalewise(pipe)
+    require_scalewise(pipe.schedule)
     if samples < 1:
         raise ArvisionError(f"need at least one calibration sample, got {samples}")
     tr = pipe.transformer

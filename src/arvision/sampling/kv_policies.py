@@ -192,7 +192,7 @@ class _BudgetPolicy:
         self.budget = budget
 
     def new_cache(self, transformer, batch, dtype, device):
-        _require_scalewise_transformer(transformer)
+        require_scalewise(transformer.schedule)
         self.prepare(transformer)
         return CompressedCache(self, transformer, batch, dtype, device)
 
@@ -269,6 +269,10 @@ class HACK(_BudgetPolicy):
         super().prepare(transformer)
         self.calibration.check(transformer)
         self.types = self.calibration.head_types
+        # per layer, per head group: is it the structural group (what keep() budgets and protects)
+        self.structural = [[self.types[layer][int(heads[0])] != "contextual"
+                            for heads in self.head_groups(layer, len(self.types[layer]))]
+                           for layer in range(len(self.types))]
 
     def head_groups(self, layer, heads):
         ctx = [h for h in range(heads) if self.types[layer][h] == "contextual"]
@@ -293,7 +297,7 @@ class HACK(_BudgetPolicy):
         end = schedule.begin_ends[s][1]
         if end <= self.capacity:
             return None
-        structural = self.types[layer][int(self.head_groups(layer, len(self.types[layer]))[g][0])] != "contextual"
+        structural = self.structural[layer][g]
         cap = self.budgets(layer, s, schedule)[1 if structural else 0]
         if k.shape[2] <= cap:
             return None
@@ -312,13 +316,6 @@ class HACK(_BudgetPolicy):
 
 
 # -- specs ------------------------------------------------------------------------------------------------------
-def _require_scalewise_transformer(transformer):
-    grids = transformer.schedule.step_grids
-    if len(grids) > 1 and len(set(grids)) == 1:  # every step the same one-token grid: a raster model
-        raise ArvisionError("KV-cache policies (scalekv, hack, snapkv) apply to scale-wise (VAR) models only; "
-                            "this is a raster (next-token) model")
-
-
 def find_calibration(pipe) -> Calibration:
     """The pipeline's calibration: ``pipe.kv_calibration`` if set, else ``<model folder>/kv_calibration.json``."""
     calib = getattr(pipe, "kv_calibration", None)
@@ -353,7 +350,7 @@ def parse_kv_policy(spec: str, pipe):
     ok = (0.0 <= x < 1.0) if name == "hack" else (0.0 < x <= 1.0)
     if not ok:
         raise ArvisionError(f"bad value in {spec!r}: {name} takes {POLICIES[name]}")
-    require_scalewise(pipe)
+    require_scalewise(pipe.schedule)
     if name == "snapkv":
         return SnapKV(x)
     calib = find_calibration(pipe)

@@ -110,6 +110,7 @@ class SamplingRun:
         self.state = self.inputs.start(B, self.device)
         self.tokens = torch.empty(B, self.schedule.length, dtype=torch.long, device=self.device)
         self.x_in = None
+        self.positions = torch.arange(self.schedule.length, device=self.device)  # 0-d views for forward_token
         self.rows = torch.arange(B, device=self.device)  # each image's row in the starting batch (select keeps it)
         return self
 
@@ -154,8 +155,7 @@ class SamplingRun:
         begin, end = self.schedule.begin_ends[s]
         # forward_step, not forward_positions: the per-step entry point is the one ``pipe.compile`` compiles
         if s > 0 and self.transformer.static_steps and self.kv_policy is None:
-            pos = torch.tensor(s, device=self.device)
-            out = self.transformer.forward_token(pos, self.cond, self.x_in, self.cache)
+            out = self.transformer.forward_token(self.positions[s], self.cond, self.x_in, self.cache)
         else:
             out = self.transformer.forward_step(s, self.cond, self.x_in, self.cache)
         logits = self.guided(out, s)

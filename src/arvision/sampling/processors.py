@@ -87,11 +87,16 @@ class TokenSampling:
         One generator: one multinomial call over all B*n rows (the released samplers' order).  A list of B
         generators (one per image): row b draws only from its own, so an image does not depend on its batch.
         """
-        B, n, V = logits.shape
-        probs = logits.softmax(dim=-1)
-        if isinstance(generator, (list, tuple)):
-            return torch.stack([torch.multinomial(probs[b], 1, generator=g).view(n) for b, g in enumerate(generator)])
-        return torch.multinomial(probs.view(-1, V), 1, generator=generator).view(B, n)
+        return draw_from_probs(logits.softmax(dim=-1), generator)
+
+
+def draw_from_probs(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """probs (B, n, V), rows summing to > 0 -> ids (B, n), one multinomial draw per row (see ``TokenSampling.draw``
+    for the order the generators are consumed in)."""
+    B, n, V = probs.shape
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.multinomial(probs[b], 1, generator=g).view(n) for b, g in enumerate(generator)])
+    return torch.multinomial(probs.reshape(-1, V), 1, generator=generator).view(B, n)
 
 
 def gumbel_soft_codes(logits: torch.Tensor, ratio: float, codes: torch.Tensor,

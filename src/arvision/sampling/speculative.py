@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from arvision.errors import ArvisionError
-from arvision.sampling.processors import Generators
+from arvision.sampling.processors import Generators, draw_from_probs
 
 DECODINGS = ("plain", "sjd", "mcsjd", "gsd")
 
@@ -36,14 +36,6 @@ def _uniform(shape: tuple[int, ...], generator: Generators, device) -> torch.Ten
     if isinstance(generator, (list, tuple)):
         return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in generator])
     return torch.rand(shape, generator=generator, device=device)
-
-
-def _draw(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
-    """probs (B, n, V), rows summing to > 0 -> ids (B, n)."""
-    B, n, V = probs.shape
-    if isinstance(generator, (list, tuple)):
-        return torch.stack([torch.multinomial(probs[b], 1, generator=g).view(n) for b, g in enumerate(generator)])
-    return torch.multinomial(probs.reshape(-1, V), 1, generator=generator).view(B, n)
 
 
 def _random_ids(shape: tuple[int, int], vocab: int, generator: Generators, device) -> torch.Tensor:
@@ -168,7 +160,8 @@ class JacobiDecoding:
                 a = accept.long().cumprod(dim=1).sum(dim=1)  # leading acceptances per row (B,)
                 at = a.clamp_max(w - 1)
                 rows = torch.arange(B, device=dev)
-                fix = _draw(residual(p[rows, at], qw[rows, at])[:, None], gen)[:, 0]  # the rejected slot's token
+                # the rejected slot's token
+                fix = draw_from_probs(residual(p[rows, at], qw[rows, at])[:, None], gen)[:, 0]
                 m = int(torch.where(a < w, a + 1, a).min())  # tokens every row emitted
                 out = x[:, :m].clone()
                 last = (a < w) & (a < m)  # rows whose rejected slot lies inside the emitted prefix
@@ -180,7 +173,7 @@ class JacobiDecoding:
                 k = w - m
                 if k:
                     p_rest = p[:, m:]
-                    new = _draw(p_rest, gen)
+                    new = draw_from_probs(p_rest, gen)
                     if self.coupled:
                         # slots after the row's first rejection: their drafts were never tested, so they are
                         # still plain draws from q_old and may be coupled; tested ones are redrawn
@@ -189,7 +182,7 @@ class JacobiDecoding:
                         keep_p = (p_rest.gather(-1, old[..., None]) / q_old.gather(-1, old[..., None]).clamp_min(
                             1e-30))[..., 0].clamp_max(1.0)
                         keep = _uniform((B, k), gen, dev) < keep_p
-                        moved = _draw(residual(p_rest, q_old), gen)
+                        moved = draw_from_probs(residual(p_rest, q_old), gen)
                         new = torch.where(untested, torch.where(keep, old, moved), new)
                     nxt[:, :k], nq[:, :k] = new, p_rest
                 if W - k:
