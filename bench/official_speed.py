@@ -511,7 +511,9 @@ def arvision_bench(runner: Runner, family: str, model_dir: Path, B: int, precisi
     cmd = arvision_cli() + ["bench", str(model_dir), "--classes", str(args.label), "--batch-size", str(B),
                             "--seed", str(args.seed), "--cfg", str(s["cfg"]), "--top-k", str(s["top_k"]),
                             "--top-p", str(s["top_p"]), "--temperature", str(s["temperature"]),
-                            "--precision", precision, "--warmup", str(args.warmup), "--repeat", str(args.repeat),
+                            *(["--precision", "bf16", "--weights", "int8"] if precision == "int8"
+                              else ["--precision", precision]),
+                            "--warmup", str(args.warmup), "--repeat", str(args.repeat),
                             "--threads", str(runner.threads), "--json"]
     rc, out, info, log = runner.command(f"arvision_bench_{family}_b{B}_{precision}", cmd)
     lines = [ln for ln in out.strip().splitlines() if ln.strip()]
@@ -686,8 +688,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="weights, converted models, tokens, logs (default /tmp/arvision-official-speed)")
     ap.add_argument("--out-json", type=Path, default=None, help="default: WORK/official_speed.json")
     ap.add_argument("--skip-arvision", action="store_true", help="measure the official code only")
-    ap.add_argument("--arvision-precision", nargs="+", choices=["fp32", "auto", "bf16"], default=["fp32"],
-                    help="arvision bench --precision, one run each (default fp32; parity is checked in fp32)")
+    ap.add_argument("--arvision-precision", nargs="+", choices=["fp32", "auto", "bf16", "int8"], default=["fp32"],
+                    help="arvision bench --precision, one run each (default fp32; parity is checked in fp32); "
+                         "int8 = --precision bf16 --weights int8")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--label", type=int, default=207, help="ImageNet class (default 207)")
     ap.add_argument("--llamagen-top-k", type=int, default=0,

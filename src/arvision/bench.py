@@ -100,7 +100,7 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
         "forwards_per_batch": runs[0].stats["forwards"],
         "token_forwards_per_batch": runs[0].stats["token_forwards"],
         "precision": str(dtype).removeprefix("torch."),
-        "weights_dtype": str(pipe.weight_dtype).removeprefix("torch."),
+        "weights_dtype": pipe.weight_quantization or str(pipe.weight_dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "device": _device_name(pipe.device),
         "warmup": warmup,
@@ -160,6 +160,8 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, else fp32 (exact)")
+    p.add_argument("--weights", choices=["full", "int8"], default="full",
+                   help="int8: weight-only int8 linear layers with bf16 activations (half of bf16's bytes; lossy)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
@@ -185,6 +187,11 @@ def cmd_bench(args) -> None:
             raise ArvisionError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir(), device=args.device)
+    if args.weights == "int8":
+        if args.precision == "fp32":
+            raise ArvisionError("--weights int8 computes in bf16: use --precision bf16 or auto")
+        args.precision = "bf16"
+        pipe.quantize_weights("int8")
     dtype = resolve_precision(args.precision, pipe.device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)  # weights cast once: half the memory, no per-call casts
@@ -196,6 +203,7 @@ def cmd_bench(args) -> None:
                        kv_policy=args.kv_policy, decoding=args.decoding)
     result["model"] = str(args.model or "bundled")
     result["compiled"] = bool(args.compile)
+    result["weights"] = args.weights
     result["kv_policy"], result["decoding"] = args.kv_policy, args.decoding
     print(format_report(result))
     if args.json:

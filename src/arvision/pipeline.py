@@ -68,6 +68,7 @@ class ARPipeline:
         self.inputs = build_inputs(self.tokenizer, self.schedule)
         self.folder: Path | None = None  # the model folder it was loaded from, if any
         self.kv_calibration = None  # ScaleKV/HACK layer and head classes (``arvision calibrate-kv``), loaded lazily
+        self.weight_quantization: str | None = None  # "int8" after ``quantize_weights``
 
     # -- persistence -------------------------------------------------------------------------------
     @classmethod
@@ -93,6 +94,9 @@ class ARPipeline:
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, path: str | Path) -> Path:
+        if self.weight_quantization is not None:
+            raise ArvisionError(f"this pipeline's weights are quantized ({self.weight_quantization}); reload the "
+                                "model to save it")
         from safetensors.torch import save_file
 
         folder = Path(path)
@@ -168,6 +172,25 @@ class ARPipeline:
             self.transformer.to(dtype)
             if rope is not None:
                 self.transformer.rope = rope  # rotary angles stay fp32: bf16 cos/sin would blur positions
+        return self
+
+    def quantize_weights(self, kind: str = "int8") -> ARPipeline:
+        """Weight-only int8: every linear layer of the transformer blocks and the head keeps int8 weights with a
+        bf16 scale per output row (``arvision.models.quantized``); the rest of the transformer is cast to bf16.
+
+        Half the bytes of bf16 weights, for bandwidth-bound decoding (raster models at small batch).  Lossy: such
+        a pipeline samples in bf16 only and cannot be saved (reload the model for the full-precision weights).
+        """
+        from arvision.models.quantized import quantize_linears
+
+        if kind != "int8":
+            raise ArvisionError(f"weight quantization must be 'int8', got {kind!r}")
+        if self.weight_quantization is None:
+            self.to(dtype=torch.bfloat16)
+            for blk in self.transformer.blocks:
+                quantize_linears(blk)
+            quantize_linears(self.transformer, only=("head",))
+            self.weight_quantization = kind
         return self
 
     def compile(self, **options) -> ARPipeline:

@@ -135,7 +135,11 @@ class Attention(nn.Module):
         each other under ``attn_bias`` (n, begin+n) when given (a causal window of speculative drafts)."""
         B, n, C = x.shape
         bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias).view(B, n, 3, self.heads, self.head_dim)
+        if isinstance(self.qkv, nn.Linear):
+            qkv = F.linear(x, self.qkv.weight, bias)
+        else:  # weight-only int8 (arvision.models.quantized)
+            qkv = self.qkv(x, bias)
+        qkv = qkv.view(B, n, 3, self.heads, self.head_dim)
         if rope is not None:
             qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one call: (B, n, 2, H, hd)
             q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)

@@ -21,6 +21,7 @@ from torch import nn
 from arvision.config import TransformerConfig
 from arvision.models.attention import KVCache, rope_2d_table
 from arvision.models.blocks import AdaLNBlock, LlamaBlock, RMSNorm
+from arvision.models.quantized import linear_dtype
 from arvision.schedules import Schedule
 
 
@@ -119,7 +120,7 @@ class ARTransformer(nn.Module):
     def logits(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Hidden (B, n, C) -> logits (B, n, V) in fp32."""
         if self.adaln:
-            return self.head(self.head_norm(h.float(), cond.head).to(self.head.weight.dtype)).float()
+            return self.head(self.head_norm(h.float(), cond.head).to(linear_dtype(self.head))).float()
         return self.head(self.head_norm(h)).float()
 
     # -- entry points -------------------------------------------------------------------------------
