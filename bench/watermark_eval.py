@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from arvision.bundled import bundled_model_dir
 from arvision.evaluation.classifier import classifier_report
 from arvision.pipeline import ARPipeline
-from arvision.sampling.watermark import WatermarkSpec, detect_images, detect_tokens
+from arvision.sampling.watermark import WatermarkSpec, align_images, detect_images, detect_tokens
 from arvision.training.datasets import Mnist5k
 
 KEY = "arvision-bench-key"
@@ -81,6 +81,10 @@ def main() -> None:
     ap.add_argument("--gamma", type=float, default=0.5)
     ap.add_argument("--start-step", type=int, default=0)
     ap.add_argument("--model", default=None, help="model folder (default: the bundled VAR MNIST model)")
+    ap.add_argument("--align", type=float, nargs="*", default=[],
+                    help="also delta 4 + pixel-domain alignment with these fidelity weights (e.g. 0.1 0.3)")
+    ap.add_argument("--align-steps", type=int, default=100)
+    ap.add_argument("--skip-sweep", action="store_true", help="only the alignment settings (and the clean rows)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -124,9 +128,15 @@ def main() -> None:
              ("hard", dict(hard=True)), ("hard-gamma0.25", dict(hard=True, gamma=0.25))]
     if pipe.schedule.kind == "scales":  # leave the coarse layout (1x1, 2x2) free, score the rest
         sweep.append(("delta4-start2", dict(delta=4.0, start_step=2)))
+    if args.skip_sweep:
+        sweep = []
+    sweep += [(f"delta4-align{lam:g}", dict(delta=4.0, align=lam, align_steps=args.align_steps)) for lam in args.align]
     for name, kw in tqdm(sweep, desc="sweep"):
         spec = WatermarkSpec(KEY, **{**dict(gamma=args.gamma, pool=args.pool, start_step=args.start_step), **kw})
         tokens, x = sample([spec.processor(pipe)])
+        if spec.align is not None:  # the image each seed/class gives, re-tokenised toward its own list
+            lists = [spec.list_for(1000 + i, k) for i, k in enumerate(labels)]
+            x = quantise((align_images(pipe, x, spec, lists, progress=True) + 1) / 2)
         q = classifier_report(to_pil(x), labels, fid_real="mnist-5k")
         res = detect(x, spec, False)
         same = (pipe.encode(x) == tokens).float()

@@ -15,6 +15,7 @@ from arvision.errors import ArvisionError
 from arvision.pipeline import ARPipeline
 from arvision.sampling.watermark import (
     WatermarkSpec,
+    align_images,
     detect_images,
     detect_tokens,
     green_list,
@@ -42,7 +43,9 @@ def test_green_lists_deterministic_sized_and_key_dependent():
 
 @pytest.mark.parametrize("kw", [dict(key=""), dict(key="k", gamma=0.0), dict(key="k", gamma=1.0),
                                 dict(key="k", delta=-1.0), dict(key="k", delta=float("inf")), dict(key="k", pool=0),
-                                dict(key="k", start_step=-1), dict(key="k", pool=2, list_index=2)])
+                                dict(key="k", start_step=-1), dict(key="k", pool=2, list_index=2),
+                                dict(key="k", align=-0.1), dict(key="k", align=float("nan")),
+                                dict(key="k", align_steps=0)])
 def test_spec_validation(kw):
     with pytest.raises(ArvisionError):
         WatermarkSpec(**kw)
@@ -222,3 +225,41 @@ def test_lists_follow_rows_through_select(tiny):
     assert proc.row_lists(run).tolist() == before[[2, 0, 0, 3]].tolist()
     for b, k in enumerate(before[[2, 0, 0, 3]].tolist()):
         assert lists[k][run.tokens[b]].all()
+
+
+def test_alignment_moves_the_retokenised_image_onto_its_list(bundled):
+    """Pixel-domain alignment raises the z of the re-tokenised image under the image's own pool list (which
+    ``list_for`` gives from its seed and class), and with a large fidelity weight leaves the image nearly as it was."""
+    spec = WatermarkSpec("secret", pool=4)
+    labels, seeds = [0, 3, 5, 8], [11, 12, 13, 14]
+    out = bundled(labels, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
+                  processors=[spec.processor(bundled)])
+    x0 = out.images * 2 - 1
+    lists = [spec.list_for(s, k) for s, k in zip(seeds, labels)]
+    # list_for is the processor's choice: the sampled tokens are greenest under exactly these lists
+    assert [r.list_index for r in detect_tokens(out.tokens, spec, 512, bundled.schedule.step_sizes)] == lists
+    before = detect_images(bundled, x0, spec)
+    x = align_images(bundled, x0, spec, lists, strength=0.0, steps=60)
+    after = detect_images(bundled, x, spec)
+    assert x.shape == x0.shape and x.min() >= -1 and x.max() <= 1
+    assert sum(r.z for r in after) / 4 > sum(r.z for r in before) / 4 + 1.2, ([r.z for r in before],
+                                                                            [r.z for r in after])
+    assert [r.list_index for r in after] == lists
+    stiff = align_images(bundled, x0, spec, lists, strength=100.0, steps=5)
+    assert (stiff - x0).abs().max() < (x - x0).abs().max() / 4
+    with pytest.raises(ArvisionError, match="one list index"):
+        align_images(bundled, x0, spec, lists[:3])
+    with pytest.raises(ArvisionError, match="images must be"):
+        align_images(bundled, x0[:, :, :16], spec, lists)
+
+
+def test_cli_sample_with_alignment(tmp_path, capsys):
+    assert main(["sample", "--classes", "2", "7", "--seed", "3", "--out-dir", str(tmp_path / "wm"),
+                 "--watermark-key", "secret", "--watermark-align", "0", "--watermark-align-steps", "20"]) == 0
+    assert main(["sample", "--classes", "2", "7", "--seed", "3", "--out-dir", str(tmp_path / "plain"),
+                 "--watermark-key", "secret"]) == 0
+    capsys.readouterr()
+    files = sorted((tmp_path / "wm").iterdir()) + sorted((tmp_path / "plain").iterdir())
+    assert main(["watermark", "detect", *map(str, files), "--key", "secret"]) == 0
+    zs = [float(re.search(r"z=(-?[0-9.]+)", line).group(1)) for line in capsys.readouterr().out.splitlines()]
+    assert len(zs) == 4 and zs[0] + zs[1] > zs[2] + zs[3] + 2.0, zs

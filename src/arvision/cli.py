@@ -52,6 +52,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per forward batch (default: all)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
+    p.add_argument("--weights", choices=["full", "int8"], default="full",
+                   help="int8: weight-only int8 linear layers, computing in bf16 (needs --precision bf16 or auto)")
     p.add_argument("--device", default="cpu")
 
 
@@ -170,12 +172,21 @@ def run_sampling(pipe, args, progress: bool = True):
     generator = torch.Generator().manual_seed(args.seed)
     watermark = spec_from_args(args)
     processors = [watermark.processor(pipe)] if watermark is not None else []
-    return pipe(classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                temperature=args.temperature, generator=generator, more_smooth=args.smooth,
-                output_type="pil", batch_size=args.batch_size, precision=args.precision, progress=progress,
-                return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
-                decoding=args.decoding, search=getattr(args, "search", None),
-                verifier=getattr(args, "verifier", None), processors=processors)
+    aligned = watermark is not None and watermark.align is not None
+    out = pipe(classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+               temperature=args.temperature, generator=generator, more_smooth=args.smooth,
+               output_type="pt" if aligned else "pil", batch_size=args.batch_size, precision=args.precision,
+               progress=progress, return_progression=bool(getattr(args, "progression", None)),
+               kv_policy=args.kv_policy, decoding=args.decoding, search=getattr(args, "search", None),
+               verifier=getattr(args, "verifier", None), processors=processors)
+    if aligned:  # every image of the call comes from the one --seed generator
+        from arvision.images import to_pil
+        from arvision.sampling.watermark import align_images
+
+        lists = [watermark.list_for(args.seed, k) for k in out.class_labels]
+        x = align_images(pipe, out.images * 2 - 1, watermark, lists, progress=progress)
+        out.images = to_pil((x + 1) / 2)
+    return out
 
 
 def caption(pipe, k: int) -> str:
@@ -186,6 +197,11 @@ def caption(pipe, k: int) -> str:
 def cmd_sample(args) -> None:
     _check_outputs(args)
     pipe = _load(args.model, args.device)
+    if args.weights == "int8":
+        if args.precision == "fp32":
+            raise ArvisionError("--weights int8 computes in bf16: add --precision bf16 (or auto)")
+        args.precision = "bf16"
+        pipe.quantize_weights("int8")
     t0 = time.perf_counter()
     out = run_sampling(pipe, args)
     dt = time.perf_counter() - t0
