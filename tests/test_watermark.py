@@ -263,3 +263,18 @@ def test_cli_sample_with_alignment(tmp_path, capsys):
     assert main(["watermark", "detect", *map(str, files), "--key", "secret"]) == 0
     zs = [float(re.search(r"z=(-?[0-9.]+)", line).group(1)) for line in capsys.readouterr().out.splitlines()]
     assert len(zs) == 4 and zs[0] + zs[1] > zs[2] + zs[3] + 2.0, zs
+
+
+@pytest.mark.parametrize("name", ["var_pn124_w96h3_q0", "llamagen_g3_w64h2"])
+def test_residual_code_logits_pick_the_encoders_tokens(name):
+    """The alignment's differentiable view of quantisation agrees with the detector's: the nearest code of every
+    (residual) position is the token ``encode`` returns, for VAR's residual quantiser and a (l2-normalised) VQ."""
+    from arvision.sampling.watermark import residual_code_logits
+    from test_consistency import make_pipe
+
+    pipe = make_pipe(name)  # read only
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, pipe.config.image_size, pipe.config.image_size) * 2 - 1
+    with torch.no_grad():
+        logits = residual_code_logits(pipe.tokenizer, pipe.tokenizer.features(images))
+    assert torch.equal(torch.cat([lg.argmax(-1) for lg in logits], 1), pipe.encode(images))
