@@ -29,11 +29,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
 from arvision.bundled import bundled_model_dir
 from arvision.evaluation.classifier import classifier_report
+from arvision.images import to_pil
 from arvision.pipeline import ARPipeline
 from arvision.sampling.watermark import WatermarkSpec, align_images, detect_tokens, residual_code_logits
 from arvision.training.datasets import Mnist5k
@@ -44,11 +44,6 @@ KEY = "arvision-bench-key"
 def png(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] images -> uint8-quantised, back in [-1, 1]."""
     return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
-
-
-def to_pil(x: torch.Tensor) -> list[Image.Image]:
-    arr = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 def per_scale(a: torch.Tensor, b: torch.Tensor, sizes) -> list[float]:
@@ -135,12 +130,12 @@ def main() -> None:
         for lam in args.align_lambdas:
             t = time.perf_counter()
             xw = png(align_images(pipe, x0, spec, lists, strength=lam, steps=args.align_steps, progress=True))
-            q = classifier_report(to_pil(xw), labels, fid_real="mnist-5k")
+            q = classifier_report(to_pil((xw + 1) / 2), labels, fid_real="mnist-5k")
             report["align"]["rows"].append({
                 "lambda": lam, "steps": args.align_steps, **zstats(pipe.encode(xw), spec, V, sizes),
                 "psnr_db": float(10 * torch.log10(4 / F.mse_loss(xw, x0))), "accuracy": q["accuracy"],
                 "fid": q["fid"], "seconds_per_image": (time.perf_counter() - t) / args.n})
-        q0 = classifier_report(to_pil(x0), labels, fid_real="mnist-5k")
+        q0 = classifier_report(to_pil((x0 + 1) / 2), labels, fid_real="mnist-5k")
         report["align"]["unaligned"] = {"accuracy": q0["accuracy"], "fid": q0["fid"]}
     report["seconds"] = time.perf_counter() - t0
     print(json.dumps(report, indent=1))

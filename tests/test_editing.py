@@ -21,6 +21,7 @@ from arvision.pipeline import ARPipeline
 from arvision.sampling.editing import EditOverride, box_mask, edit, keep_tokens, load_mask, prepare_edit_inputs
 from arvision.sampling.loop import SamplingRun
 from arvision.training.datasets import Mnist5k
+from test_search import select_midway
 
 torch.set_num_threads(1)  # small models: one thread is as fast here and leaves the shared CPU to others
 
@@ -217,13 +218,8 @@ def test_override_follows_rows_through_select_and_batches():
     guidance, sampling = pipe.sampling_settings()
     run = SamplingRun(pipe.transformer, pipe.inputs, torch.tensor([1, 2, 3]), guidance, sampling, gen(0),
                       override=EditOverride(source, keep))
-    with torch.no_grad(), run.context():
-        run.start()
-        run.step()
-        run.step()
-        run.select([2, 0, 2, 1])  # reorder and repeat images mid-run
-        while not run.done:
-            run.step()
+    with torch.no_grad():
+        select_midway(run, [2, 0, 2, 1])  # reorder and repeat images mid-run
     assert run.rows.tolist() == [2, 0, 2, 1]
     for b, r in enumerate(run.rows.tolist()):
         assert torch.equal(run.tokens[b][keep[r]], source[r][keep[r]])

@@ -77,6 +77,17 @@ def test_bon_picks_the_verifiers_best_of_the_plain_candidates(name):
                                                                                 None)), abs=1e-5)
 
 
+
+def select_midway(run, rows, after: int = 2):
+    """Start ``run``, take ``after`` steps, re-batch it to ``rows`` (``SamplingRun.select``), finish it."""
+    with run.context():
+        run.start()
+        for _ in range(after):
+            run.step()
+        run.select(rows)
+        run.finish()
+    return run
+
 @pytest.mark.parametrize("name", [VAR4, RASTER])
 def test_select_rebatching_continues_each_row_exactly(name):
     """Re-batch after two steps (drop, reorder, repeat): a kept row ends with the tokens of a run that was never
@@ -84,24 +95,14 @@ def test_select_rebatching_continues_each_row_exactly(name):
     pipe = make_pipe(name)
 
     def rebatched():
-        run = run_of(pipe, [0, 1, 2], gens([1, 2, 3]))
-        with run.context():
-            run.start()
-            run.step()
-            run.step()
-            run.select([2, 0, 2, 2])
-            while not run.done:
-                run.step()
-        return run
+        return select_midway(run_of(pipe, [0, 1, 2], gens([1, 2, 3])), [2, 0, 2, 2])
 
     run = rebatched()
     assert run.labels.tolist() == [2, 0, 2, 2] and run.cache.batch == 8  # guidance: conditional + unconditional
     for row, (label, seed) in zip((0, 1), ((2, 3), (0, 1))):
         alone = run_of(pipe, [label], gens([seed]))
         with alone.context():
-            alone.start()
-            while not alone.done:
-                alone.step()
+            alone.start().finish()
         assert torch.equal(run.tokens[row], alone.tokens[0])
         if pipe.schedule.kind == "scales":
             torch.testing.assert_close(run.state[row], alone.state[0], rtol=0, atol=1e-6)

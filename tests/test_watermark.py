@@ -22,6 +22,7 @@ from arvision.sampling.watermark import (
     load_images_for,
     parse_delta,
 )
+from test_search import select_midway
 
 
 @pytest.fixture(scope="module")
@@ -214,13 +215,7 @@ def test_lists_follow_rows_through_select(tiny):
         if len(set(before[[2, 0, 3]].tolist())) == 3:
             break
     assert len(set(before[[2, 0, 3]].tolist())) == 3
-    with run.context():
-        run.start()
-        run.step()
-        run.step()
-        run.select([2, 0, 0, 3])
-        while not run.done:
-            run.step()
+    select_midway(run, [2, 0, 0, 3])
     lists = spec.lists(64)
     assert proc.row_lists(run).tolist() == before[[2, 0, 0, 3]].tolist()
     for b, k in enumerate(before[[2, 0, 0, 3]].tolist()):

@@ -187,11 +187,9 @@ def cmd_bench(args) -> None:
             raise ArvisionError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir(), device=args.device)
-    if args.weights == "int8":
-        if args.precision == "fp32":
-            raise ArvisionError("--weights int8 computes in bf16: use --precision bf16 or auto")
-        args.precision = "bf16"
-        pipe.quantize_weights("int8")
+    from arvision.cli import apply_weights
+
+    apply_weights(pipe, args)
     dtype = resolve_precision(args.precision, pipe.device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)  # weights cast once: half the memory, no per-call casts

@@ -39,6 +39,16 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
                    help="raster models: plain (default), sjd, mcsjd or gsd[:G] (speculative Jacobi decoding)")
 
 
+def apply_weights(pipe, args) -> None:
+    """``--weights int8``: quantize the pipeline's linear layers, which compute in bf16 (so ``--precision`` becomes
+    bf16; an explicit fp32 is an error)."""
+    if args.weights == "int8":
+        if args.precision == "fp32":
+            raise ArvisionError("--weights int8 computes in bf16: use --precision bf16 (or auto)")
+        args.precision = "bf16"
+        pipe.quantize_weights("int8")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, nargs="+", help="class ids, one image each (default: 0..7 or all)")
     p.add_argument("--seed", type=int, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
@@ -197,11 +207,7 @@ def caption(pipe, k: int) -> str:
 def cmd_sample(args) -> None:
     _check_outputs(args)
     pipe = _load(args.model, args.device)
-    if args.weights == "int8":
-        if args.precision == "fp32":
-            raise ArvisionError("--weights int8 computes in bf16: add --precision bf16 (or auto)")
-        args.precision = "bf16"
-        pipe.quantize_weights("int8")
+    apply_weights(pipe, args)
     t0 = time.perf_counter()
     out = run_sampling(pipe, args)
     dt = time.perf_counter() - t0

@@ -179,6 +179,12 @@ class SamplingRun:
         self.s += 1
         return ids
 
+    def finish(self, on_step=None) -> SamplingRun:
+        """Take every remaining step (after a search controller or a test re-batched the run mid-way)."""
+        while not self.done:
+            self.step(on_step)
+        return self
+
     # -- search controllers -----------------------------------------------------------------------------
     def select(self, rows) -> None:
         """Keep images ``rows`` (B',) int64 of the batch, repeats allowed (beam expansion, resampling): every

@@ -141,8 +141,7 @@ def rollout_decode(run: SamplingRun) -> tuple[torch.Tensor, SearchCost]:
     other.generator = torch.Generator(device=run.device).manual_seed(0)  # top-1: the draw has one choice
     other.sampling = dataclasses.replace(run.sampling, top_k=1, top_p=0.0)
     other.more_smooth = False
-    while not other.done:
-        other.step()
+    other.finish()
     spent = SearchCost(token_forwards=other.token_forwards - run.token_forwards,
                        forwards=other.forwards - run.forwards)
     spent.rollout_token_forwards = spent.token_forwards
