@@ -6,6 +6,7 @@ averaged, so N processes with global batch B follow the same trajectory as one p
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -41,7 +42,15 @@ def init_distributed(device: str | None = None) -> DistInfo:
         dev = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # a process that exits with the group alive can abort in gloo's teardown ("terminate called without an
+        # active exception", seen in CI): leave it explicitly
+        atexit.register(_leave_group)
     return DistInfo(rank, world, local, dev)
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(batch_indices: torch.Tensor, info: DistInfo) -> torch.Tensor:
