@@ -1,0 +1,53 @@
+"""Where one image's sampling time goes: torch.profiler over one call, after one warm-up call.
+
+    PYTHONPATH=src python bench/profile_sampling.py /tmp/arvision-official-speed/llamagen/arvision_model \
+        --cfg 4 --top-k 0 --top-p 0 --weights int8
+
+Prints the operators by self CPU time and, per operator, its share of the profiled total (tokens only, no decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from arvision.pipeline import ARPipeline
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--classes", type=int, nargs="+", default=[207])
+    ap.add_argument("--cfg", type=float, default=None)
+    ap.add_argument("--top-k", type=int, default=None)
+    ap.add_argument("--top-p", type=float, default=None)
+    ap.add_argument("--weights", choices=["bf16", "int8"], default="bf16")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=15)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = ARPipeline.from_pretrained(args.model)
+    if args.weights == "int8":
+        pipe.quantize_weights("int8")
+    else:
+        pipe.to(dtype=torch.bfloat16)
+    kw = dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, output_type="tokens", precision="bf16")
+    pipe(args.classes, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        pipe(args.classes, generator=torch.Generator().manual_seed(0), **kw)
+    wall = time.perf_counter() - t
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{args.model}, weights {args.weights}, classes {args.classes}: {wall:.2f} s under the profiler, "
+          f"{total / 1e6:.2f} s of operator self time")
+    print(f"{'operator':36s} {'self s':>8s} {'share':>7s} {'calls':>8s}")
+    for e in events[:args.rows]:
+        print(f"{e.key:36s} {e.self_cpu_time_total / 1e6:8.3f} {e.self_cpu_time_total / total:7.1%} {e.count:8d}")
+
+
+if __name__ == "__main__":
+    main()
