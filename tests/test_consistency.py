@@ -112,9 +112,10 @@ def test_cached_steps_equal_full_sequence_forward(name):
     tokens = random_tokens(pipe, B, seed=3)
     with torch.no_grad():
         teacher = pipe.inputs.teacher(tokens)
-        full = tr(labels, teacher)
-        cond = tr.condition(labels)
-        cache = tr.new_cache(B)
+        full = tr(pipe.condition(labels, allow_null=True), teacher, sched)
+        cond = tr.condition(pipe.condition(labels, allow_null=True))
+        cache = tr.new_cache(B, sched)
+        layout = tr.layout(sched)
         steps = []
         first = sched.first_len
         for s, (begin, end) in enumerate(sched.begin_ends):
@@ -124,7 +125,7 @@ def test_cached_steps_equal_full_sequence_forward(name):
                 x = teacher[:, begin - first:end - first]
             else:
                 x = tokens[:, s - 1:s]
-            out = tr.forward_step(s, cond, x, cache)
+            out = tr.forward_step(s, cond, x, cache, layout)
             assert out.shape == (B, end - begin, tr.cfg.vocab_size)
             steps.append(out)
         stepped = torch.cat(steps, dim=1)
@@ -146,9 +147,10 @@ def test_teacher_forcing_is_causal_over_steps(name):
     changed2 = tokens.clone()
     changed2[:, begin2:begin] = (changed2[:, begin2:begin] + 1) % pipe.config.transformer.vocab_size
     with torch.no_grad():
-        ref = pipe.transformer(labels, pipe.inputs.teacher(tokens))
-        same = pipe.transformer(labels, pipe.inputs.teacher(changed))
-        other = pipe.transformer(labels, pipe.inputs.teacher(changed2))
+        cond, sched = pipe.condition(labels), pipe.schedule
+        ref = pipe.transformer(cond, pipe.inputs.teacher(tokens), sched)
+        same = pipe.transformer(cond, pipe.inputs.teacher(changed), sched)
+        other = pipe.transformer(cond, pipe.inputs.teacher(changed2), sched)
     assert torch.equal(ref, same)
     # the second-to-last step's tokens feed the last step, and only it
     assert torch.equal(ref[:, :begin], other[:, :begin])
@@ -166,7 +168,7 @@ def test_greedy_samples_are_the_teacher_forced_argmax(name):
     assert tokens.shape == (3, pipe.schedule.length) and tokens.dtype == torch.int64
     assert tokens.unique().numel() > 1
     with torch.no_grad():
-        logits = pipe.transformer(torch.tensor(out.class_labels), pipe.inputs.teacher(tokens))
+        logits = pipe.transformer(pipe.condition(out.class_labels), pipe.inputs.teacher(tokens), pipe.schedule)
     assert torch.equal(logits.argmax(dim=-1), tokens)
     # per-step split is consistent with the flat tokens
     assert torch.equal(torch.cat(out.step_tokens, dim=1), tokens)
@@ -184,7 +186,7 @@ def test_var_sampler_canvas_equals_teacher_inputs(name):
     inputs = []
     with torch.no_grad():
         for s, ids in enumerate(per_step):
-            x = pipe.inputs.advance(state, s, ids)
+            state, x = pipe.inputs.advance(state, s, ids)
             if s == len(per_step) - 1:
                 assert x is None
             else:
@@ -360,9 +362,9 @@ def _batch_sizes(pipe: ARPipeline, monkeypatch, **kw) -> tuple[list[int], torch.
     seen = []
     original = pipe.transformer.forward_step
 
-    def spy(s, cond, x_in, cache):
+    def spy(s, cond, x_in, cache, layout):
         seen.append(cond[0].shape[0])
-        return original(s, cond, x_in, cache)
+        return original(s, cond, x_in, cache, layout)
 
     monkeypatch.setattr(pipe.transformer, "forward_step", spy)
     try:

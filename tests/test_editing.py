@@ -215,9 +215,8 @@ def test_override_follows_rows_through_select_and_batches():
     x = digits()[0][:3]
     _, frac, _ = prepare_edit_inputs(x, box_mask(32, 32, (0.25, 0.0, 0.75, 1.0)), 32, (8, 8))
     source, keep = pipe.encode(x), keep_tokens(pipe.schedule, frac)
-    guidance, sampling = pipe.sampling_settings()
-    run = SamplingRun(pipe.transformer, pipe.inputs, torch.tensor([1, 2, 3]), guidance, sampling, gen(0),
-                      override=EditOverride(source, keep))
+    run = SamplingRun(pipe.transformer, pipe.inputs, pipe.condition([1, 2, 3]),
+                      pipe.sampling_options(override=EditOverride(source, keep)), gen(0))
     with torch.no_grad():
         select_midway(run, [2, 0, 2, 1])  # reorder and repeat images mid-run
     assert run.rows.tolist() == [2, 0, 2, 1]

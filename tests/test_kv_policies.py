@@ -45,17 +45,16 @@ class Keeper:
     def __init__(self, policy):
         self.policy = policy
 
-    def new_cache(self, transformer, batch, dtype, device):
-        self.cache = self.policy.new_cache(transformer, batch, dtype, device)
+    def new_cache(self, transformer, schedule, batch, dtype, device):
+        self.cache = self.policy.new_cache(transformer, schedule, batch, dtype, device)
         return self.cache
 
 
 def run_steps(pipe, policy, labels=(1, 2), seed=3, on_step=None):
     """The one loop with a wrapped policy -> (result, cache)."""
     keeper = Keeper(policy)
-    guidance, sampling = pipe.sampling_settings(None, None, None, None)
-    res = generate(pipe.transformer, pipe.inputs, torch.tensor(labels), guidance, sampling,
-                   torch.Generator().manual_seed(seed), kv_policy=keeper,
+    options = pipe.sampling_options(kv_policy=keeper)
+    res = generate(pipe.transformer, pipe.inputs, pipe.condition(labels), options, torch.Generator().manual_seed(seed),
                    on_step=None if on_step is None else (lambda s, st, t: on_step(s, keeper.cache)))
     return res, keeper.cache
 
@@ -137,14 +136,14 @@ def test_scalekv_selection_matches_brute_force():
 
 def test_scalekv_caps_never_fall_below_the_window(pipe):
     policy = ScaleKV(0.05, pipe.kv_calibration)
-    policy.prepare(pipe.transformer)
+    policy.prepare(pipe.transformer, pipe.schedule)
     for s, caps in enumerate(policy.caps):
         assert min(caps) >= len(window_positions(*pipe.schedule.step_grids[s]))
 
 
 def test_scalekv_budgets_favour_drafters_and_keep_the_total(pipe):
     policy = ScaleKV(0.2, pipe.kv_calibration)
-    policy.prepare(pipe.transformer)
+    policy.prepare(pipe.transformer, pipe.schedule)
     sched, depth = pipe.schedule, pipe.transformer.cfg.depth
     for s, (_, end) in enumerate(sched.begin_ends):
         caps = policy.caps[s]
@@ -181,7 +180,7 @@ def test_hack_structural_heads_keep_first_two_scales_and_the_current_scale(pipe)
 
 def test_hack_contextual_heads_keep_fewer_positions(pipe):
     policy = HACK(0.8, pipe.kv_calibration)
-    policy.prepare(pipe.transformer)
+    policy.prepare(pipe.transformer, pipe.schedule)
     s = pipe.schedule.num_steps - 2
     for layer in range(pipe.transformer.cfg.depth):
         b_c, b_s = policy.budgets(layer, s, pipe.schedule)
@@ -244,10 +243,10 @@ def test_spec_errors(pipe, tmp_path):
     with pytest.raises(ArvisionError, match="scale-wise"):
         parse_kv_policy("snapkv:0.1", raster)
     with pytest.raises(ArvisionError, match="scale-wise"):
-        raster.transformer.new_cache(1, policy=SnapKV(0.5))
+        raster.transformer.new_cache(1, raster.schedule, policy=SnapKV(0.5))
     other = Calibration(**{**pipe.kv_calibration.__dict__, "depth": 99})
     with pytest.raises(ArvisionError, match="calibrate-kv"):
-        ScaleKV(0.1, other).new_cache(pipe.transformer, 1, torch.float32, "cpu")
+        ScaleKV(0.1, other).new_cache(pipe.transformer, pipe.schedule, 1, torch.float32, "cpu")
 
 
 def test_select_reorders_rows(pipe):
@@ -272,6 +271,6 @@ def test_the_bundled_model_ships_its_calibration():
     bundled = ARPipeline.from_pretrained(bundled_model_dir())
     policy = parse_kv_policy("scalekv:0.1", bundled)
     assert isinstance(policy, ScaleKV) and policy.calibration.samples >= 1
-    policy.calibration.check(bundled.transformer)
+    policy.calibration.check(bundled.transformer, bundled.schedule)
     out = bundled([4], generator=torch.Generator().manual_seed(0), output_type="tokens", kv_policy="hack:0.7")
     assert out.tokens.shape == (1, bundled.schedule.length)

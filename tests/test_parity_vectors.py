@@ -194,7 +194,7 @@ def test_var_teacher_forced_logits_match_official(load_case, name):
     case = load_case(name)
     v = case.vectors
     with torch.no_grad():
-        logits = case.pipe.transformer(v["tf.labels"], v["tf.var_input"])
+        logits = case.pipe.transformer(case.pipe.condition(v["tf.labels"]), v["tf.var_input"], case.pipe.schedule)
     assert logits.shape == v["tf.logits"].shape
     assert max_abs(logits, v["tf.logits"]) <= ATOL
 
@@ -204,7 +204,7 @@ def test_llamagen_teacher_forced_logits_match_official(load_case, name):
     case = load_case(name)
     v = case.vectors
     with torch.no_grad():
-        logits = case.pipe.transformer(v["tf.labels"], v["tok.idx"][:, :-1])
+        logits = case.pipe.transformer(case.pipe.condition(v["tf.labels"]), v["tok.idx"][:, :-1], case.pipe.schedule)
     assert logits.shape == v["tf.logits"].shape
     assert max_abs(logits, v["tf.logits"]) <= ATOL
 

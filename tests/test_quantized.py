@@ -38,16 +38,15 @@ def test_quantized_pipeline_keeps_the_bf16_logits_and_refuses_exact_mode(name, t
     pipe = make_pipe.__wrapped__(name)  # a fresh copy: the cached one is shared by other tests
     pipe.to(dtype=torch.bfloat16)
     tr = pipe.transformer
-    labels = torch.tensor([1, 2])
-    n = pipe.schedule.length - pipe.schedule.first_len
+    labels = pipe.condition([1, 2])
     torch.manual_seed(0)
-    x_in = (torch.randn(2, n, tr.cfg.in_channels) if tr.adaln else torch.randint(0, tr.cfg.vocab_size, (2, n)))
+    x_in = pipe.inputs.teacher(torch.randint(0, tr.cfg.vocab_size, (2, pipe.schedule.length)))
     with torch.no_grad():
-        want = tr(labels, x_in)
+        want = tr(labels, x_in, pipe.schedule)
         pipe.quantize_weights("int8")
-        got = tr(labels, x_in)
+        got = tr(labels, x_in, pipe.schedule)
     linears = [m for m in tr.blocks.modules() if isinstance(m, nn.Linear)]
-    assert not linears and isinstance(tr.head, Int8Linear) and pipe.weight_quantization == "int8"
+    assert not linears and isinstance(tr.head.proj, Int8Linear) and pipe.weight_quantization == "int8"
     cos = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1), dim=1)
     assert (cos > 0.99).all(), cos
     out = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="tokens", precision="bf16")

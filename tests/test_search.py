@@ -48,8 +48,7 @@ def gens(seeds):
 
 
 def run_of(pipe, labels, generators) -> SamplingRun:
-    guidance, sampling = pipe.sampling_settings()
-    return SamplingRun(pipe.transformer, pipe.inputs, torch.tensor(labels), guidance, sampling, generators)
+    return SamplingRun(pipe.transformer, pipe.inputs, pipe.condition(labels), pipe.sampling_options(), generators)
 
 
 @pytest.mark.parametrize("name", [VAR4, RASTER])
@@ -104,7 +103,7 @@ def test_select_rebatching_continues_each_row_exactly(name):
         with alone.context():
             alone.start().finish()
         assert torch.equal(run.tokens[row], alone.tokens[0])
-        if pipe.schedule.kind == "scales":
+        if pipe.schedule.step_maps:
             torch.testing.assert_close(run.state[row], alone.state[0], rtol=0, atol=1e-6)
     repeats = [tuple(run.tokens[r].tolist()) for r in (0, 2, 3)]
     assert len(set(repeats)) == 3  # duplicates diverged through their forked generators
@@ -128,13 +127,12 @@ def test_repeats_get_forks_not_the_same_generator():
 def test_cost_meter_counts_token_forwards_by_hand():
     pipe = make_pipe(VAR4)  # steps of 4, 9, 25, 64 tokens; guidance doubles every row
     n = 2
-    labels = torch.tensor([0, 3])
-    guidance, sampling = pipe.sampling_settings()
-    assert guidance.doubles_batch
+    labels = pipe.condition([0, 3])
+    options = pipe.sampling_options()
+    assert options.guidance.doubles_batch
 
     def search(spec):
-        return search_generate(spec, pipe.transformer, pipe.inputs, labels, guidance, sampling, gens([1, 2]),
-                               brightness)
+        return search_generate(spec, pipe.transformer, pipe.inputs, labels, options, gens([1, 2]), brightness)
 
     res = search("bon:3")
     assert res.cost.token_forwards == n * 3 * 102 * 2 and res.cost.plain_token_forwards == n * 102 * 2
@@ -188,12 +186,12 @@ def test_controllers_run_their_schedule_and_return_one_image_per_label(name, spe
     S = pipe.schedule.num_steps
     out = pipe(labels, generator=gens([3, 4, 5]), search=ctl, verifier=brightness, output_type="pt")
     assert out.images.shape[0] == 3 and out.class_labels == labels and out.tokens.shape == (3, pipe.schedule.length)
-    guidance, sampling = pipe.sampling_settings()
-    res = search_generate(ctl, pipe.transformer, pipe.inputs, torch.tensor(labels), guidance, sampling,
-                          gens([3, 4, 5]), brightness)
+    options = pipe.sampling_options()
+    res = search_generate(ctl, pipe.transformer, pipe.inputs, pipe.condition(labels), options, gens([3, 4, 5]),
+                          brightness)
     assert res.batches == [3 * b for b in ctl.planned_batches(S)]
     assert torch.equal(res.tokens, out.tokens)  # deterministic, and the pipeline adds nothing
-    per_token = 2 if guidance.doubles_batch else 1
+    per_token = 2 if options.guidance.doubles_batch else 1
     sizes = pipe.schedule.step_sizes
     expected = sum(b * n for b, n in zip(res.batches, sizes)) * per_token + res.cost.rollout_token_forwards
     assert res.cost.token_forwards == expected
@@ -202,15 +200,14 @@ def test_controllers_run_their_schedule_and_return_one_image_per_label(name, spe
 def test_beam_keeps_the_best_partial_images():
     """After a scoring step the rows are the top-width rows by the verifier, each repeated expand times."""
     pipe = make_pipe(VAR4)
-    guidance, sampling = pipe.sampling_settings()
     seen, tokens = [], {}
 
     def recording(images, labels):
         seen.append(brightness(images, labels))
         return seen[-1]
 
-    res = search_generate(BeamSearch(2, expand=3, steps=(1,)), pipe.transformer, pipe.inputs, torch.tensor([1]),
-                          guidance, sampling, gens([9]), recording,
+    res = search_generate(BeamSearch(2, expand=3, steps=(1,)), pipe.transformer, pipe.inputs, pipe.condition([1]),
+                          pipe.sampling_options(), gens([9]), recording,
                           on_step=lambda s, state, toks: tokens.setdefault(s, toks.clone()))
     assert len(seen) == 2 and seen[0].shape == (6,) and res.batches == [6, 6, 6, 6]
     top = seen[0].topk(2).indices.tolist()

@@ -18,7 +18,7 @@ from scipy import stats
 from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
 from arvision.errors import ArvisionError
 from arvision.pipeline import ARPipeline
-from arvision.sampling.loop import generate
+from arvision.sampling.loop import SamplingOptions, generate
 from arvision.sampling.processors import Guidance, TokenSampling
 from arvision.sampling.speculative import (
     GroupedAcceptance,
@@ -53,9 +53,9 @@ def exact_distribution(pipe: ARPipeline, label: int, guidance: Guidance, samplin
     seqs = torch.tensor(list(itertools.product(range(VOCAB), repeat=L)))
     N = seqs.shape[0]
     with torch.no_grad():
-        cond = pipe.transformer(torch.full((N,), label), seqs[:, :-1])
+        cond = pipe.transformer(pipe.condition([label] * N), seqs[:, :-1], pipe.schedule)
         if guidance.doubles_batch:
-            uncond = pipe.transformer(torch.full((N,), pipe.config.num_classes), seqs[:, :-1])
+            uncond = pipe.transformer(pipe.condition([label] * N).null(), seqs[:, :-1], pipe.schedule)
             cond = guidance.combine(cond, uncond, 0, L)
         logp = sampling.process(cond).log_softmax(-1).gather(-1, seqs[..., None])[..., 0]
     return logp.double().sum(-1).exp()
@@ -65,8 +65,8 @@ def sample_sequences(pipe, decoding, label, guidance, sampling, n: int, batch: i
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n // batch):
-        res = generate(pipe.transformer, pipe.inputs, torch.full((batch,), label), guidance, sampling, gen,
-                       decoding=decoding)
+        options = SamplingOptions(guidance, sampling, decoding=decoding)
+        res = generate(pipe.transformer, pipe.inputs, pipe.condition([label] * batch), options, gen)
         out.append(res.tokens)
     return torch.cat(out)
 
@@ -131,10 +131,10 @@ def test_greedy_exact_in_float64_on_a_longer_sequence():
     tr = pipe.transformer.double()
     try:
         g, s = Guidance("constant", 2.0), TokenSampling(1.0, 1, 0.0, "descending")
-        labels = torch.tensor([0, 1, 2, 1, 0, 2])
-        plain = generate(tr, pipe.inputs, labels, g, s, dtype=torch.float64)
+        labels = pipe.condition([0, 1, 2, 1, 0, 2])
+        plain = generate(tr, pipe.inputs, labels, SamplingOptions(g, s, dtype=torch.float64))
         dec = JacobiDecoding(window=8, coupled=True)
-        fast = generate(tr, pipe.inputs, labels, g, s, dtype=torch.float64, decoding=dec)
+        fast = generate(tr, pipe.inputs, labels, SamplingOptions(g, s, dtype=torch.float64, decoding=dec))
         assert torch.equal(plain.tokens, fast.tokens)
     finally:
         tr.float()

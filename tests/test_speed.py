@@ -17,15 +17,17 @@ def test_step_function_traces_as_one_graph(name):
     """torch.compile of forward_step sees no graph break at the first step or a later one."""
     pipe = make_pipe(name)
     tr = pipe.transformer
-    labels = torch.tensor([1, pipe.config.num_classes])
+    labels = pipe.condition([1, pipe.config.num_classes], allow_null=True)
+    teacher = pipe.inputs.teacher(torch.randint(0, tr.cfg.vocab_size, (2, pipe.schedule.length)))
     with torch.no_grad():
         cond = tr.condition(labels)
-        cache = tr.new_cache(2)
+        cache = tr.new_cache(2, pipe.schedule)
+        layout = pipe.layout()
         for s in (0, 1):
-            n = pipe.schedule.step_sizes[s]
-            x = None if s == 0 else (torch.randn(2, n, tr.cfg.in_channels) if tr.adaln
-                                     else torch.randint(0, tr.cfg.vocab_size, (2, n)))
-            explained = torch._dynamo.explain(tr.forward_step)(s, cond, x, cache)
+            begin, end = pipe.schedule.begin_ends[s]
+            first = pipe.schedule.first_len
+            x = None if s == 0 else teacher[:, begin - first:end - first]
+            explained = torch._dynamo.explain(tr.forward_step)(s, cond, x, cache, layout)
             assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
 
 
@@ -57,14 +59,15 @@ def test_raster_static_step_is_exact_and_one_graph_for_every_position():
     try:
         got = pipe([0, 1, 2], **{**kw, "generator": torch.Generator().manual_seed(5)}).tokens
         with torch.no_grad():
-            cond = tr.condition(torch.tensor([1, 0]))
-            cache = tr.new_cache(2)
+            cond = tr.condition(pipe.condition([1, 0]))
+            cache = tr.new_cache(2, pipe.schedule)
+            layout = pipe.layout()
             assert cache.k.abs().sum() == 0  # masked positions are read: they must be finite
             torch._dynamo.reset()
             counter = torch._dynamo.testing.CompileCounter()
             step = torch.compile(tr.forward_token, backend=counter)
             for pos in (1, 7, 20):
-                step(torch.tensor(pos), cond, torch.randint(0, tr.cfg.vocab_size, (2, 1)), cache)
+                step(torch.tensor(pos), cond, torch.randint(0, tr.cfg.vocab_size, (2, 1)), cache, layout)
     finally:
         tr.static_steps = False
     assert torch.equal(got, want)
@@ -78,7 +81,7 @@ def test_bf16_weights_sample_in_bf16_only_and_report_stats():
     fp32 = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="pt", precision="fp32")
     assert fp32.stats["precision"] == "float32" and fp32.stats["kv_cache_bytes"] > 0
     assert fp32.stats["transformer_seconds"] > 0 and fp32.stats["decode_seconds"] > 0
-    cache = pipe.transformer.new_cache(4)
+    cache = pipe.transformer.new_cache(4, pipe.schedule)
     assert fp32.stats["kv_cache_bytes"] == cache.nbytes == cache.k.numel() * 4 * 2  # [cond; uncond] batch of 4
 
     pipe.to(dtype=torch.bfloat16)
@@ -100,8 +103,8 @@ def test_bf16_raster_model_keeps_fp32_rotary_angles():
     import copy
 
     pipe = copy.deepcopy(make_pipe("llamagen_g3_w64h2")).to(dtype=torch.bfloat16)  # the cached one stays fp32
-    assert pipe.transformer.rope.dtype == torch.float32
-    assert pipe.transformer.input_proj.weight.dtype == torch.bfloat16
+    assert pipe.layout().rope.dtype == torch.float32
+    assert pipe.transformer.embed.input_proj.weight.dtype == torch.bfloat16
     out = pipe([0, 1], generator=torch.Generator().manual_seed(0), output_type="tokens", precision="bf16")
     assert out.tokens.shape == (2, pipe.schedule.length)
     assert 0 <= out.tokens.min() and out.tokens.max() < pipe.config.transformer.vocab_size

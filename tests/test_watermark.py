@@ -11,6 +11,7 @@ from scipy.stats import binom
 
 from arvision.bundled import bundled_model_dir, tiny_random_pipeline
 from arvision.cli import main
+from arvision.conditions import ClassCondition
 from arvision.errors import ArvisionError
 from arvision.pipeline import ARPipeline
 from arvision.sampling.watermark import (
@@ -61,7 +62,8 @@ def test_parse_delta():
 
 class FakeRun:
     def __init__(self, labels, generator):
-        self.labels, self.generator = torch.tensor(labels), generator
+        self.condition, self.generator = ClassCondition.of(labels, 10), generator
+        self.labels = self.condition.labels
 
 
 def test_processor_biases_exactly_the_chosen_list_and_hard_masks_the_rest():
@@ -206,11 +208,10 @@ def test_lists_follow_rows_through_select(tiny):
 
     spec = WatermarkSpec("k", hard=True, pool=3)
     proc = spec.processor(tiny)
-    guidance, sampling = tiny.sampling_settings()
+    options = tiny.sampling_options(processors=[proc])
     for first in range(0, 400, 4):  # seeds whose images use at least three different lists, so a mix-up shows
         gens = [torch.Generator().manual_seed(first + i) for i in range(4)]
-        run = SamplingRun(tiny.transformer, tiny.inputs, torch.tensor([1, 2, 3, 4]), guidance, sampling, gens,
-                          processors=[proc])
+        run = SamplingRun(tiny.transformer, tiny.inputs, tiny.condition([1, 2, 3, 4]), options, gens)
         before = proc.row_lists(run)
         if len(set(before[[2, 0, 3]].tolist())) == 3:
             break

@@ -19,8 +19,9 @@ from arvision.errors import CheckpointError
 WRAPPER_KEYS = ("model", "module", "state_dict", "ema")
 
 
-def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from an official pickle checkpoint (optionally wrapped as {"model": sd} etc.)."""
+def read_torch_checkpoint(path: str | Path, nested: tuple[tuple[str, ...], ...] = ()) -> dict[str, torch.Tensor]:
+    """A state dict from an official pickle checkpoint (optionally wrapped as {"model": sd} etc., or held at one of
+    the key paths ``nested``, e.g. ``("trainer", "var_wo_ddp")`` in FlexVAR's training checkpoints)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -34,6 +35,13 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 "could run arbitrary code. Only plain state dicts are accepted.") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
                               f"{type(e).__name__}: {text.splitlines()[0] if text else ''}") from None
+    for keys in nested:
+        inner = obj
+        for key in keys:
+            inner = inner.get(key) if isinstance(inner, dict) else None
+        if isinstance(inner, dict):
+            obj = inner
+            break
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict) and not isinstance(obj[key], torch.Tensor):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,11 @@ def _from_dict(cls, data: dict, where: str):
 
 @dataclass
 class TokenizerConfig:
-    """A conv VQ tokenizer.
+    """A conv VQ tokenizer; ``kind`` names its class in ``arvision.tokenizers.models.TOKENIZERS``.
 
     ``kind="multiscale"``: VAR's multi-scale residual VQ over the scale list ``patch_nums`` (the last one is the
     latent grid side).  ``kind="vq"``: LlamaGen's single-scale VQ, latent grid = image_size / downsample.
+    ``kind="multiscale-independent"``: FlexVAR's VQ, every scale of ``patch_nums`` quantised on its own.
     """
 
     kind: str = "multiscale"
@@ -57,8 +57,10 @@ class TokenizerConfig:
     beta: float = 0.25  # commitment weight (training)
 
     def __post_init__(self):
-        if self.kind not in ("multiscale", "vq"):
-            _fail("tokenizer kind", self.kind, "use 'multiscale' or 'vq'")
+        from arvision.tokenizers.models import TOKENIZERS
+
+        if self.kind not in TOKENIZERS:
+            _fail("tokenizer kind", self.kind, f"use one of {', '.join(map(repr, TOKENIZERS))}")
         for name in ("vocab_size", "embed_dim", "z_channels", "ch", "num_res_blocks"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 _fail(f"tokenizer {name}", getattr(self, name), "a positive integer")
@@ -77,15 +79,7 @@ class TokenizerConfig:
         if self.quant_conv_ks not in (1, 3):
             _fail("quant_conv_ks", self.quant_conv_ks, "1 or 3")
         self.patch_nums = tuple(int(p) for p in self.patch_nums)
-        if self.kind == "multiscale":
-            if len(self.patch_nums) < 2 or any(b <= a for a, b in zip(self.patch_nums, self.patch_nums[1:])):
-                _fail("patch_nums", self.patch_nums, "at least two strictly increasing scale sides")
-            if self.patch_nums[0] < 1:
-                _fail("patch_nums", self.patch_nums, "sides must be >= 1")
-            if self.share_quant_resi < 0:
-                _fail("share_quant_resi", self.share_quant_resi, ">= 0")
-            if self.embed_dim != self.z_channels:
-                _fail("embed_dim", self.embed_dim, f"equal to z_channels={self.z_channels} for multiscale VQ")
+        TOKENIZERS[self.kind].check_config(self)
 
     @property
     def downsample(self) -> int:
@@ -98,11 +92,10 @@ class TokenizerConfig:
 
 @dataclass
 class TransformerConfig:
-    """The AR trunk + head.
+    """The AR trunk + head; ``block`` names its block class in ``arvision.models.blocks.BLOCKS``.
 
-    ``block="adaln"``: VAR blocks (AdaLN conditioning, l2-normalised attention, GELU MLP, learned absolute
-    positions + level embedding, continuous inputs from the canvas).  ``block="llama"``: LlamaGen blocks
-    (RMSNorm, SwiGLU, 2-D RoPE, class token prefix, token-id inputs).
+    ``block="adaln"``: VAR blocks (AdaLN conditioning, l2-normalised attention, GELU MLP).  ``block="llama"``:
+    LlamaGen blocks (RMSNorm, SwiGLU, 2-D RoPE).  The embedder and head come from the model's family.
     """
 
     block: str = "adaln"
@@ -120,23 +113,24 @@ class TransformerConfig:
     rope_base: float = 10000.0
     drop_path_rate: float = 0.0
     dropout: float = 0.0
+    pos_grid: int = 32  # FlexVAR: side of the learned 2-D position grid resized to every scale
 
     def __post_init__(self):
-        if self.block not in ("adaln", "llama"):
-            _fail("block", self.block, "'adaln' (VAR) or 'llama' (LlamaGen)")
+        from arvision.models.blocks import BLOCKS
+
+        if self.block not in BLOCKS:
+            _fail("block", self.block, f"one of {', '.join(map(repr, BLOCKS))}")
         for name in ("width", "depth", "num_heads", "vocab_size", "num_classes", "in_channels"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 _fail(f"transformer {name}", v, "a positive integer")
         if self.width % self.num_heads:
             _fail("width", self.width, f"divisible by num_heads={self.num_heads}")
-        if self.block == "llama" and (self.width // self.num_heads) % 4:
-            _fail("head dim", self.width // self.num_heads, "a multiple of 4 for 2-D RoPE")
+        if not isinstance(self.pos_grid, int) or self.pos_grid < 1:
+            _fail("pos_grid", self.pos_grid, "a positive integer")
         if self.norm_eps is None:
-            self.norm_eps = 1e-6 if self.block == "adaln" else 1e-5
-        if self.ffn_hidden is None and self.block == "llama":
-            hidden = int(2 * 4 * self.width / 3)
-            self.ffn_hidden = 256 * math.ceil(hidden / 256)
+            self.norm_eps = BLOCKS[self.block].default_norm_eps
+        BLOCKS[self.block].configure(self)
         if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.dropout < 1.0:
             _fail("dropout rates", (self.drop_path_rate, self.dropout), "in [0, 1)")
 
@@ -149,7 +143,7 @@ class TransformerConfig:
 class ModelConfig:
     """A whole model: tokenizer + trunk + how steps are laid out and sampled."""
 
-    family: str = "var"  # "var" (next-scale) or "llamagen" (raster next-token)
+    family: str = "var"  # a name of the paradigm registry (``arvision.families``): var, llamagen, flexvar
     image_size: int = 256
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -159,28 +153,20 @@ class ModelConfig:
     sampling: dict | None = None
 
     def __post_init__(self):
-        if self.family not in ("var", "llamagen"):
-            _fail("family", self.family, "'var' or 'llamagen'")
+        from arvision.families import get_family
+
+        family = get_family(self.family)
         tok, tr = self.tokenizer, self.transformer
         if self.image_size % tok.downsample:
             _fail("image_size", self.image_size, f"a multiple of the tokenizer downsample {tok.downsample}")
         if tok.vocab_size != tr.vocab_size:
             _fail("vocab sizes", (tok.vocab_size, tr.vocab_size), "tokenizer and transformer must agree")
-        expected = ("multiscale", "adaln") if self.family == "var" else ("vq", "llama")
-        if (tok.kind, tr.block) != expected:
-            _fail(f"{self.family} model parts", (tok.kind, tr.block), f"expected {expected}")
-        if self.family == "var":
-            if tok.patch_nums[-1] != self.latent_size:
-                _fail("patch_nums", tok.patch_nums,
-                      f"the last scale must equal the latent side {self.latent_size} "
-                      f"(image_size {self.image_size} / downsample {tok.downsample})")
-            if tr.in_channels != tok.embed_dim:
-                _fail("transformer in_channels", tr.in_channels, f"equal to the code dim {tok.embed_dim}")
+        family.check_config(self)
         if self.class_names is not None:
             self.class_names = tuple(str(c) for c in self.class_names)
             if len(self.class_names) != tr.num_classes:
                 _fail("class_names", len(self.class_names), f"one name per class ({tr.num_classes})")
-        allowed = {"guidance_scale", "top_k", "top_p", "temperature"}
+        allowed = {"guidance_scale", "top_k", "top_p", "temperature"} | set(family.sampling_options)
         if self.sampling is not None and (not isinstance(self.sampling, dict) or set(self.sampling) - allowed):
             _fail("sampling defaults", self.sampling, f"a dict with keys among {sorted(allowed)}")
 

@@ -1,45 +1,62 @@
 """Input builders: how step s's transformer input is made from what steps < s produced.
 
-The same object builds teacher-forcing inputs (training) and step inputs (sampling), so the two cannot
-drift apart.  Tokens travel as one (B, L) int64 tensor in schedule order for every family.
+The same object builds teacher-forcing inputs (training) and step inputs (sampling), so the two cannot drift
+apart.  Tokens travel as one (B, L) int64 tensor in schedule order for every family.  A builder is made per
+schedule (``family.input_builder(tokenizer, schedule)``) and holds it as ``.schedule``.
 
 ``ResidualCanvas`` (VAR): state = accumulated canvas f_hat; input of step s+1 = area-down(f_hat, pn_{s+1}).
+``PreviousScale`` (FlexVAR): state = the last step's code map; input of step s+1 = bicubic-up(it, pn_{s+1}).
 ``PreviousToken`` (raster): input of step s+1 = the id produced at step s.
+
+The interface: ``start(B)`` -> state; ``advance(state, s, ids, embeds)`` -> (state, input of step s+1 or None);
+``finish(state, tokens)`` -> image; ``preview(state, tokens, steps)`` -> the image so far (search, pictures);
+``targets(img)`` -> ids; ``teacher(tokens)`` -> the inputs of steps 1..S-1 at once; ``decode(tokens)``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from arvision.schedules import Schedule
-from arvision.tokenizers.models import MultiScaleVQTokenizer, VQTokenizer
 
 
-class ResidualCanvas:
-    def __init__(self, tokenizer: MultiScaleVQTokenizer, schedule: Schedule):
+class InputBuilder:
+    def __init__(self, tokenizer, schedule: Schedule):
         self.tok, self.schedule = tokenizer, schedule
 
+    @property
+    def codes(self) -> torch.Tensor:
+        """(V, D) the code vectors ids stand for (what soft code mixes are made of)."""
+        return self.tok.quantize.codes
+
+    def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """(B, L) -> per-step list of (B, n_s)."""
+        return self.schedule.split(tokens)
+
+
+class ResidualCanvas(InputBuilder):
     def start(self, batch: int, device=None) -> torch.Tensor:
         return self.tok.new_canvas(batch, device)
 
     def advance(self, state: torch.Tensor, s: int, ids: torch.Tensor,
-                embeds: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Add step s's codes to the canvas.  ids (B, n_s); embeds (B, n_s, D) overrides the code lookup
-        (soft codes, e.g. VAR's Gumbel smoothing).  Returns step s+1's input (B, n_{s+1}, D) or None."""
+                embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Add step s's codes to the canvas (in place).  ids (B, n_s); embeds (B, n_s, D) overrides the code lookup
+        (soft codes, e.g. VAR's Gumbel smoothing).  Returns (canvas, step s+1's input (B, n_{s+1}, D) or None)."""
         pn = self.schedule.step_grids[s][0]
         if embeds is None:
             embeds = self.tok.quantize.lookup(ids)
         h = embeds.transpose(1, 2).reshape(ids.shape[0], -1, pn, pn)
         self.tok.add_scale(s, state, h)
-        return None if s == self.schedule.num_steps - 1 else self.tok.next_input(s, state)
+        return state, (None if s == self.schedule.num_steps - 1 else self.tok.next_input(s, state))
 
     def finish(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """-> image (B, 3, H, W) in [-1, 1]."""
         return self.tok.decode_features(state).clamp(-1, 1)
 
-    def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
-        """(B, L) -> per-step list of (B, n_s)."""
-        return list(tokens.split(self.schedule.step_sizes, dim=1))
+    def preview(self, state: torch.Tensor, tokens: torch.Tensor, steps: int) -> torch.Tensor:
+        """The canvas after ``steps`` steps, decoded: the sum of the upsampled residuals so far."""
+        return self.finish(state, tokens)
 
     def targets(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, 3, H, W) -> (B, L) ground-truth ids."""
@@ -53,20 +70,77 @@ class ResidualCanvas:
         return self.tok.decode(self.split(tokens))
 
 
-class PreviousToken:
-    def __init__(self, tokenizer: VQTokenizer, schedule: Schedule):
-        self.tok, self.schedule = tokenizer, schedule
+class PreviousScale(InputBuilder):
+    """Scale-wise inputs without residuals: step s+1 sees only step s's code map, bicubic-resized
+    (``align_corners=False``) to its side.  Each scale is the image quantised on its own
+    (``MultiScaleIndependentTokenizer``); the image is the decode of the last scale."""
 
     def start(self, batch: int, device=None):
         return None
 
-    def advance(self, state, s: int, ids: torch.Tensor, embeds=None) -> torch.Tensor | None:
+    def code_map(self, s: int, ids: torch.Tensor, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Step s's ids (B, n_s) (or code mixes (B, n_s, D)) -> its code map (B, D, h, w)."""
+        h, w = self.schedule.step_grids[s]
+        codes = self.tok.quantize.lookup(ids) if embeds is None else embeds
+        return codes.transpose(1, 2).reshape(ids.shape[0], -1, h, w)
+
+    def next_input(self, s: int, code_map: torch.Tensor) -> torch.Tensor:
+        """Step s's code map (B, D, h, w) -> step s+1's input (B, n_{s+1}, D)."""
+        h, w = self.schedule.step_grids[s + 1]
+        up = F.interpolate(code_map, size=(h, w), mode="bicubic")
+        return up.reshape(up.shape[0], up.shape[1], h * w).transpose(1, 2)
+
+    def advance(self, state, s: int, ids: torch.Tensor,
+                embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        code_map = self.code_map(s, ids, embeds)
+        return code_map, (None if s == self.schedule.num_steps - 1 else self.next_input(s, code_map))
+
+    def finish(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tok.decode_features(state).clamp(-1, 1)
+
+    def preview(self, state: torch.Tensor, tokens: torch.Tensor, steps: int) -> torch.Tensor:
+        """The last finished scale decoded, bicubic-resized to the image size (FlexVAR's multi-scale pictures)."""
+        image = self.finish(state, tokens)
+        size = self.schedule.image_grid[0] * self.tok.cfg.downsample
+        if image.shape[-1] != size:
+            image = F.interpolate(image, size=(size, size), mode="bicubic").clamp(-1, 1)
+        return image
+
+    def targets(self, img: torch.Tensor) -> torch.Tensor:
+        return self.targets_from_latents(self.tok.features(img))
+
+    def targets_from_latents(self, f: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation features (B, D, h, w) -> (B, L) ids: every scale quantised independently."""
+        return torch.cat(self.tok.quantize_scales(f, self.schedule.step_grids), dim=1)
+
+    def teacher(self, tokens: torch.Tensor) -> torch.Tensor:
+        per_step = self.split(tokens)
+        return torch.cat([self.next_input(s, self.code_map(s, ids)) for s, ids in enumerate(per_step[:-1])], dim=1)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.code_map(self.schedule.num_steps - 1, self.split(tokens)[-1]), tokens)
+
+
+class PreviousToken(InputBuilder):
+    def start(self, batch: int, device=None):
+        return None
+
+    def advance(self, state, s: int, ids: torch.Tensor, embeds=None) -> tuple[None, torch.Tensor | None]:
         if embeds is not None:
             raise ValueError("soft token embeddings are only defined for canvas (VAR) models")
-        return None if s == self.schedule.num_steps - 1 else ids
+        return None, (None if s == self.schedule.num_steps - 1 else ids)
 
     def finish(self, state, tokens: torch.Tensor) -> torch.Tensor:
         return self.decode(tokens).clamp(-1, 1)
+
+    def preview(self, state, tokens: torch.Tensor, steps: int) -> torch.Tensor:
+        """The tokens of the first ``steps`` steps, the unknown positions filled by repeating the known prefix
+        (GridAR's padding by repetition)."""
+        known, L = self.schedule.begin_ends[steps - 1][1], self.schedule.length
+        tokens = tokens[:, :known]
+        if known < L:
+            tokens = tokens[:, torch.arange(L, device=tokens.device) % known]
+        return self.finish(None, tokens)
 
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         return [tokens]
@@ -79,7 +153,3 @@ class PreviousToken:
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok.decode(tokens, self.schedule.image_grid)
-
-
-def build_inputs(tokenizer, schedule: Schedule):
-    return ResidualCanvas(tokenizer, schedule) if schedule.kind == "scales" else PreviousToken(tokenizer, schedule)

@@ -17,22 +17,17 @@ from pathlib import Path
 import torch
 
 from arvision.checkpoints import load_strict, read_safetensors, read_torch_checkpoint
+from arvision.conditions import ClassCondition
 from arvision.config import ModelConfig
 from arvision.errors import ArvisionError
+from arvision.families import get_family
 from arvision.images import to_pil
-from arvision.inputs import build_inputs
-from arvision.models.transformer import ARTransformer
+from arvision.models.transformer import ARTransformer, upgrade_legacy_keys
 from arvision.precision import resolve_precision
-from arvision.sampling.loop import generate
-from arvision.sampling.processors import Generators, Guidance, TokenSampling
-from arvision.schedules import Schedule
+from arvision.sampling.loop import SamplingOptions, generate
+from arvision.sampling.processors import Generators
 from arvision.tokenizers.models import build_tokenizer
 
-# Per family: guidance rule, top-p rule, and defaults (VAR: its FID protocol; LlamaGen: its README).
-FAMILY_SAMPLING = {
-    "var": dict(guidance="ramp", top_p_rule="ascending", guidance_scale=1.5, top_k=900, top_p=0.96),
-    "llamagen": dict(guidance="constant", top_p_rule="descending", guidance_scale=2.0, top_k=0, top_p=0.0),
-}
 OUTPUT_TYPES = ("pil", "pt", "tokens")
 
 
@@ -42,30 +37,25 @@ class GenerationOutput:
     tokens: torch.Tensor  # (B, L) int64 in schedule order
     step_tokens: list[torch.Tensor]  # per step (B, n_s) for scale-wise models; [tokens] for raster models
     class_labels: list[int]
-    progression: list[torch.Tensor] | None = None  # VAR: image after each scale, (B, 3, H, W) in [0, 1]
+    progression: list[torch.Tensor] | None = None  # scale-wise: image after each step, (B, 3, H, W) in [0, 1]
     stats: dict | None = None  # seconds in the transformer loop / decoding, KV-cache bytes, precision
-
-
-def schedule_for(config: ModelConfig) -> Schedule:
-    if config.family == "var":
-        return Schedule.scales(config.tokenizer.patch_nums)
-    return Schedule.raster(config.latent_size)
+    schedule: object = None  # the schedule the call sampled on (``arvision.schedules``)
 
 
 class ARPipeline:
     def __init__(self, config: ModelConfig, tokenizer=None, transformer=None):
         self.config = config
-        self.schedule = schedule_for(config)
+        self.family = get_family(config.family)
+        self.schedule = self.family.schedule(config)  # the default (trained) schedule; calls may pass others
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.tokenizer)
-        self.transformer = transformer if transformer is not None else ARTransformer(config.transformer,
-                                                                                     self.schedule)
+        self.transformer = transformer if transformer is not None else ARTransformer(config)
         self.tokenizer.eval().requires_grad_(False)
         self.transformer.eval().requires_grad_(False)
         # channels-last convolutions decode faster on CPUs, in fp32 and bf16 (bench/decoder_formats.py); only the
         # decoder: the encoder's output decides tokens, so it keeps the layout the parity tests pin down
         self.tokenizer.decoder.to(memory_format=torch.channels_last)
         self.tokenizer.post_quant_conv.to(memory_format=torch.channels_last)
-        self.inputs = build_inputs(self.tokenizer, self.schedule)
+        self.inputs = self.family.input_builder(self.tokenizer, self.schedule)
         self.folder: Path | None = None  # the model folder it was loaded from, if any
         self.kv_calibration = None  # ScaleKV/HACK layer and head classes (``arvision calibrate-kv``), loaded lazily
         self.weight_quantization: str | None = None  # "int8" after ``quantize_weights``
@@ -88,7 +78,7 @@ class ARPipeline:
         pipe = cls(config)
         load_strict(pipe.tokenizer, read_safetensors(folder / "tokenizer.safetensors"),
                     str(folder / "tokenizer.safetensors"))
-        load_strict(pipe.transformer, read_safetensors(folder / "transformer.safetensors"),
+        load_strict(pipe.transformer, upgrade_legacy_keys(read_safetensors(folder / "transformer.safetensors")),
                     str(folder / "transformer.safetensors"))
         pipe.folder = folder  # where per-model extras live (``kv_calibration.json``)
         return pipe.to(device) if device is not None else pipe
@@ -113,47 +103,28 @@ class ARPipeline:
 
     @classmethod
     def from_official(cls, family: str, tokenizer_ckpt, transformer_ckpt, **options) -> ARPipeline:
-        """Build from the official ``.pth``/``.pt`` files.  options: VAR ``patch_nums``, ``num_classes``;
-        LlamaGen ``image_size``, ``vq_ch``, ``num_heads``, ``num_classes``."""
-        from arvision.families import llamagen, var
-
-        tok_sd = read_torch_checkpoint(tokenizer_ckpt)
-        tr_sd = read_torch_checkpoint(transformer_ckpt)
-        if family == "var":
-            config = var.config_from_official(tok_sd, tr_sd, **options)
-            tok_map, tr_map = var.vae_keymap(config.tokenizer.share_quant_resi), var.VAR_KEYMAP
-            tok_buf, tr_buf = var.expected_buffers(config)
-        elif family == "llamagen":
-            config = llamagen.config_from_official(tok_sd, tr_sd, **options)
-            tok_map, tr_map = llamagen.vq_keymap(len(config.tokenizer.dec_ch_mult)), llamagen.GPT_KEYMAP
-            tok_buf, tr_buf = {"quantize.codebook_used": (None,)}, {}
-        else:
-            raise ArvisionError(f"unknown family {family!r}; use 'var' or 'llamagen'")
-        pipe = cls(config)
-        load_strict(pipe.tokenizer, tok_sd, str(tokenizer_ckpt), tok_map, tok_buf)
-        load_strict(pipe.transformer, tr_sd, str(transformer_ckpt), tr_map, tr_buf)
+        """Build from the official ``.pth``/``.pt`` files of ``family`` (``arvision.families``).  options: the
+        family's ``convert_options`` (VAR/FlexVAR ``patch_nums``, ``num_classes``; LlamaGen ``image_size``,
+        ``vq_ch``, ``num_heads``, ``num_classes``)."""
+        fam = get_family(family)
+        allowed = {o.name for o in fam.convert_options} | {"num_heads", "num_classes"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ArvisionError(f"{fam.name} checkpoints take no option(s) {unknown}; theirs: {sorted(allowed)}")
+        official = fam.read_official(read_torch_checkpoint(tokenizer_ckpt),
+                                     read_torch_checkpoint(transformer_ckpt, fam.transformer_checkpoint_paths),
+                                     **options)
+        pipe = cls(official.config)
+        load_strict(pipe.tokenizer, official.tokenizer_state, str(tokenizer_ckpt), official.tokenizer_keymap,
+                    official.tokenizer_buffers)
+        load_strict(pipe.transformer, official.transformer_state, str(transformer_ckpt), official.transformer_keymap,
+                    official.transformer_buffers)
         return pipe
 
     def official_state_dicts(self) -> tuple[dict, dict]:
         """(tokenizer, transformer) state dicts in the official layout and names, recomputed buffers included,
         loadable by the research code with ``strict=True`` (and by ``from_official``)."""
-        from arvision.families import llamagen, var
-
-        tok = {k: v.detach().clone() for k, v in self.tokenizer.state_dict().items()}
-        tr = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
-        if self.config.family == "var":
-            tok = {var.vae_keymap(self.config.tokenizer.share_quant_resi).to_official(k): v for k, v in tok.items()}
-            tr = {var.VAR_KEYMAP.to_official(k): v for k, v in tr.items()}
-            S, V = self.schedule.num_steps, self.config.tokenizer.vocab_size
-            tok["quantize.ema_vocab_hit_SV"] = torch.zeros(S, V)
-            tr["lvl_1L"] = self.schedule.step_ids()[None]
-            tr["attn_bias_for_masking"] = self.schedule.attn_bias()[None, None]
-        else:
-            keymap = llamagen.vq_keymap(len(self.config.tokenizer.dec_ch_mult))
-            tok = {keymap.to_official(k): v for k, v in tok.items()}
-            tr = {llamagen.GPT_KEYMAP.to_official(k): v for k, v in tr.items()}
-            tok["quantize.codebook_used"] = torch.zeros(65536)
-        return tok, tr
+        return self.family.official_state_dicts(self)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> ARPipeline:
         """Move to ``device``; ``dtype`` (e.g. torch.bfloat16) casts the transformer's weights in place.
@@ -168,10 +139,7 @@ class ARPipeline:
         if dtype is not None:
             if not dtype.is_floating_point:
                 raise ArvisionError(f"dtype must be a floating point type, got {dtype}")
-            rope = getattr(self.transformer, "rope", None)
-            self.transformer.to(dtype)
-            if rope is not None:
-                self.transformer.rope = rope  # rotary angles stay fp32: bf16 cos/sin would blur positions
+            self.transformer.to(dtype)  # rotary angles are made per call (``layout``), in fp32
         return self
 
     def quantize_weights(self, kind: str = "int8") -> ARPipeline:
@@ -189,7 +157,7 @@ class ARPipeline:
             self.to(dtype=torch.bfloat16)
             for blk in self.transformer.blocks:
                 quantize_linears(blk)
-            quantize_linears(self.transformer, only=("head",))
+            quantize_linears(self.transformer.head, only=("proj",))
             self.weight_quantization = kind
         return self
 
@@ -201,7 +169,7 @@ class ARPipeline:
         compiled once for every position."""
         import torch._dynamo
 
-        if self.schedule.kind == "raster":
+        if self.family.capabilities.static_token_step:
             # one fixed-shape step for every position after the first: one specialisation, compiled once
             self.transformer.static_steps = True
             self.transformer.forward_token = torch.compile(self.transformer.forward_token, **options)
@@ -220,18 +188,31 @@ class ARPipeline:
         return self.transformer.class_emb.weight.device
 
     # -- sampling ------------------------------------------------------------------------------------
-    def sampling_settings(self, guidance_scale=None, top_k=None, top_p=None, temperature=None):
-        """Validate user settings (None = family default) -> (Guidance, TokenSampling)."""
-        fam = {**FAMILY_SAMPLING[self.config.family], **(self.config.sampling or {})}
+    def layout(self, schedule=None):
+        """The trunk's view of ``schedule`` (default: the model's), what ``transformer.forward`` takes."""
+        return self.transformer.layout(self.schedule if schedule is None else schedule)
+
+    def sampling_schedule(self, patch_nums=None):
+        """The schedule of one call: the model's, or (families with ``capabilities.scale_lists``) another list."""
+        return self.schedule if patch_nums is None else self.family.schedule(self.config, patch_nums)
+
+    def sampling_options(self, guidance_scale=None, top_k=None, top_p=None, temperature=None, *,
+                         more_smooth: bool = False, precision: str = "fp32", schedule=None, processors=(),
+                         override=None, kv_policy=None, decoding=None, **family_options) -> SamplingOptions:
+        """Validate a call's settings (None = the model's stored default, else the family's published one) and
+        resolve them into the loop's :class:`~arvision.sampling.loop.SamplingOptions` for ``schedule``.
+        ``family_options``: the family's extra sampling options (``family.sampling_options``, e.g. FlexVAR's
+        ``max_pn`` and ``cfg_mode``)."""
+        schedule = self.schedule if schedule is None else schedule
+        fam = {**self.family.defaults, **(self.config.sampling or {})}
         V = self.config.transformer.vocab_size
-        if guidance_scale is None:
-            guidance_scale = fam["guidance_scale"]
-        if top_k is None:
-            top_k = min(fam["top_k"], V)
-        if top_p is None:
-            top_p = fam["top_p"]
-        if temperature is None:
-            temperature = fam.get("temperature", 1.0)
+        family_options = {k: fam.get(k) if v is None else v for k, v in family_options.items()}
+        for key in self.family.sampling_options:
+            family_options.setdefault(key, fam.get(key))
+        guidance_scale = fam["guidance_scale"] if guidance_scale is None else guidance_scale
+        top_k = min(fam["top_k"], V) if top_k is None else top_k
+        top_p = fam["top_p"] if top_p is None else top_p
+        temperature = fam.get("temperature", 1.0) if temperature is None else temperature
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ArvisionError(f"guidance scale must be >= 0, got {guidance_scale}")
         if not isinstance(top_k, int) or top_k < 0 or top_k > V:
@@ -241,8 +222,15 @@ class ARPipeline:
             raise ArvisionError(f"top-p must be in [0, 1] (0 = off), got {top_p}")
         if not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ArvisionError(f"temperature must be > 0, got {temperature}")
-        return (Guidance(fam["guidance"], float(guidance_scale)),
-                TokenSampling(float(temperature), int(top_k), float(top_p), fam["top_p_rule"]))
+        if more_smooth and not self.family.capabilities.soft_codes:
+            raise ArvisionError(f"more_smooth (soft code inputs) does not exist for {self.family.description} models")
+        extra = self.family.check_sampling_options(family_options, schedule)
+        kv_policy, decoding = self.policies(kv_policy, decoding)
+        return SamplingOptions(
+            guidance=self.family.guidance(float(guidance_scale), schedule, extra),
+            tokens=self.family.token_sampling(float(temperature), int(top_k), float(top_p), schedule, extra),
+            more_smooth=bool(more_smooth), dtype=resolve_precision(precision, self.device),
+            processors=tuple(processors), override=override, kv_policy=kv_policy, decoding=decoding)
 
     @property
     def null_class(self) -> int:
@@ -265,23 +253,29 @@ class ARPipeline:
             raise ArvisionError(f"class id(s) {bad} out of range: this model has {n} classes (0..{n - 1}{extra})")
         return labels
 
+    def condition(self, class_labels, allow_null: bool = False) -> ClassCondition:
+        """Class ids -> the condition the loop takes (checked as ``check_labels``)."""
+        return ClassCondition.of(self.check_labels(class_labels, allow_null), self.config.num_classes, self.device)
+
     def __call__(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                  generator: Generators = None, more_smooth: bool = False,
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                  progress: bool = False, return_progression: bool = False,
                  time_steps: bool = False, processors=(), override=None, kv_policy=None,
-                 decoding=None, search=None, verifier=None, allow_null_class: bool = False) -> GenerationOutput:
+                 decoding=None, search=None, verifier=None, allow_null_class: bool = False,
+                 patch_nums=None, **family_options) -> GenerationOutput:
         """Generate one image per class label.
 
-        guidance_scale, top_k, top_p: None takes the family's published defaults; top_k=0 / top_p=0 turn the
-        filter off.  ``generator`` is consumed exactly as the official sampler consumes its own, so the same
-        seed gives the official tokens (in fp32).  ``batch_size`` splits the labels into batches that run one
-        after another on the same generator.  A list of generators, one per label, makes every image depend only
-        on its own generator (not on its batch or position): what evaluation and search use.
+        guidance_scale, top_k, top_p: None takes the model's stored defaults, else the family's published ones;
+        top_k=0 / top_p=0 turn the filter off.  ``generator`` is consumed exactly as the official sampler consumes
+        its own, so the same seed gives the official tokens (in fp32).  ``batch_size`` splits the labels into
+        batches that run one after another on the same generator.  A list of generators, one per label, makes every
+        image depend only on its own generator (not on its batch or position): what evaluation and search use.
         ``precision``: "fp32" (exact), "bf16", or "auto" (by hardware).
-        ``return_progression`` (scale-wise models): also decode the canvas after every scale.  ``time_steps``:
-        record each step's seconds in ``stats["step_seconds"]`` (summed over batches; synchronises CUDA per step).
+        ``return_progression`` (families with ``capabilities.progression``): also decode the state after every
+        step.  ``time_steps``: record each step's seconds in ``stats["step_seconds"]`` (summed over batches;
+        synchronises CUDA per step).
         Options of the one loop (``arvision.sampling.loop``): ``processors`` (extra logits processors),
         ``override`` (forced tokens), ``kv_policy`` (a cache policy or its spec, e.g. "scalekv:0.1"),
         ``decoding`` (a decoding policy or its spec, e.g. "sjd", "gsd:3"; raster models).
@@ -292,20 +286,26 @@ class ARPipeline:
         ``arvision.sampling.search``) returns the verifier's best image per label; ``verifier``: callable(images
         (B, 3, H, W) in [-1, 1], labels (B,)) -> scores (B,), or a classifier weights path (default: the bundled
         digit classifier).  Its cost goes to ``stats["search"]``.
+        ``patch_nums``: sample on another scale list (families with ``capabilities.scale_lists``: FlexVAR).
+        ``family_options``: the family's extra sampling options (FlexVAR: ``max_pn``, ``cfg_mode``).
         """
-        labels = self.check_labels(class_labels, allow_null=allow_null_class)
-        guidance, sampling = self.sampling_settings(guidance_scale, top_k, top_p, temperature)
+        condition = self.condition(class_labels, allow_null=allow_null_class)
+        labels = condition.keys()
+        schedule = self.sampling_schedule(patch_nums)
+        options = self.sampling_options(guidance_scale, top_k, top_p, temperature, more_smooth=more_smooth,
+                                        precision=precision, schedule=schedule, processors=processors,
+                                        override=override, kv_policy=kv_policy, decoding=decoding, **family_options)
+        inputs = self.inputs if schedule == self.schedule else self.family.input_builder(self.tokenizer, schedule)
         if output_type not in OUTPUT_TYPES:
             raise ArvisionError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if (more_smooth or return_progression) and self.config.family != "var":
-            raise ArvisionError("more_smooth and the coarse-to-fine progression exist only for VAR models")
-        dtype = resolve_precision(precision, self.device)
-        kv_policy, decoding = self.policies(kv_policy, decoding)
+        if return_progression and not self.family.capabilities.progression:
+            raise ArvisionError(f"the coarse-to-fine progression does not exist for {self.family.description} models")
+        dtype = options.dtype
         sample = generate
         if search is not None or verifier is not None:
             from arvision.sampling.search import SearchSampler
 
-            sample = SearchSampler.for_pipeline(self, search, verifier, decoding, override, return_progression)
+            sample = SearchSampler.for_pipeline(self, search, verifier, options, return_progression)
         if self.weight_dtype != torch.float32 and dtype != self.weight_dtype:
             raise ArvisionError(f"this pipeline's transformer weights are {self.weight_dtype}; it cannot sample in "
                                 f"{dtype} (reload the model for exact fp32 sampling)")
@@ -317,23 +317,21 @@ class ARPipeline:
             raise ArvisionError(f"got {len(generator)} generators for {len(labels)} class labels; give one per image")
         tokens, images, steps = [], [], []
         stats = {"transformer_seconds": 0.0, "decode_seconds": 0.0, "kv_cache_bytes": 0, "kv_transient_bytes": 0,
-                 "forwards": 0,
-                 "token_forwards": 0, "precision": str(dtype).removeprefix("torch.")}
+                 "forwards": 0, "token_forwards": 0, "precision": str(dtype).removeprefix("torch.")}
         for i in range(0, len(labels), bs):
-            lab = torch.tensor(labels[i:i + bs], device=self.device)
-            canvases, marks = [], []
+            rows = condition.select(torch.arange(i, min(i + bs, len(labels)), device=condition.device))
+            previews, marks = [], []
 
-            def hook(s, state, toks, keep=canvases, marks=marks):
-                if return_progression:
-                    keep.append(state.clone())
+            def hook(s, state, toks, keep=previews, marks=marks):
+                if return_progression:  # decoded after the loop, so that step timings stay the trunk's
+                    keep.append((state.clone() if isinstance(state, torch.Tensor) else state, toks.clone(), s + 1))
                 if time_steps:
                     marks.append(_clock(self.device))
 
             gen = generator[i:i + bs] if per_image else generator
             t0 = _clock(self.device)
-            res = sample(self.transformer, self.inputs, lab, guidance, sampling, gen, more_smooth, dtype,
-                         progress, hook if (return_progression or time_steps) else None,
-                         processors=processors, override=override, kv_policy=kv_policy, decoding=decoding)
+            res = sample(self.transformer, inputs, rows, options, gen, progress,
+                         hook if (return_progression or time_steps) else None)
             if search is not None:
                 sample.record(stats, res)
             t1 = _clock(self.device)
@@ -347,11 +345,11 @@ class ARPipeline:
             stats["forwards"] += res.forwards
             stats["token_forwards"] += res.token_forwards
             if return_progression:
-                steps.append([self._decode_state(c, None, dtype).add(1).mul(0.5).cpu() for c in canvases])
+                steps.append([self._decode(inputs.preview, args, dtype).add(1).mul(0.5).cpu() for args in previews])
             tokens.append(res.tokens)
             if output_type != "tokens":
                 t2 = _clock(self.device)
-                images.append(self._decode_state(res.state, res.tokens, dtype).float().add(1).mul(0.5).cpu())
+                images.append(self._decode(inputs.finish, (res.state, res.tokens), dtype).float().add(1).mul(0.5).cpu())
                 stats["decode_seconds"] += _clock(self.device) - t2
         tokens = torch.cat(tokens)
         out_images = None
@@ -360,7 +358,7 @@ class ARPipeline:
             if output_type == "pil":
                 out_images = to_pil(out_images)
         progression = [torch.cat(per_step) for per_step in zip(*steps)] if return_progression else None
-        return GenerationOutput(out_images, tokens, self.inputs.split(tokens), labels, progression, stats)
+        return GenerationOutput(out_images, tokens, inputs.split(tokens), labels, progression, stats, schedule)
 
     def policies(self, kv_policy, decoding):
         """Specs ("scalekv:0.1", "gsd:3", ...) -> policy objects; objects and None pass through."""
@@ -375,13 +373,13 @@ class ARPipeline:
         return kv_policy, decoding
 
     @torch.no_grad()
-    def _decode_state(self, state, tokens, dtype: torch.dtype) -> torch.Tensor:
-        """The input builder's final state (and tokens) -> images (B, 3, H, W) in [-1, 1], decoded in ``dtype``
-        (fp32 exactly; bf16 under autocast)."""
+    def _decode(self, finish, args, dtype: torch.dtype) -> torch.Tensor:
+        """``finish(*args)`` (an input builder's state -> images (B, 3, H, W) in [-1, 1]) in ``dtype``: fp32 exactly,
+        bf16 under autocast."""
         if dtype == torch.float32:
-            return self.inputs.finish(state, tokens)
+            return finish(*args)
         with torch.autocast(device_type=self.device.type, dtype=dtype):
-            return self.inputs.finish(state, tokens).float()
+            return finish(*args).float()
 
     # -- tokenizer round trip ------------------------------------------------------------------------
     @torch.no_grad()

@@ -178,7 +178,7 @@ def _native_size(pipe, image_size: int | None) -> int:
     if image_size is None or image_size == native:
         return native
     tok = pipe.config.tokenizer
-    if tok.kind == "multiscale":
+    if len(pipe.tokenizer.scale_sides(tok, native)) > 1:
         raise ArvisionError(f"the multi-scale tokenizer only works at its native image size {native} px "
                             f"(latent {tok.patch_nums[-1]}x{tok.patch_nums[-1]}); got image_size={image_size}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1 or \
@@ -223,7 +223,7 @@ def reconstruct(pipe, images_uint8: np.ndarray, batch_size: int = 32, progress: 
     ids = torch.cat(tokens)
     if native:
         steps = pipe.inputs.split(ids)
-        grids = pipe.schedule.step_grids if pipe.schedule.kind == "scales" else [pipe.schedule.image_grid]
+        grids = pipe.schedule.step_grids if pipe.schedule.step_maps else [pipe.schedule.image_grid]
     else:
         g = s // pipe.config.tokenizer.downsample
         steps, grids = [ids], [(g, g)]

@@ -1,4 +1,10 @@
-"""LlamaGen (raster next-token prediction, class-to-image): presets and the official key maps.
+"""LlamaGen (raster next-token prediction, class-to-image; Sun et al. 2024): the family object, presets and the
+official key maps.
+
+Its slots: LlamaGen's l2-normalised VQ (``kind="vq"``), Llama blocks (RMSNorm, SwiGLU, 2-D RoPE), a raster
+schedule of the latent grid, the previous token as input (:class:`~arvision.inputs.PreviousToken`) behind the class
+token, a categorical head after an RMSNorm, constant guidance ``u + w (c - u)`` (only above 1), the descending
+(Hugging Face) top-p rule.
 
 Official files: ``vq_ds16_c2i.pt`` (VQ-16) and ``c2i_{B,L,XL,XXL,3B}_{256,384}.pt``.  The GPT's head count
 is not visible in its shapes (q, k, v are fused), so it comes from the preset matching (depth, width), or
@@ -10,10 +16,18 @@ from __future__ import annotations
 import re
 import warnings
 
+import torch
+from torch import nn
+
 from arvision.checkpoints import KeyMap
 from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
-from arvision.errors import CheckpointError
+from arvision.errors import ArvisionError, CheckpointError
+from arvision.families.base import Capabilities, Family, OfficialModel, Option
 from arvision.families.var import _count, _need
+from arvision.inputs import PreviousToken
+from arvision.models.embeddings import TokenEmbedder
+from arvision.models.heads import CategoricalHead, RMSHeadNorm
+from arvision.schedules import RasterSchedule
 
 # name -> (depth, width, heads)
 PRESETS = {
@@ -57,7 +71,7 @@ def vq_keymap(levels: int) -> KeyMap:
 GPT_KEYMAP = KeyMap(
     rules=[
         (r"^cls_embedding\.embedding_table\.", "class_emb.", r"^class_emb\.", "cls_embedding.embedding_table."),
-        (r"^tok_embeddings\.", "input_proj.", r"^input_proj\.", "tok_embeddings."),
+        (r"^tok_embeddings\.", "embed.input_proj.", r"^embed\.input_proj\.", "tok_embeddings."),
         (r"^layers\.(\d+)\.attention\.wqkv\.", r"blocks.\1.attn.qkv.", r"^blocks\.(\d+)\.attn\.qkv\.",
          r"layers.\1.attention.wqkv."),
         (r"^layers\.(\d+)\.attention\.wo\.", r"blocks.\1.attn.proj.", r"^blocks\.(\d+)\.attn\.proj\.",
@@ -66,17 +80,16 @@ GPT_KEYMAP = KeyMap(
         (r"^layers\.(\d+)\.attention_norm\.", r"blocks.\1.attn_norm.", r"^blocks\.(\d+)\.attn_norm\.",
          r"layers.\1.attention_norm."),
         (r"^layers\.(\d+)\.ffn_norm\.", r"blocks.\1.mlp_norm.", r"^blocks\.(\d+)\.mlp_norm\.", r"layers.\1.ffn_norm."),
-        (r"^norm\.", "head_norm.", r"^head_norm\.", "norm."),
-        (r"^output\.", "head.", r"^head\.", "output."),
+        (r"^norm\.", "head.norm.", r"^head\.norm\.", "norm."),
+        (r"^output\.", "head.proj.", r"^head\.proj\.", "output."),
     ],
     buffers=(r"freqs_cis",),
 )
 
 
-def tokenizer_config_from_official(vq_sd: dict, vq_ch: int | None = None) -> TokenizerConfig:
-    what = "LlamaGen VQ checkpoint"
-    if "quantize.ema_vocab_hit_SV" in vq_sd or any(k.startswith("encoder.down.") for k in vq_sd):
-        raise CheckpointError("this is VAR's VQ-VAE, not a LlamaGen VQ: use `arvision convert var`")
+def tokenizer_config_from_official(vq_sd: dict, vq_ch: int | None = None, kind: str = "vq",
+                                   what: str = "LlamaGen VQ checkpoint") -> TokenizerConfig:
+    """The config of a LlamaGen-layout VQ (LlamaGen's VQ-16, FlexVAR's FlexVAE: ``kind``)."""
     emb = _need(vq_sd, "quantize.embedding.weight", what)
     ch = _need(vq_sd, "encoder.conv_in.weight", what).shape[0]
     if vq_ch is not None and vq_ch != ch:
@@ -89,7 +102,7 @@ def tokenizer_config_from_official(vq_sd: dict, vq_ch: int | None = None) -> Tok
                     // ch) for i in range(dec_levels))
     blocks = _count(vq_sd, r"^encoder\.conv_blocks\.0\.res\.(\d+)\.")
     return TokenizerConfig(
-        kind="vq", vocab_size=emb.shape[0], embed_dim=emb.shape[1],
+        kind=kind, vocab_size=emb.shape[0], embed_dim=emb.shape[1],
         z_channels=_need(vq_sd, "encoder.conv_out.weight", what).shape[0], ch=ch, ch_mult=enc,
         decoder_ch_mult=None if dec == enc else dec, num_res_blocks=blocks,
         attn_style="split" if any(re.search(r"\.attn\.\d+\.q\.", k) for k in vq_sd) else "fused",
@@ -99,8 +112,6 @@ def tokenizer_config_from_official(vq_sd: dict, vq_ch: int | None = None) -> Tok
 def config_from_official(vq_sd: dict, gpt_sd: dict, image_size: int = 256, vq_ch: int | None = None,
                          num_heads: int | None = None, num_classes: int | None = None) -> ModelConfig:
     what = "LlamaGen GPT checkpoint"
-    if "class_emb.weight" in gpt_sd or "pos_1LC" in gpt_sd:
-        raise CheckpointError("this is a VAR transformer checkpoint, not LlamaGen: use `arvision convert var`")
     tok = tokenizer_config_from_official(vq_sd, vq_ch)
     emb = _need(gpt_sd, "tok_embeddings.weight", what)
     vocab, width = emb.shape
@@ -140,3 +151,82 @@ def preset_config(name: str, image_size: int = 256, num_classes: int = 1000) -> 
     tr = TransformerConfig(block="llama", width=width, depth=depth, num_heads=heads, vocab_size=16384,
                            num_classes=num_classes, in_channels=8)
     return ModelConfig(family="llamagen", image_size=image_size, tokenizer=tok, transformer=tr)
+
+
+# -- the family object -------------------------------------------------------------------------------------------
+class LlamaGenFamily(Family):
+    name = "llamagen"
+    description = "LlamaGen"
+    tokenizer_kind = "vq"
+    block = "llama"
+    capabilities = Capabilities(speculative_decoding=True, static_token_step=True)
+    guidance_rule = "constant"
+    top_p_rule = "descending"
+    defaults = {"guidance_scale": 2.0, "top_k": 0, "top_p": 0.0}  # the README of the LlamaGen repository
+    presets = PRESETS
+    official_files = (Option("vq", "path", "the VQ tokenizer checkpoint", required=True),
+                      Option("gpt", "path", "the GPT checkpoint", required=True))
+    convert_options = (
+        Option("image_size", "int", "image side in pixels (default 256)"),
+        Option("vq_ch", "int", "check the tokenizer base width (read from the checkpoint; the released VQ-16 has "
+                               "128)"),
+        Option("num_heads", "int", "attention heads (default: the released model of this depth/width, else "
+                                   "width/64)"),
+        Option("num_classes", "int", "check the class count"))
+    convert_help = "LlamaGen: vq_ds16_c2i.pt + c2i_{B,L,XL,XXL,3B}_*.pt"
+
+    def schedule(self, config: ModelConfig, patch_nums=None) -> RasterSchedule:
+        if patch_nums is not None:
+            raise ArvisionError(f"a {self.description} model generates one token per step in raster order; it has no "
+                                "scale list (patch_nums)")
+        return RasterSchedule.of_grid(config.latent_size)
+
+    def input_builder(self, tokenizer, schedule) -> PreviousToken:
+        return PreviousToken(tokenizer, schedule)
+
+    def embedder(self, config: ModelConfig) -> TokenEmbedder:
+        tr = config.transformer
+        return TokenEmbedder(tr.vocab_size, tr.width, tr.head_dim, tr.rope_base)
+
+    def head(self, config: ModelConfig) -> CategoricalHead:
+        tr = config.transformer
+        return CategoricalHead(RMSHeadNorm(tr.width, tr.norm_eps), tr.width, tr.vocab_size, bias=False)
+
+    @torch.no_grad()
+    def init_weights(self, transformer) -> None:
+        """LlamaGen's initialisation: normal(0.02) for every linear and embedding (zero biases), zero output head."""
+        for m in transformer.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.zeros_(transformer.head.proj.weight)
+
+    def owns_transformer_checkpoint(self, state: dict) -> bool:
+        return "tok_embeddings.weight" in state or "cls_embedding.embedding_table.weight" in state
+
+    def owns_tokenizer_checkpoint(self, state: dict) -> bool:
+        return "quantize.codebook_used" in state or any(k.startswith("encoder.conv_blocks") for k in state)
+
+    def read_official(self, tokenizer_state: dict, transformer_state: dict, image_size: int | None = None,
+                      vq_ch: int | None = None, num_heads: int | None = None,
+                      num_classes: int | None = None) -> OfficialModel:
+        self.wrong_family(transformer_state, "transformer")
+        self.wrong_family(tokenizer_state, "tokenizer")
+        image_size = 256 if image_size is None else image_size
+        if image_size <= 0:
+            raise ArvisionError(f"--image-size must be positive, got {image_size}")
+        config = config_from_official(tokenizer_state, transformer_state, image_size=image_size, vq_ch=vq_ch,
+                                      num_heads=num_heads, num_classes=num_classes)
+        return OfficialModel(config, tokenizer_state, transformer_state, vq_keymap(len(config.tokenizer.dec_ch_mult)),
+                             GPT_KEYMAP, {"quantize.codebook_used": (None,)}, {})
+
+    def official_state_dicts(self, pipe) -> tuple[dict, dict]:
+        keymap = vq_keymap(len(pipe.config.tokenizer.dec_ch_mult))
+        tok = {keymap.to_official(k): v.detach().clone() for k, v in pipe.tokenizer.state_dict().items()}
+        tr = {GPT_KEYMAP.to_official(k): v.detach().clone() for k, v in pipe.transformer.state_dict().items()}
+        tok["quantize.codebook_used"] = torch.zeros(65536)
+        return tok, tr
+
+
+FAMILY = LlamaGenFamily()

@@ -105,12 +105,14 @@ class Attention(nn.Module):
     """Self-attention over (B, n, C).
 
     qv_bias: learnable q and v biases, none on k (VAR).  l2_norm: unit-normalised q and k with a learnable
-    per-head temperature exp(min(scale_mul, ln 100)) and softmax scale 1 (VAR); otherwise 1/sqrt(hd).
+    per-head temperature exp(min(scale_mul, ln 100)) and softmax scale 1 (VAR); otherwise ``scale`` (default
+    1/sqrt(hd); VAR's blocks without l2 norm use 0.25/sqrt(hd)).
     """
 
     def __init__(self, width: int, heads: int, qv_bias: bool, l2_norm: bool, proj_bias: bool,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, scale: float | None = None):
         super().__init__()
+        self.scale = scale
         self.heads, self.head_dim = heads, width // heads
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         if qv_bias:
@@ -145,7 +147,7 @@ class Attention(nn.Module):
             q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(dim=0)  # (B, H, n, hd)
-        scale = None
+        scale = self.scale
         if self.l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul.clamp_max(self.max_scale_mul).exp())
             k = F.normalize(k, dim=-1)

@@ -1,11 +1,19 @@
-"""Transformer blocks: VAR's AdaLN block and LlamaGen's RMSNorm/SwiGLU block, sharing one Attention."""
+"""Transformer blocks: VAR's AdaLN block and LlamaGen's RMSNorm/SwiGLU block, sharing one Attention.
+
+``TransformerConfig.block`` names one of ``BLOCKS``; each block class fills its own config defaults
+(``configure``), builds itself from the config (``build``) and says how the condition reaches it
+(``shared_modulation``: one projection shared by every block, or None).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arvision.errors import ArvisionError
 from arvision.models.attention import Attention
 
 
@@ -64,11 +72,29 @@ class AdaLNBlock(nn.Module):
     or, with shared AdaLN, from a per-block ``ada_gss`` (1, 1, 6, C) added to one shared projection.
     """
 
+    default_norm_eps = 1e-6
+
+    @staticmethod
+    def configure(cfg) -> None:
+        """Fill TransformerConfig defaults this block owns."""
+
+    @classmethod
+    def build(cls, cfg, drop_path: float) -> AdaLNBlock:
+        return cls(cfg.width, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.shared_adaln, cfg.attn_l2_norm,
+                   drop_path, cfg.dropout)
+
+    @staticmethod
+    def shared_modulation(cfg) -> nn.Module | None:
+        """VAR's shared AdaLN: one ``Linear(C, 6C)`` of silu(cond) for every block, or None."""
+        return nn.Linear(cfg.width, 6 * cfg.width) if cfg.shared_adaln else None
+
     def __init__(self, width: int, heads: int, mlp_ratio: float, eps: float, shared: bool, l2_norm: bool,
                  drop_path: float = 0.0, dropout: float = 0.0):
         super().__init__()
         self.width = width
-        self.attn = Attention(width, heads, qv_bias=True, l2_norm=l2_norm, proj_bias=True, dropout=dropout)
+        # without the l2 norm VAR's attention scales logits by 0.25/sqrt(hd), not 1/sqrt(hd) (its basic_var.py)
+        self.attn = Attention(width, heads, qv_bias=True, l2_norm=l2_norm, proj_bias=True, dropout=dropout,
+                              scale=None if l2_norm else 0.25 / math.sqrt(width // heads))
         self.mlp = GeluMLP(width, round(width * mlp_ratio), dropout)
         self.eps = eps
         self.shared = shared
@@ -96,6 +122,27 @@ class AdaLNBlock(nn.Module):
 class LlamaBlock(nn.Module):
     """LlamaGen block: pre-RMSNorm attention and SwiGLU, plain residuals; ``mod`` is unused (None)."""
 
+    default_norm_eps = 1e-5
+
+    @staticmethod
+    def configure(cfg) -> None:
+        """SwiGLU hidden: the multiple of 256 above 8/3 width (LlamaGen's rule); 2-D RoPE needs head_dim % 4 == 0."""
+        if (cfg.width // cfg.num_heads) % 4:
+            raise ArvisionError(f"invalid head dim: {cfg.width // cfg.num_heads!r} (a multiple of 4 for 2-D RoPE)")
+        if cfg.ffn_hidden is None:
+            cfg.ffn_hidden = 256 * math.ceil(int(2 * 4 * cfg.width / 3) / 256)
+
+    @classmethod
+    def build(cls, cfg, drop_path: float) -> LlamaBlock:
+        return cls(cfg.width, cfg.num_heads, cfg.ffn_hidden, cfg.norm_eps, drop_path, cfg.dropout)
+
+    @staticmethod
+    def shared_modulation(cfg) -> None:
+        return None
+
+    def modulation(self, cond: torch.Tensor) -> None:
+        return None
+
     def __init__(self, width: int, heads: int, ffn_hidden: int, eps: float, drop_path: float = 0.0,
                  dropout: float = 0.0):
         super().__init__()
@@ -109,3 +156,6 @@ class LlamaBlock(nn.Module):
     def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
         h = x + self.drop_path(self.resid_drop(self.attn(self.attn_norm(x), rope, attn_bias, cache, layer, begin)))
         return h + self.drop_path(self.mlp(self.mlp_norm(h)))
+
+
+BLOCKS = {"adaln": AdaLNBlock, "llama": LlamaBlock}

@@ -1,215 +1,167 @@
-"""The AR trunk + categorical head: one transformer, two entry points.
+"""The AR trunk: one transformer, its parts chosen by the model's family, two entry points.
 
-``forward``        the whole sequence under the schedule's block-causal mask (training, parity checks).
-``forward_step``   one step's positions against a KV cache (sampling).
+``forward``            the whole sequence of a schedule under its attention mask (training, parity checks);
+``forward_positions``  some positions against a KV cache (sampling; ``forward_step`` = one schedule step).
 
-Both build their input with ``embed``: the first step is fed the conditioning (class embedding, plus
-``pos_start`` for VAR), later steps the input builder's output (canvas features for VAR, token ids for
-raster models) through ``input_proj``.  Positions are learned (VAR: per-position + per-level embedding) or
-2-D RoPE inside attention (LlamaGen).
+Parts (``arvision.families``): ``class_emb`` encodes class conditions (row ``num_classes`` = null); ``embed`` turns
+step inputs and positions into hidden states (``arvision.models.embeddings``); ``blocks`` are
+``TransformerConfig.block``'s kind (``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the blocks
+share one AdaLN projection; ``head`` turns hidden states into logits and owns the token choice and the loss
+(``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout`
+(``layout(schedule)``): nothing about the token order is baked into the weights' shapes beyond what a family
+learns (VAR's per-position table).
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arvision.config import TransformerConfig
-from arvision.models.attention import KVCache, rope_2d_table
-from arvision.models.blocks import AdaLNBlock, LlamaBlock, RMSNorm
-from arvision.models.quantized import linear_dtype
+from arvision.checkpoints import KeyMap
+from arvision.conditions import Condition
+from arvision.models.attention import KVCache
+from arvision.models.blocks import BLOCKS
+from arvision.models.embeddings import Layout
 from arvision.schedules import Schedule
+
+# Our own checkpoint layout before the family registry (arvision <= 0.1.0 folders): flat embedder and head names.
+LEGACY_KEYS = KeyMap(rules=[
+    (r"^input_proj\.", "embed.input_proj.", r"^embed\.input_proj\.", "input_proj."),
+    (r"^(pos_start|pos_embed)$", r"embed.\1", r"^embed\.(pos_start|pos_embed)$", r"\1"),
+    (r"^lvl_embed\.", "embed.lvl_embed.", r"^embed\.lvl_embed\.", "lvl_embed."),
+    (r"^head_norm\.", "head.norm.", r"^head\.norm\.", "head_norm."),
+    (r"^head\.(weight|bias)$", r"head.proj.\1", r"^head\.proj\.(weight|bias)$", r"head.\1"),
+])
+
+
+def upgrade_legacy_keys(state: dict) -> dict:
+    """A transformer state dict in the pre-registry layout -> today's names (unchanged if already current)."""
+    if "head.weight" not in state and not any(k.startswith(("input_proj.", "head_norm.")) for k in state):
+        return state
+    return {LEGACY_KEYS.to_ours(k): v for k, v in state.items()}
 
 
 class Conditioning(NamedTuple):
-    """What a class label contributes to every step: computed once per sequence by ``condition``."""
+    """What the condition contributes to every step, computed once per sequence by ``ARTransformer.condition``."""
 
-    class_emb: torch.Tensor  # (B, C)
-    blocks: list  # per block: AdaLN modulation (B, 1, 6, C), or None (Llama blocks)
-    head: torch.Tensor | None  # AdaLN head modulation (B, 1, 2, C), or None
+    emb: torch.Tensor  # (B, C) the condition embedding (prefix token / AdaLN input)
+    blocks: list  # per block: its modulation (AdaLN: (B, 1, 6, C)), or None
+    head: torch.Tensor | None  # the head's modulation (AdaLN: (B, 1, 2, C)), or None
 
-
-class AdaLNHeadNorm(nn.Module):
-    """LN(x)(1 + scale) + shift with (scale, shift) = ada_lin(silu(cond)) (B, 2C)."""
-
-    def __init__(self, width: int, eps: float):
-        super().__init__()
-        self.width, self.eps = width, eps
-        self.ada_lin = nn.Linear(width, 2 * width)
-
-    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
-        """cond (B, C) -> (B, 1, 2, C): scale, shift."""
-        return self.ada_lin(F.silu(cond)).view(-1, 1, 2, self.width)
-
-    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        scale, shift = mod.unbind(2)
-        return F.layer_norm(x, (self.width,), eps=self.eps).mul(scale.add(1)).add_(shift)
+    def select(self, rows: torch.Tensor) -> Conditioning:
+        """Keep batch rows ``rows`` (repeats allowed)."""
+        return Conditioning(self.emb[rows], [None if m is None else m[rows] for m in self.blocks],
+                            None if self.head is None else self.head[rows])
 
 
 class ARTransformer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, schedule: Schedule):
+    def __init__(self, config):
+        """config: a ``ModelConfig``; its family builds the embedder and the head."""
         super().__init__()
-        self.cfg, self.schedule = cfg, schedule
-        # a plain tuple: the schedule's cached properties take a lock that torch.compile cannot trace
-        self.begin_ends = tuple(schedule.begin_ends)
+        from arvision.families import get_family
+
+        cfg = config.transformer
+        self.cfg, self.family = cfg, get_family(config.family)
         self.static_steps = False  # raster sampling through forward_token (set by ARPipeline.compile)
-        C, L = cfg.width, schedule.length
-        self.adaln = cfg.block == "adaln"
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # row num_classes = null class
+        block = BLOCKS[cfg.block]
+        # registration order = initialisation order (init_weights walks self.modules())
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.width)  # row num_classes = null class
+        self.embed = self.family.embedder(config)
+        self.shared_ada_lin = block.shared_modulation(cfg)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
-        if self.adaln:
-            self.input_proj = nn.Linear(cfg.in_channels, C)
-            self.pos_start = nn.Parameter(torch.zeros(1, schedule.first_len, C))
-            self.pos_embed = nn.Parameter(torch.zeros(1, L, C))
-            self.lvl_embed = nn.Embedding(schedule.num_steps, C)
-            self.shared_ada_lin = nn.Linear(C, 6 * C) if cfg.shared_adaln else None
-            self.blocks = nn.ModuleList(
-                AdaLNBlock(C, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.shared_adaln, cfg.attn_l2_norm,
-                           dpr[i], cfg.dropout) for i in range(cfg.depth))
-            self.head_norm = AdaLNHeadNorm(C, cfg.norm_eps)
-            self.head = nn.Linear(C, cfg.vocab_size)
-            self.register_buffer("step_ids", schedule.step_ids(), persistent=False)
-        else:
-            self.input_proj = nn.Embedding(cfg.vocab_size, C)
-            self.blocks = nn.ModuleList(
-                LlamaBlock(C, cfg.num_heads, cfg.ffn_hidden, cfg.norm_eps, dpr[i], cfg.dropout)
-                for i in range(cfg.depth))
-            self.head_norm = RMSNorm(C, cfg.norm_eps)
-            self.head = nn.Linear(C, cfg.vocab_size, bias=False)
-            # Rotary angles of positions [cls, grid_0, ..., grid_{L-2}]: position i is fed the token that
-            # sits at grid cell i-1 (shifted raster input), cell -1 being the class token.
-            table = rope_2d_table(schedule.image_grid, cfg.head_dim, cfg.rope_base, schedule.first_len)
-            self.register_buffer("rope", table[:L].contiguous(), persistent=False)
+        self.blocks = nn.ModuleList(block.build(cfg, dpr[i]) for i in range(cfg.depth))
+        self.head = self.family.head(config)
+        self._masks: dict = {}
 
-    # -- pieces shared by both entry points ------------------------------------------------------------
-    def condition(self, labels: torch.Tensor) -> Conditioning:
-        """labels (B,) -> the class embedding and, for AdaLN, every block's and the head's modulation.
+    # -- pieces shared by the entry points -------------------------------------------------------------
+    def condition(self, condition: Condition) -> Conditioning:
+        """A condition (B rows) -> its embedding and every block's and the head's share of it.
 
-        The modulations depend only on the class, so they are computed once per sequence, not once per step:
-        at batch 1 their weights (a third of a VAR model's) would otherwise be read again at every scale."""
-        cond = self.class_emb(labels)
-        if not self.adaln:
-            return Conditioning(cond, [None] * len(self.blocks), None)
-        shared = (self.shared_ada_lin(F.silu(cond)).view(-1, 1, 6, self.cfg.width)
-                  if self.shared_ada_lin is not None else None)
-        mods = [blk.modulation(cond if shared is None else shared) for blk in self.blocks]
-        return Conditioning(cond, mods, self.head_norm.modulation(cond))
+        The AdaLN modulations depend only on the condition, so they are computed once per sequence, not once per
+        step: at batch 1 their weights (a third of a VAR model's) would otherwise be read again at every scale."""
+        cond = condition.encode(self)
+        mod_in = cond
+        if self.shared_ada_lin is not None:
+            mod_in = self.shared_ada_lin(F.silu(cond)).view(-1, 1, 6, self.cfg.width)
+        return Conditioning(cond, [blk.modulation(mod_in) for blk in self.blocks], self.head.modulation(cond))
 
-    def embed(self, cond: torch.Tensor, x_in: torch.Tensor | None, begin: int, end: int) -> torch.Tensor:
-        """Hidden input (B, end-begin, C) of positions [begin, end).
+    def layout(self, schedule: Schedule) -> Layout:
+        """What ``schedule`` means to this trunk (positions of every step), built once per call."""
+        return self.embed.layout(schedule)
 
-        x_in feeds the positions from max(begin, first_len) on: (B, n, in_channels) canvas features (VAR)
-        or (B, n) token ids (raster)."""
-        parts = []
-        if begin == 0:
-            first = cond.unsqueeze(1).expand(-1, self.schedule.first_len, -1)
-            parts.append(first + self.pos_start.expand(cond.shape[0], -1, -1) if self.adaln else first)
-        if x_in is not None and x_in.shape[1] > 0:
-            if x_in.is_floating_point():  # canvas features are fp32; the weights may be bf16
-                x_in = x_in.to(self.input_proj.weight.dtype)
-            parts.append(self.input_proj(x_in))
-        h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        if self.adaln:
-            h = h + (self.lvl_embed(self.step_ids[begin:end]) + self.pos_embed[:, begin:end])
-        return h
-
-    def logits(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Hidden (B, n, C) -> logits (B, n, V) in fp32."""
-        if self.adaln:
-            return self.head(self.head_norm(h.float(), cond.head).to(linear_dtype(self.head))).float()
-        return self.head(self.head_norm(h)).float()
+    def _mask(self, schedule: Schedule, device) -> torch.Tensor:
+        """The schedule's (L, L) additive mask, built once per (schedule, device) rather than every training step."""
+        key = (schedule, str(device))
+        if key not in self._masks:
+            if len(self._masks) > 64:  # random training schedules: keep the table small
+                self._masks.clear()
+            self._masks[key] = schedule.attn_bias(device=device)
+        return self._masks[key]
 
     # -- entry points -------------------------------------------------------------------------------
-    def forward(self, labels: torch.Tensor, x_in: torch.Tensor | None) -> torch.Tensor:
-        """Teacher forcing.  labels (B,), x_in for positions first_len..L-1 -> logits (B, L, V)."""
-        L = self.schedule.length
-        cond = self.condition(labels)
-        h = self.embed(cond.class_emb, x_in, 0, L)
-        bias = self._mask(h.device)
-        rope = None if self.adaln else self.rope
+    def forward(self, cond: Conditioning | Condition, x_in: torch.Tensor | None,
+                layout: Layout | Schedule) -> torch.Tensor:
+        """Teacher forcing over a schedule (or its layout): x_in feeds positions first_len..L-1 -> logits (B, L, V).
+        Given a Condition and a Schedule, the condition's encoding and the positions are computed here, inside the
+        forward (so data-parallel training sees every parameter used in it)."""
+        if isinstance(cond, Condition):
+            cond = self.condition(cond)
+        if isinstance(layout, Schedule):
+            layout = self.layout(layout)
+        L = layout.schedule.length
+        h = self.embed(cond.emb, x_in, 0, L, layout)
+        bias = self._mask(layout.schedule, h.device)
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, rope, bias, None, i, 0)
-        return self.logits(h, cond)
+            h = blk(h, mod, layout.rope, bias, None, i, 0)
+        return self.head(h, cond.head)
 
-    def _mask(self, device) -> torch.Tensor:
-        """The schedule's (L, L) additive mask, built once per device rather than at every training step."""
-        cached = getattr(self, "_mask_cache", None)
-        if cached is None or cached.device != torch.device(device):
-            cached = self._mask_cache = self.schedule.attn_bias(device=device)
-        return cached
-
-    def forward_step(self, s: int, cond: Conditioning, x_in: torch.Tensor | None,
-                     cache: KVCache) -> torch.Tensor:
-        """Step s.  cond = ``condition(labels)``; x_in (B, n_s, ...) the step's input (None at s=0)
-        -> logits (B, n_s, V).  Keys/values of the step are written to ``cache``."""
-        begin, end = self.begin_ends[s]
-        return self.forward_positions(begin, end, cond, x_in, cache)
+    def forward_step(self, s: int, cond: Conditioning, x_in: torch.Tensor | None, cache: KVCache,
+                     layout: Layout) -> torch.Tensor:
+        """Step s.  x_in (B, n_s, ...) the step's input (None at s=0) -> logits (B, n_s, V).  Keys/values of the
+        step are written to ``cache``."""
+        begin, end = layout.schedule.begin_ends[s]
+        return self.forward_positions(begin, end, cond, x_in, cache, layout)
 
     def forward_positions(self, begin: int, end: int, cond: Conditioning, x_in: torch.Tensor | None,
-                          cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+                          cache: KVCache, layout: Layout, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Positions [begin, end) against the cache -> logits (B, end-begin, V).  ``mask`` (end-begin, end)
         additive restricts what they see (a causal window of speculative raster drafts); None: all of it."""
-        h = self.embed(cond.class_emb, x_in, begin, end)
-        rope = None if self.adaln else self.rope[begin:end]
+        h = self.embed(cond.emb, x_in, begin, end, layout)
+        rope = None if layout.rope is None else layout.rope[begin:end]
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
             h = blk(h, mod, rope, mask, cache, i, begin)
-        return self.logits(h, cond)
+        return self.head(h, cond.head)
 
-    def forward_token(self, pos: torch.Tensor, cond: Conditioning, x_in: torch.Tensor,
-                      cache: KVCache) -> torch.Tensor:
-        """Raster step at position ``pos`` (0-d int64 tensor, >= 1) with fixed shapes: x_in (B, 1) the previous
+    def forward_token(self, pos: torch.Tensor, cond: Conditioning, x_in: torch.Tensor, cache: KVCache,
+                      layout: Layout) -> torch.Tensor:
+        """One-token step at position ``pos`` (0-d int64 tensor, >= 1) with fixed shapes: x_in (B, 1) the previous
         token -> logits (B, 1, V).  The same arithmetic as ``forward_step`` (the masked-out positions add exact
         zeros), but every call has the same shapes, so ``torch.compile`` specialises once instead of once per
-        cache length (gpt-fast's static-cache step)."""
-        h = self.input_proj(x_in)
-        rope = self.rope.index_select(0, pos.view(1))
-        keys = torch.arange(self.schedule.length, device=pos.device)
+        cache length (gpt-fast's static-cache step).  Families with ``capabilities.static_token_step`` only."""
+        h = self.embed.token(x_in)
+        rope = layout.rope.index_select(0, pos.view(1))
+        keys = torch.arange(layout.schedule.length, device=pos.device)
         mask = torch.zeros((), device=pos.device).masked_fill(keys > pos, float("-inf"))[None]  # (1, L)
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
             h = blk(h, mod, rope, mask, cache, i, pos)
-        return self.logits(h, cond)
+        return self.head(h, cond.head)
 
-    def new_cache(self, batch: int, dtype=torch.float32, device=None, policy=None) -> KVCache:
-        """A full static cache, or the one ``policy`` (``arvision.sampling.kv_policies``) builds."""
+    def new_cache(self, batch: int, schedule: Schedule, dtype=torch.float32, device=None, policy=None) -> KVCache:
+        """A full static cache for ``schedule``, or the one ``policy`` (``arvision.sampling.kv_policies``) builds."""
         cfg = self.cfg
         device = device or self.class_emb.weight.device
         if policy is not None:
-            return policy.new_cache(self, batch, dtype, device)
-        cache = KVCache(cfg.depth, batch, cfg.num_heads, self.schedule.length, cfg.head_dim, dtype, device)
+            return policy.new_cache(self, schedule, batch, dtype, device)
+        cache = KVCache(cfg.depth, batch, cfg.num_heads, schedule.length, cfg.head_dim, dtype, device)
         if self.static_steps:  # forward_token reads unwritten positions (masked): they must hold finite values
             cache.k.zero_()
             cache.v.zero_()
         return cache
 
-    # -- initialisation for training from scratch ---------------------------------------------------
     @torch.no_grad()
-    def init_weights(self, adaln_gamma: float = 1e-3) -> None:
-        """VAR: trunc-normal(sqrt(1/3C)), small head and AdaLN gammas, residual outputs / sqrt(2 depth).
-        LlamaGen: normal(0.02), zero output head."""
-        C, depth = self.cfg.width, self.cfg.depth
-        std = math.sqrt(1 / C / 3) if self.adaln else 0.02
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                if self.adaln:
-                    nn.init.trunc_normal_(m.weight, std=std)
-                else:
-                    nn.init.normal_(m.weight, std=std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        if self.adaln:
-            for p in (self.pos_start, self.pos_embed):
-                nn.init.trunc_normal_(p, std=std)
-            self.head.weight.mul_(0.02)
-            self.head_norm.ada_lin.weight.mul_(0.5)
-            for blk in self.blocks:
-                blk.attn.proj.weight.div_(math.sqrt(2 * depth))
-                blk.mlp.fc2.weight.div_(math.sqrt(2 * depth))
-                if not blk.shared:
-                    blk.ada_lin.weight[2 * C:].mul_(0.5)
-                    blk.ada_lin.weight[: 2 * C].mul_(adaln_gamma)
-        else:
-            nn.init.zeros_(self.head.weight)
+    def init_weights(self) -> None:
+        """Initialise for training from scratch, by the family's recipe."""
+        self.family.init_weights(self)

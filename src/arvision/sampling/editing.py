@@ -27,7 +27,6 @@ painting (guidance has nothing to steer).  A class k regenerates the white regio
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,25 +193,22 @@ def prepare_edit_inputs(images, masks, image_size: int, grid: tuple[int, int]
 def keep_tokens(schedule, regen_fraction: torch.Tensor) -> torch.Tensor:
     """Regenerate fractions on the final token grid (B, h, w) -> keep (B, L) bool in schedule order.
 
-    A token of the final grid is kept where less than half of its pixels are to be regenerated.  Scale-wise
-    schedules resize that keep grid to every step's grid (bilinear, > 0.5) and always keep steps of at most
-    ``ALWAYS_SOURCE_MAX_TOKENS`` tokens; raster schedules use it in raster order.
+    A token of the final grid is kept where less than half of its pixels are to be regenerated.  That keep grid
+    goes onto every position of the schedule (``schedule.grid_to_positions``): scale-wise schedules resize it to
+    every step's map (bilinear, > 0.5) and always keep maps of at most ``ALWAYS_SOURCE_MAX_TOKENS`` tokens; raster
+    schedules use it in raster order.
     """
     B = regen_fraction.shape[0]
     if tuple(regen_fraction.shape[1:]) != tuple(schedule.image_grid):
         raise ValueError(f"regen fractions are {tuple(regen_fraction.shape[1:])}, the token grid is "
                          f"{schedule.image_grid}")
     keep_grid = (1.0 - regen_fraction.float()) > 0.5  # (B, h, w)
-    if schedule.kind != "scales":
-        return keep_grid.reshape(B, -1)
-    out = []
-    for h, w in schedule.step_grids:
-        if h * w <= ALWAYS_SOURCE_MAX_TOKENS:
-            out.append(torch.ones(B, h * w, dtype=torch.bool, device=keep_grid.device))
-            continue
-        m = F.interpolate(keep_grid[:, None].float(), size=(h, w), mode="bilinear", align_corners=False) > 0.5
-        out.append(m.reshape(B, h * w))
-    return torch.cat(out, dim=1)
+    keep = schedule.grid_to_positions(keep_grid.float()) > 0.5
+    if schedule.step_maps:
+        for (begin, end), n in zip(schedule.begin_ends, schedule.step_sizes):
+            if n <= ALWAYS_SOURCE_MAX_TOKENS:
+                keep[:, begin:end] = True
+    return keep.reshape(B, -1)
 
 
 class EditOverride:
@@ -230,12 +226,12 @@ class EditOverride:
             raise ValueError(f"source (N, L) int64 and keep (N, L) bool must match, got {tuple(source.shape)} "
                              f"and {tuple(keep.shape)} {keep.dtype}")
         self.source, self.keep = source.long(), keep
-        self._offsets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._next = 0
 
     def rows_of(self, run) -> torch.Tensor:
         """(B,) rows of ``source`` for the run's current images."""
-        offset = self._offsets.get(run)
+        bound = run.slot(self, dict)  # this run's offset into the sources, fixed at its first step
+        offset = bound.get("offset")
         if offset is None:
             if run.s != 0 or run.rows.shape[0] != run.batch or not torch.equal(
                     run.rows.cpu(), torch.arange(run.batch)):
@@ -247,7 +243,7 @@ class EditOverride:
             if run.schedule.length != self.source.shape[1]:
                 raise ArvisionError(f"the source tokens have length {self.source.shape[1]} but the model's schedule "
                                     f"has {run.schedule.length} positions: encode the source with the same model")
-            offset = self._offsets[run] = self._next
+            offset = bound["offset"] = self._next
             self._next += run.batch
         return run.rows.to(self.source.device) + offset
 

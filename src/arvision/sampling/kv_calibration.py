@@ -21,11 +21,11 @@ K_PRIME = 16  # ASI: history tokens in the top-K' concentration term (our choice
 DEFAULT_ALPHA = 0.5  # HACK: fraction of contextual heads
 
 
-def require_scalewise(schedule) -> None:
-    """Raise unless ``schedule`` (a pipeline's or transformer's) is scale-wise (VAR)."""
-    if schedule.kind != "scales":
-        raise ArvisionError("KV-cache policies (scalekv, hack, snapkv) apply to scale-wise (VAR) models only; "
-                            f"this is a {schedule.kind} (next-token) model")
+def require_scalewise(family) -> None:
+    """Raise unless ``family`` (a model's) compresses whole-scale steps (``capabilities.kv_policies``)."""
+    if not family.capabilities.kv_policies:
+        raise ArvisionError("KV-cache policies (scalekv, hack, snapkv) apply to scale-wise models; this is a "
+                            f"{family.description} model")
 
 
 # -- calibration data -------------------------------------------------------------------------------------------
@@ -66,12 +66,13 @@ class Calibration:
         data.pop("version", None)
         return cls(**data)
 
-    def check(self, transformer) -> None:
+    def check(self, transformer, schedule) -> None:
+        """Raise unless this calibration fits ``transformer`` sampling on ``schedule``."""
         cfg = transformer.cfg
-        if (self.depth, self.heads, self.steps) != (cfg.depth, cfg.num_heads, transformer.schedule.num_steps):
+        if (self.depth, self.heads, self.steps) != (cfg.depth, cfg.num_heads, schedule.num_steps):
             raise ArvisionError(f"the KV calibration is for depth {self.depth}, {self.heads} heads, {self.steps} "
-                                f"steps; this model has {cfg.depth}, {cfg.num_heads}, {transformer.schedule.num_steps}"
-                                ": run `arvision calibrate-kv` again")
+                                f"steps; this model samples with {cfg.depth}, {cfg.num_heads}, {schedule.num_steps}"
+                                ": run `arvision calibrate-kv` again (on this scale list)")
 
 
 def classify(asi: torch.Tensor, head_variance: torch.Tensor, num_drafters: int, alpha: float):
@@ -104,18 +105,17 @@ class _StatsCache(KVCache):
 class _Recorder:
     """Accumulates ASI per (step, layer) and column variance per (layer, head) over calibration batches."""
 
-    def __init__(self, transformer, k_prime: int):
-        cfg, self.schedule = transformer.cfg, transformer.schedule
+    def __init__(self, transformer, schedule, k_prime: int):
+        cfg, self.schedule = transformer.cfg, schedule
         self.step_of = {b: s for s, (b, _) in enumerate(self.schedule.begin_ends)}
         self.k_prime = k_prime
         self.asi = torch.zeros(self.schedule.num_steps, cfg.depth, dtype=torch.float64)
         self.var = torch.zeros(cfg.depth, cfg.num_heads, dtype=torch.float64)
         self.batches = 0
 
-    def new_cache(self, transformer, batch, dtype, device):
+    def new_cache(self, transformer, schedule, batch, dtype, device):
         cfg = transformer.cfg
-        return _StatsCache(self, cfg.depth, batch, cfg.num_heads, transformer.schedule.length, cfg.head_dim,
-                           dtype, device)
+        return _StatsCache(self, cfg.depth, batch, cfg.num_heads, schedule.length, cfg.head_dim, dtype, device)
 
     def record(self, layer: int, begin: int, q: torch.Tensor, k: torch.Tensor, scale) -> None:
         s = self.step_of[begin]
@@ -145,11 +145,11 @@ def calibrate(pipe, samples: int = 4, seed: int = 0, *, k_prime: int = K_PRIME, 
     the variance over queries of each key's attention weight, averaged over keys, normalised by m^2 (m keys) and
     averaged over steps; the ``alpha`` fraction with the lowest variance are contextual heads.
     """
-    require_scalewise(pipe.schedule)
+    require_scalewise(pipe.family)
     if samples < 1:
         raise ArvisionError(f"need at least one calibration sample, got {samples}")
     tr = pipe.transformer
-    rec = _Recorder(tr, k_prime)
+    rec = _Recorder(tr, pipe.schedule, k_prime)
     num_classes = tr.cfg.num_classes
     g = torch.Generator(device=pipe.device).manual_seed(seed)
     done = 0
@@ -167,7 +167,7 @@ def calibrate(pipe, samples: int = 4, seed: int = 0, *, k_prime: int = K_PRIME, 
     if not 0.0 <= alpha <= 1.0:
         raise ArvisionError(f"alpha (fraction of contextual heads) must be in [0, 1], got {alpha}")
     z, drafters, types = classify(asi, var, nd, alpha)
-    return Calibration(tr.cfg.depth, tr.cfg.num_heads, tr.schedule.num_steps, samples, seed, k_prime, alpha, nd,
+    return Calibration(tr.cfg.depth, tr.cfg.num_heads, pipe.schedule.num_steps, samples, seed, k_prime, alpha, nd,
                        asi.tolist(), z.tolist(), drafters, var.tolist(), types)
 
 

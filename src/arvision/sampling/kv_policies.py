@@ -85,8 +85,8 @@ class CompressedCache(KVCache):
     """Per layer, per head group: kept keys/values (B, H_g, m_g, hd), compressed after each step's attention by
     ``policy.keep(...)``.  See the module docstring for the memory definitions."""
 
-    def __init__(self, policy, transformer, batch: int, dtype, device):
-        cfg, sched = transformer.cfg, transformer.schedule
+    def __init__(self, policy, transformer, schedule, batch: int, dtype, device):
+        cfg, sched = transformer.cfg, schedule
         self.policy, self.schedule = policy, sched
         self.step_of = {b: s for s, (b, _) in enumerate(sched.begin_ends)}
         self.groups = [policy.head_groups(layer, cfg.num_heads) for layer in range(cfg.depth)]  # [[heads (H_g,)]]
@@ -191,13 +191,13 @@ class _BudgetPolicy:
     def __init__(self, budget: float):
         self.budget = budget
 
-    def new_cache(self, transformer, batch, dtype, device):
-        require_scalewise(transformer.schedule)
-        self.prepare(transformer)
-        return CompressedCache(self, transformer, batch, dtype, device)
+    def new_cache(self, transformer, schedule, batch, dtype, device):
+        require_scalewise(transformer.family)
+        self.prepare(transformer, schedule)
+        return CompressedCache(self, transformer, schedule, batch, dtype, device)
 
-    def prepare(self, transformer):
-        self.capacity = max(1, int(self.budget * transformer.schedule.length))
+    def prepare(self, transformer, schedule):
+        self.capacity = max(1, int(self.budget * schedule.length))
         self.depth = transformer.cfg.depth
 
     def head_groups(self, layer: int, heads: int):
@@ -233,10 +233,10 @@ class ScaleKV(SnapKV):
         super().__init__(budget)
         self.calibration = calibration
 
-    def prepare(self, transformer):
-        super().prepare(transformer)
-        self.calibration.check(transformer)
-        sched, total = transformer.schedule, self.capacity * self.depth
+    def prepare(self, transformer, schedule):
+        super().prepare(transformer, schedule)
+        self.calibration.check(transformer, schedule)
+        sched, total = schedule, self.capacity * self.depth
         self.caps = []  # caps[s][l]
         for s, (_, end) in enumerate(sched.begin_ends):
             drafters = self.calibration.drafters[s] if end > self.capacity else []
@@ -265,9 +265,9 @@ class HACK(_BudgetPolicy):
     def __repr__(self):
         return f"hack:{self.ratio:g}"
 
-    def prepare(self, transformer):
-        super().prepare(transformer)
-        self.calibration.check(transformer)
+    def prepare(self, transformer, schedule):
+        super().prepare(transformer, schedule)
+        self.calibration.check(transformer, schedule)
         self.types = self.calibration.head_types
         # per layer, per head group: is it the structural group (what keep() budgets and protects)
         self.structural = [[self.types[layer][int(heads[0])] != "contextual"
@@ -350,7 +350,7 @@ def parse_kv_policy(spec: str, pipe):
     ok = (0.0 <= x < 1.0) if name == "hack" else (0.0 < x <= 1.0)
     if not ok:
         raise ArvisionError(f"bad value in {spec!r}: {name} takes {POLICIES[name]}")
-    require_scalewise(pipe.schedule)
+    require_scalewise(pipe.family)
     if name == "snapkv":
         return SnapKV(x)
     calib = find_calibration(pipe)

@@ -1,9 +1,9 @@
 """The one generation loop, for every family.
 
-for each step s: build the input from the canvas -> trunk step with the KV cache -> logits -> guidance ->
-processors -> choose tokens -> (forced tokens) -> update the canvas.  Families differ only in the parts plugged
-in (input builder, guidance rule, top-p rule).  Methods plug in as options of ``SamplingRun``, never as a
-second loop:
+for each step s: build the input from the state -> trunk step with the KV cache -> logits -> guidance ->
+``head.choose`` (processors, filters, the draw, forced tokens) -> update the state.  Families differ only in the
+parts plugged in (input builder, embedder, head, guidance rule).  Methods plug in as options of
+:class:`SamplingOptions`, never as a second loop:
 
 * ``processors``  extra logits processors after guidance, before temperature/top-k/top-p (watermark bias);
 * ``override``    forced tokens where an edit keeps the source (in-/out-painting, class editing);
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from arvision.sampling.processors import Generators, Guidance, TokenSampling, gumbel_soft_codes
+from arvision.conditions import Condition
+from arvision.sampling.processors import Generators, Guidance, TokenSampling
 
 
 class LogitsProcessor(Protocol):
@@ -34,6 +35,24 @@ class TokenOverride(Protocol):
     def forced(self, s: int, run: SamplingRun) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Step s -> (ids (B, n_s) int64, keep (B, n_s) bool): where keep is True the step takes ids instead of
         its draw; None: nothing forced at this step."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How one call samples, resolved (``ARPipeline.sampling_options`` fills the model's defaults).
+
+    guidance: the rule combining [cond; uncond] logits per step; tokens: temperature / top-k / top-p and the draw;
+    more_smooth: VAR's Gumbel soft codes as the next input; dtype: the trunk's compute precision (fp32 = exact);
+    processors, override, kv_policy, decoding: the loop's options (module docstring)."""
+
+    guidance: Guidance
+    tokens: TokenSampling
+    more_smooth: bool = False
+    dtype: torch.dtype = torch.float32
+    processors: tuple = field(default=())
+    override: TokenOverride | None = None
+    kv_policy: object = None
+    decoding: object = None
 
 
 def fork_generator(generator: torch.Generator, key: int) -> torch.Generator:
@@ -58,40 +77,65 @@ class LoopResult:
 
 
 class SamplingRun:
-    """One batch in flight: the KV cache, the canvas, the tokens so far and the randomness, stepped by ``step``.
+    """One batch in flight: the KV cache, the state, the tokens so far and the randomness, stepped by ``step``.
 
     Use inside ``with run.context():`` (the precision context) after ``start()``.  ``generate`` does all of it;
-    search controllers and decoding policies drive the same object.
+    search controllers and decoding policies drive the same object.  ``inputs`` (an input builder) carries the
+    schedule of this call; ``condition`` has one row per image.
     """
 
-    def __init__(self, transformer, inputs, labels: torch.Tensor, guidance: Guidance, sampling: TokenSampling,
-                 generator: Generators = None, more_smooth: bool = False, dtype: torch.dtype = torch.float32,
-                 processors=(), override: TokenOverride | None = None, kv_policy=None):
-        if isinstance(generator, (list, tuple)) and len(generator) != labels.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {labels.shape[0]} images")
-        self.transformer, self.inputs, self.schedule = transformer, inputs, transformer.schedule
-        self.labels, self.guidance, self.sampling = labels, guidance, sampling
+    def __init__(self, transformer, inputs, condition: Condition, options: SamplingOptions,
+                 generator: Generators = None):
+        if isinstance(generator, (list, tuple)) and len(generator) != condition.batch:
+            raise ValueError(f"got {len(generator)} generators for a batch of {condition.batch} images")
+        self.transformer, self.inputs, self.schedule = transformer, inputs, inputs.schedule
+        self.condition, self.options = condition, options
         self.generator = list(generator) if isinstance(generator, (list, tuple)) else generator
-        self.more_smooth, self.dtype = more_smooth, dtype
-        self.processors, self.override, self.kv_policy = tuple(processors), override, kv_policy
-        self.device = labels.device
+        self.device = condition.device
         # One autocast context around the whole loop: autocast keeps its cast copy of each fp32 weight until the
         # outermost context exits, so the weights are cast once per call, not once per step.  The parts outside
-        # the trunk (guidance, filters, the draw, the canvas) run with autocast switched off, in fp32.
+        # the trunk (guidance, filters, the draw, the state) run with autocast switched off, in fp32.
         # Weights already in the sampling dtype (``pipe.to(dtype=...)``) need no autocast, which would only add
         # a dispatch layer to every small op of every step.
-        self.mixed = dtype != torch.float32 and transformer.class_emb.weight.dtype != dtype
+        self.dtype = options.dtype
+        self.mixed = self.dtype != torch.float32 and transformer.class_emb.weight.dtype != self.dtype
         self.forwards = self.token_forwards = 0
         self.s = 0  # the next step
+        self.plugins: dict = {}  # per-run state of options (``slot``)
 
     # -- set-up --------------------------------------------------------------------------------------
     @property
     def batch(self) -> int:
-        return self.labels.shape[0]
+        return self.condition.batch
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """What the condition's rows hold (class ids for class conditions): what verifiers score against."""
+        return self.condition.values
 
     @property
     def doubled(self) -> bool:
-        return self.guidance.doubles_batch
+        return self.options.guidance.doubles_batch
+
+    @property
+    def processors(self) -> tuple:
+        return self.options.processors
+
+    @property
+    def override(self):
+        return self.options.override
+
+    @property
+    def kv_policy(self):
+        return self.options.kv_policy
+
+    def slot(self, owner, factory):
+        """Per-run state of an option object ``owner`` (a processor, an override): made by ``factory()`` the first
+        time this run asks, then the same object for the run's life (search roll-outs copy it)."""
+        key = id(owner)
+        if key not in self.plugins:
+            self.plugins[key] = (owner, factory())  # the owner is kept alive with its state
+        return self.plugins[key][1]
 
     def context(self):
         return torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.mixed else nullcontext()
@@ -101,12 +145,12 @@ class SamplingRun:
         return torch.autocast(device_type=self.device.type, enabled=False) if self.mixed else nullcontext()
 
     def start(self) -> SamplingRun:
-        B = self.batch
-        null = torch.full_like(self.labels, self.transformer.cfg.num_classes)
-        rows = torch.cat([self.labels, null]) if self.doubled else self.labels
-        self.cache = self.transformer.new_cache(rows.shape[0], dtype=self.dtype, device=self.device,
-                                                policy=self.kv_policy)
-        self.cond = self.transformer.condition(rows)
+        B, tr = self.batch, self.transformer
+        rows = self.condition.cat(self.condition.null()) if self.doubled else self.condition
+        self.layout = tr.layout(self.schedule)
+        self.cache = tr.new_cache(rows.batch, self.schedule, dtype=self.dtype, device=self.device,
+                                  policy=self.kv_policy)
+        self.cond = tr.condition(rows)
         self.state = self.inputs.start(B, self.device)
         self.tokens = torch.empty(B, self.schedule.length, dtype=torch.long, device=self.device)
         self.x_in = None
@@ -122,7 +166,7 @@ class SamplingRun:
     def trunk(self, begin: int, end: int, x_in, mask=None, s: int | None = None) -> torch.Tensor:
         """Positions [begin, end) through the trunk (cache written) -> guided logits (B, end-begin, V) fp32.
         s: the step whose guidance applies (default: the current one)."""
-        logits = self.transformer.forward_positions(begin, end, self.cond, x_in, self.cache, mask)
+        logits = self.transformer.forward_positions(begin, end, self.cond, x_in, self.cache, self.layout, mask)
         return self.guided(logits, self.s if s is None else s)
 
     def guided(self, logits: torch.Tensor, s: int) -> torch.Tensor:
@@ -132,14 +176,14 @@ class SamplingRun:
         with self.fp32():
             if self.doubled:
                 B = self.batch
-                logits = self.guidance.combine(logits[:B], logits[B:], s, self.schedule.num_steps)
+                logits = self.options.guidance.combine(logits[:B], logits[B:], s, self.schedule.num_steps)
             return logits
 
     def filtered(self, logits: torch.Tensor, s: int) -> torch.Tensor:
         """Guided logits -> the logits the draw uses: extra processors, then temperature, top-k, top-p."""
         for proc in self.processors:
             logits = proc(logits, s, self)
-        return self.sampling.process(logits)
+        return self.options.tokens.process(logits, s)
 
     def forced(self, s: int):
         """The override's (ids, keep) for step s, or None."""
@@ -151,28 +195,19 @@ class SamplingRun:
     # -- plain decoding: one schedule step per forward -------------------------------------------------
     def step(self, on_step=None) -> torch.Tensor:
         """Take step ``self.s`` -> its ids (B, n_s)."""
-        s, S = self.s, self.schedule.num_steps
+        s = self.s
         begin, end = self.schedule.begin_ends[s]
+        tr = self.transformer
         # forward_step, not forward_positions: the per-step entry point is the one ``pipe.compile`` compiles
-        if s > 0 and self.transformer.static_steps and self.kv_policy is None:
-            out = self.transformer.forward_token(self.positions[s], self.cond, self.x_in, self.cache)
+        if s > 0 and tr.static_steps and self.kv_policy is None:
+            out = tr.forward_token(self.positions[s], self.cond, self.x_in, self.cache, self.layout)
         else:
-            out = self.transformer.forward_step(s, self.cond, self.x_in, self.cache)
+            out = tr.forward_step(s, self.cond, self.x_in, self.cache, self.layout)
         logits = self.guided(out, s)
         with self.fp32():
-            logits = self.filtered(logits, s)
-            ids = self.sampling.draw(logits, self.generator)
-            forced = self.forced(s)
-            if forced is not None:
-                ids = torch.where(forced[1], forced[0], ids)
+            ids, embeds = tr.head.choose(logits, s, self)
             self.tokens[:, begin:end] = ids
-            embeds = None
-            if self.more_smooth:
-                codes = self.inputs.tok.quantize.codes
-                embeds = gumbel_soft_codes(logits, s / max(S - 1, 1), codes, self.generator)
-                if forced is not None:  # forced positions take their code, not a soft mix
-                    embeds = torch.where(forced[1][..., None], codes[forced[0]], embeds)
-            x_in = self.inputs.advance(self.state, s, ids, embeds)
+            self.state, x_in = self.inputs.advance(self.state, s, ids, embeds)
             if on_step is not None:
                 on_step(s, self.state, self.tokens)
             self.x_in = self.doubled_input(x_in)
@@ -188,18 +223,16 @@ class SamplingRun:
     # -- search controllers -----------------------------------------------------------------------------
     def select(self, rows) -> None:
         """Keep images ``rows`` (B',) int64 of the batch, repeats allowed (beam expansion, resampling): every
-        per-image tensor (labels, tokens, canvas, next input), the conditioning and the cache (conditional rows
-        ``rows`` and unconditional rows ``rows + B``) and the per-image generators (repeats get forks).
+        per-image tensor (condition, tokens, state, next input), the encoded condition and the cache (conditional
+        rows ``rows`` and unconditional rows ``rows + B``) and the per-image generators (repeats get forks).
         ``self.rows`` (B',) tracks the starting-batch row each image descends from (per-image data of options,
         e.g. an edit's source tokens, is indexed by it)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         B = self.batch
         cache_rows = torch.cat([rows, rows + B]) if self.doubled else rows
         self.cache.select(cache_rows)
-        self.cond = type(self.cond)(self.cond.class_emb[cache_rows],
-                                    [None if m is None else m[cache_rows] for m in self.cond.blocks],
-                                    None if self.cond.head is None else self.cond.head[cache_rows])
-        self.labels, self.tokens, self.rows = self.labels[rows], self.tokens[rows], self.rows[rows]
+        self.cond = self.cond.select(cache_rows)
+        self.condition, self.tokens, self.rows = self.condition.select(rows), self.tokens[rows], self.rows[rows]
         if isinstance(self.state, torch.Tensor):
             self.state = self.state[rows]
         if self.x_in is not None:
@@ -222,25 +255,22 @@ class SamplingRun:
 
 
 @torch.no_grad()
-def generate(transformer, inputs, labels: torch.Tensor, guidance: Guidance, sampling: TokenSampling,
-             generator: Generators = None, more_smooth: bool = False,
-             dtype: torch.dtype = torch.float32, progress: bool = False, on_step=None, *,
-             processors=(), override: TokenOverride | None = None, kv_policy=None, decoding=None) -> LoopResult:
-    """Sample token sequences for class ``labels`` (B,).
+def generate(transformer, inputs, condition: Condition, options: SamplingOptions, generator: Generators = None,
+             progress: bool = False, on_step=None) -> LoopResult:
+    """Sample token sequences for ``condition`` (B rows) on ``inputs.schedule``.
 
-    transformer: ``ARTransformer``; inputs: an input builder (``arvision.inputs``).  All randomness is drawn
-    from ``generator`` in the order the released samplers draw it, or from ``generator[b]`` for image b when a
-    list of B generators is given.  ``dtype`` other than fp32 runs the trunk under autocast; logits, the token
-    choice and the canvas stay fp32.  ``on_step(s, state, tokens)`` is called after each step (observers only:
-    pictures of the coarse-to-fine progression, logging, timing).  ``decoding``: a decoding policy with
+    transformer: ``ARTransformer``; inputs: an input builder (``arvision.inputs``).  All randomness is drawn from
+    ``generator`` in the order the released samplers draw it, or from ``generator[b]`` for image b when a list of B
+    generators is given.  ``options.dtype`` other than fp32 runs the trunk under autocast; logits, the token choice
+    and the state stay fp32.  ``on_step(s, state, tokens)`` is called after each step (observers only: pictures of
+    the coarse-to-fine progression, logging, timing).  ``options.decoding``: a decoding policy with
     ``run(sampling_run, on_step)`` (speculative Jacobi decoding); None takes one step per forward.
     """
-    run = SamplingRun(transformer, inputs, labels, guidance, sampling, generator, more_smooth, dtype,
-                      processors, override, kv_policy)
+    run = SamplingRun(transformer, inputs, condition, options, generator)
     with run.context():
         run.start()
-        if decoding is not None:
-            decoding.run(run, on_step)
+        if options.decoding is not None:
+            options.decoding.run(run, on_step)
         else:
             for _ in tqdm(range(run.schedule.num_steps), desc="steps", disable=True if not progress else None,
                           leave=False):

@@ -74,11 +74,12 @@ class TokenSampling:
     top_k: int = 0
     top_p: float = 0.0
     top_p_rule: str = "ascending"
+    greedy_steps: frozenset[int] = frozenset()  # steps whose top-k is 1 whatever ``top_k`` says (FlexVAR's rule)
 
-    def process(self, logits: torch.Tensor) -> torch.Tensor:
-        """Temperature, then top-k, then top-p (the released order).  Returns new filtered logits."""
+    def process(self, logits: torch.Tensor, s: int | None = None) -> torch.Tensor:
+        """Temperature, then top-k, then top-p (the released order) for step ``s``.  Returns new filtered logits."""
         logits = logits / max(self.temperature, 1e-5)
-        top_k_filter_(logits, self.top_k)
+        top_k_filter_(logits, 1 if s in self.greedy_steps else self.top_k)
         return top_p_filter_(logits, self.top_p, self.top_p_rule)
 
     def draw(self, logits: torch.Tensor, generator: Generators) -> torch.Tensor:

@@ -5,7 +5,7 @@ A controller drives one ``SamplingRun`` step by step.  Between steps it may scor
 (repeats draw from forked generators, so they diverge and stay reproducible).  Every label's candidates are a
 contiguous group of rows; all groups share the batch, so one trunk forward serves the whole search.
 
-    res = search_generate(BeamSearch(4), transformer, inputs, labels, guidance, sampling, generators, verifier)
+    res = search_generate(BeamSearch(4), transformer, inputs, condition, options, generators, verifier)
     res.tokens        # (n, L): the chosen sequence per label
     res.cost          # token forwards, verifier and decoder calls
 
@@ -45,7 +45,8 @@ from arvision.sampling.controllers import (  # noqa: F401 - the controllers are 
     kmeans_medoids,
     potential_resample,
 )
-from arvision.sampling.loop import LoopResult, SamplingRun, fork_generator
+from arvision.conditions import Condition
+from arvision.sampling.loop import LoopResult, SamplingOptions, SamplingRun, fork_generator
 from arvision.sampling.verifiers import verifier_features
 
 SELECTION_KEY = -1
@@ -109,26 +110,20 @@ def candidate_generators(generator: torch.Generator, n: int) -> list[torch.Gener
 # -- partial images ---------------------------------------------------------------------------------------
 
 def partial_decode(run: SamplingRun) -> torch.Tensor:
-    """The running images after the last step taken -> (B, 3, H, W) fp32 in [-1, 1].
-
-    Scale-wise (VAR): the decoded canvas f_hat, the sum of the upsampled residuals so far.  Raster: the tokens so
-    far, the unknown positions filled by repeating the known prefix (GridAR's padding by repetition)."""
+    """The running images after the last step taken -> (B, 3, H, W) fp32 in [-1, 1]: the input builder's preview
+    (VAR: the decoded canvas f_hat, the sum of the upsampled residuals so far; FlexVAR: the last scale; raster: the
+    tokens so far, the unknown positions filled by repeating the known prefix)."""
     if run.s == 0:
         raise ArvisionError("nothing to decode before the first step")
     with run.fp32():
-        if run.schedule.kind == "scales":
-            return run.inputs.finish(run.state, run.tokens).float()
-        known, L = run.schedule.begin_ends[run.s - 1][1], run.schedule.length
-        tokens = run.tokens[:, :known]
-        if known < L:
-            tokens = tokens[:, torch.arange(L, device=tokens.device) % known]
-        return run.inputs.finish(None, tokens).float()
+        return run.inputs.preview(run.state, run.tokens, run.s).float()
 
 
 def clone_run(run: SamplingRun) -> SamplingRun:
     """An independent copy of a started run (own cache, canvas, tokens); the original is untouched."""
     other = copy.copy(run)
     other.cache = copy.copy(run.cache)
+    other.plugins = dict(run.plugins)
     other.select(torch.arange(run.batch, device=run.device))
     return other
 
@@ -139,8 +134,8 @@ def rollout_decode(run: SamplingRun) -> tuple[torch.Tensor, SearchCost]:
     exactly as if no roll-out happened (only the scores differ)."""
     other = clone_run(run)
     other.generator = torch.Generator(device=run.device).manual_seed(0)  # top-1: the draw has one choice
-    other.sampling = dataclasses.replace(run.sampling, top_k=1, top_p=0.0)
-    other.more_smooth = False
+    other.options = dataclasses.replace(run.options, tokens=dataclasses.replace(run.options.tokens, top_k=1, top_p=0.0),
+                                        more_smooth=False)
     other.finish()
     spent = SearchCost(token_forwards=other.token_forwards - run.token_forwards,
                        forwards=other.forwards - run.forwards)
@@ -270,11 +265,9 @@ def parse_search(spec) -> SearchController:
 # -- driver ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def search_generate(controller, transformer, inputs, labels: torch.Tensor, guidance, sampling, generator,
-                    verifier, more_smooth: bool = False, dtype: torch.dtype = torch.float32,
-                    progress: bool = False, on_step=None, *, processors=(), override=None,
-                    kv_policy=None) -> SearchResult:
-    """Search for one image per label (n,), with the settings of ``loop.generate``.
+def search_generate(controller, transformer, inputs, condition: Condition, options: SamplingOptions, generator,
+                    verifier, progress: bool = False, on_step=None) -> SearchResult:
+    """Search for one image per condition row (n,), with the settings of ``loop.generate``.
 
     generator: one per label (each label's search then depends only on its own generator), or one generator
     (seeds one per label), or None.  verifier: callable(images (B, 3, H, W) in [-1, 1], labels (B,)) -> (B,).
@@ -282,16 +275,16 @@ def search_generate(controller, transformer, inputs, labels: torch.Tensor, guida
     the rows per step.
     """
     controller = parse_search(controller)
-    n = labels.shape[0]
-    S = transformer.schedule.num_steps
+    n = condition.batch
+    S = inputs.schedule.num_steps
     controller.validate(S)
-    gens = per_label_generators(generator, n, labels.device)
+    gens = per_label_generators(generator, n, condition.device)
     selection = [fork_generator(g, SELECTION_KEY) for g in gens]
     G0 = controller.initial(S)
     rows_gens = [c for g in gens for c in candidate_generators(g, G0)]
-    run = SamplingRun(transformer, inputs, labels.repeat_interleave(G0), guidance, sampling, rows_gens, more_smooth,
-                      dtype, processors, override, kv_policy)
-    cost = SearchCost(plain_token_forwards=n * transformer.schedule.length * (2 if guidance.doubles_batch else 1))
+    rows = torch.arange(n, device=condition.device).repeat_interleave(G0)
+    run = SamplingRun(transformer, inputs, condition.select(rows), options, rows_gens)
+    cost = SearchCost(plain_token_forwards=n * inputs.schedule.length * (2 if options.guidance.doubles_batch else 1))
     ctx = SearchContext(run, verifier, n, selection, cost)
     batches, peak = [], 0
     with run.context():
@@ -321,16 +314,16 @@ class SearchSampler:
         self.controller, self.verifier = controller, verifier
 
     @classmethod
-    def for_pipeline(cls, pipe, search, verifier, decoding=None, override=None,
+    def for_pipeline(cls, pipe, search, verifier, options: SamplingOptions,
                      return_progression: bool = False) -> SearchSampler:
         """Validate the pipeline call's options and build the sampler (spec strings parsed)."""
         from arvision.sampling.verifiers import resolve_verifier
 
         if search is None:
             raise ArvisionError("a verifier is only used by a search: pass search=... (e.g. 'bon:8') as well")
-        if decoding is not None:
+        if options.decoding is not None:
             raise ArvisionError("search runs one step per forward; it cannot be combined with a decoding policy")
-        if override is not None:
+        if options.override is not None:
             raise ArvisionError("search cannot be combined with a token override yet (the override's per-image "
                                 "source would have to follow the re-batching)")
         if return_progression:
@@ -339,12 +332,10 @@ class SearchSampler:
         controller.validate(pipe.schedule.num_steps)
         return cls(controller, resolve_verifier(verifier, pipe.config.num_classes))
 
-    def __call__(self, transformer, inputs, labels, guidance, sampling, generator=None, more_smooth=False,
-                 dtype=torch.float32, progress=False, on_step=None, *, processors=(), override=None,
-                 kv_policy=None, decoding=None) -> SearchResult:
-        return search_generate(self.controller, transformer, inputs, labels, guidance, sampling, generator,
-                               self.verifier, more_smooth, dtype, progress, on_step, processors=processors,
-                               override=override, kv_policy=kv_policy)
+    def __call__(self, transformer, inputs, condition: Condition, options: SamplingOptions, generator=None,
+                 progress=False, on_step=None) -> SearchResult:
+        return search_generate(self.controller, transformer, inputs, condition, options, generator, self.verifier,
+                               progress, on_step)
 
     def record(self, stats: dict, res: SearchResult) -> None:
         """Add one batch's search cost and scores to a pipeline's ``stats``."""

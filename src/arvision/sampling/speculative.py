@@ -123,7 +123,7 @@ class JacobiDecoding:
 
     @torch.no_grad()
     def run(self, run, on_step=None) -> None:
-        if run.schedule.kind != "raster":
+        if not run.transformer.family.capabilities.speculative_decoding:
             raise ArvisionError(f"{self.name} decoding drafts one token per position: it needs a raster "
                                 "(next-token) model; scale-wise models take one scale per step")
         if run.override is not None:
@@ -134,8 +134,8 @@ class JacobiDecoding:
         B, L, dev = run.batch, run.schedule.length, run.device
         V = run.transformer.cfg.vocab_size
         W, gen = self.window, run.generator
-        embeddings = run.transformer.input_proj.weight.float() if isinstance(self.acceptance, GroupedAcceptance) \
-            else None
+        embeddings = run.transformer.embed.input_proj.weight.float() \
+            if isinstance(self.acceptance, GroupedAcceptance) else None
         # drafts (B, W) for positions n..n+W-1 and the distributions they were drawn from (B, W, V);
         # the first drafts are uniform random tokens with q = one-hot (SJD's "random" initialisation)
         drafts = _random_ids((B, W), V, gen, dev)
@@ -207,7 +207,7 @@ def parse_decoding(spec: str, pipe=None):
         nums = [int(a) for a in args]
     except ValueError:
         raise ArvisionError(f"decoding {spec!r}: the parameters after ':' must be integers") from None
-    if pipe is not None and name != "plain" and pipe.schedule.kind != "raster":
+    if pipe is not None and name != "plain" and not pipe.family.capabilities.speculative_decoding:
         raise ArvisionError(f"--decoding {name} needs a raster (next-token) model; this is a scale-wise "
                             f"({pipe.config.family}) model")
     if name == "plain":

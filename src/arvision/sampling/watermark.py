@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -163,7 +162,6 @@ class WatermarkProcessor:
     def __init__(self, spec: WatermarkSpec, vocab_size: int):
         self.spec, self.vocab_size = spec, vocab_size
         self.masks = spec.lists(vocab_size)  # (K, V) bool, CPU; moved to the logits' device on first use
-        self._chosen = weakref.WeakKeyDictionary()  # run -> list index per starting-batch row
 
     def row_lists(self, run) -> torch.Tensor:
         """The list index of every row of ``run`` (B,) int64, from (key, generator seed, class label).
@@ -174,22 +172,20 @@ class WatermarkProcessor:
         rows = getattr(run, "rows", None)
         if rows is None:
             return self._choose(run)
-        chosen = self._chosen.get(run)
-        if chosen is None:
-            chosen = torch.zeros(int(rows.max()) + 1, dtype=torch.long)
-            chosen[rows.cpu()] = self._choose(run)
-            self._chosen[run] = chosen
-        return chosen[rows.cpu()]
+        chosen = run.slot(self, dict)  # this run's list per starting-batch row, fixed the first time it is seen
+        if "lists" not in chosen:
+            chosen["lists"] = torch.zeros(int(rows.max()) + 1, dtype=torch.long)
+            chosen["lists"][rows.cpu()] = self._choose(run)
+        return chosen["lists"][rows.cpu()]
 
     def _choose(self, run) -> torch.Tensor:
-        B = run.labels.shape[0]
+        keys = run.condition.keys()
         gen = run.generator
         if isinstance(gen, list):
             seeds = [g.initial_seed() for g in gen]
         else:
-            seeds = [gen.initial_seed() if gen is not None else torch.initial_seed()] * B
-        return torch.tensor([self.spec.list_for(sd, lab) for sd, lab in zip(seeds, run.labels.tolist())],
-                            dtype=torch.long)
+            seeds = [gen.initial_seed() if gen is not None else torch.initial_seed()] * len(keys)
+        return torch.tensor([self.spec.list_for(sd, key) for sd, key in zip(seeds, keys)], dtype=torch.long)
 
     def __call__(self, logits: torch.Tensor, s: int, run) -> torch.Tensor:
         if s < self.spec.start_step or (self.spec.delta == 0 and not self.spec.hard):

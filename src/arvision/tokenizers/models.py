@@ -1,7 +1,9 @@
-"""Image <-> token tokenizers: VAR's multi-scale residual VQ-VAE and LlamaGen's single-scale VQ.
+"""Image <-> token tokenizers: VAR's multi-scale residual VQ-VAE, LlamaGen's single-scale VQ and FlexVAR's
+multi-scale VQ without residuals.
 
-Both are the same conv encoder/decoder around a codebook; they differ in how features become tokens.
-Images are (B, 3, H, W) in [-1, 1].
+All are the same conv encoder/decoder around a codebook; they differ in how features become tokens.
+Images are (B, 3, H, W) in [-1, 1].  ``TokenizerConfig.kind`` names a class of ``TOKENIZERS``; each class checks
+the config fields it reads (``check_config``) and says which scale sides it tokenises (``scale_sides``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from arvision.config import TokenizerConfig
+from arvision.errors import ArvisionError
 from arvision.tokenizers.convnet import Decoder, Encoder
 from arvision.tokenizers.quantizers import Codebook, PhiBank
 
 
 class ConvTokenizer(nn.Module):
     """Encoder -> quant_conv -> codebook -> post_quant_conv -> decoder."""
+
+    @staticmethod
+    def check_config(cfg: TokenizerConfig) -> None:
+        """Raise ArvisionError for config fields this kind of tokenizer cannot use."""
+
+    @staticmethod
+    def scale_sides(cfg: TokenizerConfig, image_size: int) -> tuple[int, ...]:
+        """The sides of the token maps it makes of an image (one per scale)."""
+        return (image_size // cfg.downsample,)
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
@@ -63,6 +75,19 @@ class MultiScaleVQTokenizer(ConvTokenizer):
 
     The canvas f_hat (B, D, p, p) with p = patch_nums[-1] accumulates phi(bicubic-up(codes of each scale)).
     """
+
+    @staticmethod
+    def check_config(cfg: TokenizerConfig) -> None:
+        check_scale_list(cfg.patch_nums, minimum=2)
+        if cfg.share_quant_resi < 0:
+            raise ArvisionError(f"invalid share_quant_resi: {cfg.share_quant_resi!r} (>= 0)")
+        if cfg.embed_dim != cfg.z_channels:
+            raise ArvisionError(f"invalid embed_dim: {cfg.embed_dim!r} (equal to z_channels={cfg.z_channels} for "
+                                "multiscale VQ)")
+
+    @staticmethod
+    def scale_sides(cfg: TokenizerConfig, image_size: int) -> tuple[int, ...]:
+        return cfg.patch_nums
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__(cfg)
@@ -225,5 +250,72 @@ class VQTokenizer(ConvTokenizer):
         return self.decode_features(self.ids_to_features(ids, grid))
 
 
+class MultiScaleIndependentTokenizer(VQTokenizer):
+    """FlexVAR's tokenizer: LlamaGen's VQ, with every scale quantised on its own.
+
+    Scale (h, w) quantises the encoder features area-resized to h x w (no residual: every scale sees the same
+    features), and any scale's codes decode to an image of 16 x its side (h*f, w*f).  ``patch_nums`` is the list
+    it was trained on; encoding takes any list (FlexVAR samples and trains on others).  Training reconstructs
+    every scale of ``patch_nums`` (``forward`` returns the reconstructions coarse to fine)."""
+
+    @staticmethod
+    def check_config(cfg: TokenizerConfig) -> None:
+        check_scale_list(cfg.patch_nums, minimum=1)
+
+    @staticmethod
+    def scale_sides(cfg: TokenizerConfig, image_size: int) -> tuple[int, ...]:
+        return cfg.patch_nums
+
+    def quantize_scales(self, f: torch.Tensor, grids) -> list[torch.Tensor]:
+        """Features (B, D, h, w) -> ids (B, h_s * w_s) of every scale grid (h_s, w_s), raster order each."""
+        B, D = f.shape[:2]
+        out = []
+        for h, w in grids:
+            z = F.interpolate(f, size=(h, w), mode="area")
+            out.append(self.quantize.quantize(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h * w))
+        return out
+
+    @torch.no_grad()
+    def encode(self, img: torch.Tensor, sides=None) -> list[torch.Tensor]:
+        """img (B, 3, H, W) -> per-scale ids, a list of (B, p^2) int64 (``sides``: default ``patch_nums``)."""
+        sides = self.cfg.patch_nums if sides is None else sides
+        return self.quantize_scales(self.features(img), [(p, p) for p in sides])
+
+    def decode(self, ids: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """One scale's ids (B, h*w) -> image (B, 3, h*f, w*f), not clamped (the official ``decode_code``)."""
+        return super().decode(ids, grid)
+
+    def forward(self, img: torch.Tensor, beta: float | None = None, return_features: bool = False):
+        """Training pass: every scale of ``patch_nums`` quantised from the area-resized features and decoded.
+
+        Returns (reconstructions coarse to fine, a list of (B, 3, p*f, p*f) not clamped; the vq loss averaged over
+        scales; per-scale usage counts), plus the features (B, D, h, w) when ``return_features``."""
+        f = self.features(img)
+        recons, losses, usage = [], [], []
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            f32 = f.float()
+            for p in self.cfg.patch_nums:
+                z = F.interpolate(f32, size=(p, p), mode="area")
+                z_q, loss, hits = self.quantize_train(z, beta)
+                recons.append(z_q)
+                losses.append(loss)
+                usage += hits
+        recons = [self.decode_features(z_q) for z_q in recons]
+        vq_loss = torch.stack(losses).mean()
+        return (recons, vq_loss, usage, f) if return_features else (recons, vq_loss, usage)
+
+
+def check_scale_list(sides, minimum: int) -> None:
+    """Scale sides must be >= 1 and strictly increasing, at least ``minimum`` of them."""
+    sides = tuple(sides)
+    if len(sides) < minimum or any(b <= a for a, b in zip(sides, sides[1:])) or (sides and sides[0] < 1):
+        raise ArvisionError(f"invalid patch_nums: {sides!r} (at least {minimum} strictly increasing scale "
+                            "side(s), each >= 1)")
+
+
+TOKENIZERS = {"multiscale": MultiScaleVQTokenizer, "vq": VQTokenizer,
+              "multiscale-independent": MultiScaleIndependentTokenizer}
+
+
 def build_tokenizer(cfg: TokenizerConfig) -> ConvTokenizer:
-    return MultiScaleVQTokenizer(cfg) if cfg.kind == "multiscale" else VQTokenizer(cfg)
+    return TOKENIZERS[cfg.kind](cfg)

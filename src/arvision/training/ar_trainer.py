@@ -1,8 +1,15 @@
-"""Training the AR transformer (VAR or LlamaGen-style) on tokens of a frozen tokenizer.
+"""Training the AR transformer of any family on a frozen tokenizer.
 
-One trainer for both families: the targets are the tokenizer's ids in schedule order, the inputs come from
-the same input builder the sampler uses (``pipe.inputs.teacher``), and the loss is cross-entropy over every
-position.  Images are tokenised once up front (the tokenizer is frozen), so each step costs only the trunk.
+One trainer for every family: the targets are the tokenizer's ids in schedule order, the inputs come from the
+same input builder the sampler uses (``inputs.teacher``), and the loss is the head's own (``head.loss``; the
+categorical heads: cross-entropy over every position).  Images are encoded once up front (the tokenizer is frozen):
+to tokens when the family trains on one schedule, to the pre-quantisation latents when it draws a new schedule
+every step (``capabilities.random_train_schedules``: FlexVAR), which are then quantised per step.
+
+``student_forcing`` (SAR, for families with ``capabilities.student_forcing``): a second pass whose inputs are
+built, by the same input builder, from the first pass's argmax predictions (each scale sees the model's own
+one-step-shifted prediction of the previous scales); loss = teacher-forced CE + student-forced CE, the latter over
+every step after the first (whose input is the condition in both passes).
 """
 
 from __future__ import annotations
@@ -14,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from arvision.conditions import ClassCondition
 from arvision.errors import ArvisionError
 from arvision.training.checkpoint import (
     latest_good_checkpoint,
@@ -48,6 +55,7 @@ class ARTrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     sample_cfg: float | None = None  # guidance for the periodic sample grids (None: family default)
+    student_forcing: bool = False  # SAR's second pass on the model's own predictions (scale-wise families)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
@@ -59,17 +67,24 @@ class ARTrainConfig:
             raise ArvisionError(f"need lr > 0 and grad_clip >= 0, got {self.lr}, {self.grad_clip}")
 
 
+def trains_on_latents(pipe) -> bool:
+    """Whether ``pipe``'s family draws a schedule per step, so its data is cached as latents, not tokens."""
+    return pipe.family.capabilities.random_train_schedules
+
+
 @torch.no_grad()
 def tokenize_dataset(pipe, dataset, batch_size: int = 64, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of ``dataset`` -> (tokens (N, L) int64 in schedule order, labels (N,) int64)."""
-    tokens, labels = [], []
+    """All images of ``dataset`` -> (data, labels (N,) int64): data = tokens (N, L) int64 in schedule order, or,
+    for families that train on random schedules, the tokenizer's pre-quantisation latents (N, D, h, w) fp32."""
+    data, labels = [], []
     n = len(dataset)
+    latents = trains_on_latents(pipe)
     for i in tqdm(range(0, n, batch_size), desc="tokenizing", disable=not progress or None, leave=False):
         items = [dataset[j] for j in range(i, min(i + batch_size, n))]
         imgs = torch.stack([im for im, _ in items]).to(pipe.device)
-        tokens.append(pipe.encode(imgs).cpu())
+        data.append((pipe.tokenizer.features(imgs).float() if latents else pipe.encode(imgs)).cpu())
         labels.append(torch.tensor([int(lab) for _, lab in items]))
-    return torch.cat(tokens), torch.cat(labels)
+    return torch.cat(data), torch.cat(labels)
 
 
 def per_step_mean(values: torch.Tensor, sizes: tuple[int, ...]) -> list[float]:
@@ -78,7 +93,8 @@ def per_step_mean(values: torch.Tensor, sizes: tuple[int, ...]) -> list[float]:
 
 
 class ARTrainer:
-    """Trains ``pipe.transformer`` (the tokenizer stays frozen) on pre-extracted tokens."""
+    """Trains ``pipe.transformer`` (the tokenizer stays frozen) on pre-extracted data (``tokenize_dataset``): tokens
+    (N, L), or latents (N, D, h, w) for families that draw a schedule per step."""
 
     def __init__(self, pipe, tokens: torch.Tensor, labels: torch.Tensor, cfg: ARTrainConfig, out_dir: str | Path,
                  dist_info: DistInfo | None = None, progress: bool = True):
@@ -91,8 +107,16 @@ class ARTrainer:
         n_cls = pipe.config.num_classes
         if labels.numel() and (labels.min() < 0 or labels.max() >= n_cls):
             raise ArvisionError(f"labels must be in [0, {n_cls}), got [{labels.min()}, {labels.max()}]")
-        if tokens.shape[1] != pipe.schedule.length:
-            raise ArvisionError(f"tokens have {tokens.shape[1]} positions, the schedule {pipe.schedule.length}")
+        self.latents = trains_on_latents(pipe)
+        if self.latents and tokens.ndim != 4:
+            raise ArvisionError(f"{pipe.family.description} trains on latents (N, D, h, w), got shape "
+                                f"{tuple(tokens.shape)}")
+        if not self.latents and (tokens.ndim != 2 or tokens.shape[1] != pipe.schedule.length):
+            raise ArvisionError(f"tokens have shape {tuple(tokens.shape)}; the schedule has {pipe.schedule.length} "
+                                "positions per image")
+        if cfg.student_forcing and not pipe.family.capabilities.student_forcing:
+            raise ArvisionError(f"student forcing (SAR) applies to scale-wise families; {pipe.family.description} "
+                                "models do not take it")
         self.model = pipe.transformer.train().requires_grad_(True)
         self.ddp = self.model
         if self.info.world > 1:
@@ -102,25 +126,46 @@ class ARTrainer:
         self.optimizer = make_adamw(self.model, cfg.lr, cfg.weight_decay)
         self.schedule = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, cfg.decay, cfg.min_lr_ratio)
         self.gen = torch.Generator().manual_seed(cfg.seed + 17)  # label dropout
+        self.schedule_gen = torch.Generator().manual_seed(cfg.seed + 23)  # random training schedules (FlexVAR)
         self.dtype = resolve_precision(cfg.precision, self.info.device)
         self.progress = progress and self.info.is_main
         self.step = 0
 
     # -- one optimisation step ---------------------------------------------------------------------
+    def batch(self, idx: torch.Tensor):
+        """Rows ``idx`` of the data -> (schedule, input builder, targets (b, L)) of this step.  Every rank draws the
+        same schedule (one generator, seeded alike)."""
+        pipe, device = self.pipe, self.info.device
+        if not self.latents:
+            return pipe.schedule, pipe.inputs, self.tokens[idx].to(device)
+        schedule = pipe.family.training_schedule(pipe.config, self.schedule_gen)
+        inputs = pipe.family.input_builder(pipe.tokenizer, schedule)
+        with torch.no_grad():
+            return schedule, inputs, inputs.targets_from_latents(self.tokens[idx].to(device))
+
     def train_step(self) -> dict:
         cfg, device = self.cfg, self.info.device
         idx = global_batch(self.tokens.shape[0], self.step, cfg.batch_size, cfg.seed)
         drop = torch.rand(cfg.batch_size, generator=self.gen) < cfg.label_drop  # same draw on every rank
         idx, drop = shard(idx, self.info), shard(drop, self.info)
-        tok = self.tokens[idx].to(device)
-        lab = torch.where(drop, self.pipe.config.num_classes, self.labels[idx]).to(device)
+        schedule, inputs, tok = self.batch(idx)
+        cond = ClassCondition(self.labels[idx].to(device), self.pipe.config.num_classes).with_null(drop)
+        head = self.model.head
         with torch.no_grad():
-            x_in = self.pipe.inputs.teacher(tok)
+            x_in = inputs.teacher(tok)
         autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext())
         with autocast:
-            logits = self.ddp(lab, x_in)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), tok.flatten(), reduction="none").view_as(tok)
+            logits = self.ddp(cond, x_in, schedule)
+        ce = head.loss(logits, tok)
         loss = ce.mean()
+        student = None
+        if cfg.student_forcing:
+            with torch.no_grad():  # SAR's staggered roll-out: each step's input from the previous steps' argmax
+                x_sf = inputs.teacher(logits.detach().argmax(-1))
+            with autocast:
+                logits_sf = self.ddp(cond, x_sf, schedule)
+            student = head.loss(logits_sf, tok)[:, schedule.first_len:].mean()
+            loss = loss + student
         set_lr(self.optimizer, self.schedule(self.step))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,15 +176,20 @@ class ARTrainer:
             correct = (logits.argmax(-1) == tok).float()
         metrics = {"loss": loss.item(), "acc": correct.mean().item(), "lr": self.schedule(self.step - 1),
                    "grad_norm": grad_norm.item()}
-        if self.pipe.schedule.kind == "scales":
-            sizes = self.pipe.schedule.step_sizes
-            metrics.update({f"loss/scale{s}": v for s, v in enumerate(per_step_mean(ce.detach(), sizes))})
-            metrics.update({f"acc/scale{s}": v for s, v in enumerate(per_step_mean(correct, sizes))})
+        if student is not None:
+            metrics["loss/teacher"], metrics["loss/student"] = ce.mean().item(), student.item()
+        if schedule.step_maps:
+            # per scale: by index on the model's own schedule, by side on a random one (lists differ per step)
+            keys = ([f"scale{s}" for s in range(schedule.num_steps)] if not self.latents
+                    else [f"side{h}" for h, _ in schedule.step_grids])
+            metrics.update({f"loss/{k}": v for k, v in zip(keys, per_step_mean(ce.detach(), schedule.step_sizes))})
+            metrics.update({f"acc/{k}": v for k, v in zip(keys, per_step_mean(correct, schedule.step_sizes))})
         return metrics
 
     # -- the run -------------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "rng": rng_state({"label_drop": self.gen}),
+        return {"optimizer": self.optimizer.state_dict(),
+                "rng": rng_state({"label_drop": self.gen, "schedules": self.schedule_gen}),
                 "config": json.dumps(dataclasses.asdict(self.cfg))}
 
     def resume(self) -> bool:
@@ -148,7 +198,7 @@ class ARTrainer:
             return False
         state = load_checkpoint(ckpt, {"transformer": self.model})
         self.optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"], {"label_drop": self.gen})
+        restore_rng_state(state["rng"], {"label_drop": self.gen, "schedules": self.schedule_gen})
         self.step = int(state["step"])
         return True
 

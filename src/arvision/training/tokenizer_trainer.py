@@ -107,7 +107,10 @@ class TokenizerTrainConfig:
 def _check_geometry(cfg: TokenizerConfig, image_size: int) -> None:
     if image_size < 1 or image_size % cfg.downsample:
         raise ArvisionError(f"image size {image_size} is not a multiple of the tokenizer downsample {cfg.downsample}")
-    if cfg.kind == "multiscale" and cfg.patch_nums[-1] != image_size // cfg.downsample:
+    from arvision.tokenizers.models import TOKENIZERS
+
+    sides = TOKENIZERS[cfg.kind].scale_sides(cfg, image_size)
+    if len(sides) > 1 and sides[-1] != image_size // cfg.downsample:
         raise ArvisionError(f"the last scale of patch_nums {cfg.patch_nums} must equal the latent side "
                             f"{image_size // cfg.downsample} (image {image_size} / downsample {cfg.downsample})")
 
@@ -163,6 +166,11 @@ def load_tokenizer_folder(folder: str | Path, device: str | torch.device = "cpu"
     return tokenizer.to(device).eval(), image_size, info
 
 
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, 3, S, S) area-resized to ``size`` (unchanged at S)."""
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
+
+
 # -- the trainer ------------------------------------------------------------------------------------------------
 class TokenizerTrainer:
     """Trains ``tokenizer`` (a ``ConvTokenizer`` subclass) on ``dataset`` items ``(image (3, S, S) in [-1, 1], _)``.
@@ -212,7 +220,7 @@ class TokenizerTrainer:
         self.dtype = resolve_precision(cfg.precision, device)
         self.progress = progress and self.info.is_main
         tc = tokenizer.cfg
-        sides = tc.patch_nums if tc.kind == "multiscale" else (self.image_size // tc.downsample,)
+        sides = tokenizer.scale_sides(tc, self.image_size)
         self.scale_tokens = torch.tensor([float(s * s) for s in sides])
         self.usage_ema = torch.zeros(len(sides), tc.vocab_size)  # per-scale EMA of code hit frequencies
         self.usage_updates = 0
@@ -304,8 +312,12 @@ class TokenizerTrainer:
         adversarial = self.adversary is not None and self.step >= cfg.disc_start
         with self._autocast():
             recon, vq_loss, usage, feats = self.ddp(x, beta=cfg.beta, return_features=True)
-        recon = recon.float()
-        rec = F.l1_loss(recon, x) if cfg.recon == "l1" else F.mse_loss(recon, x)
+        # a multi-scale tokenizer without residuals (FlexVAR's) reconstructs every scale: each is compared with the
+        # image area-resized to its size; the finest one goes on to the perceptual and adversarial losses
+        recons = [r.float() for r in recon] if isinstance(recon, list) else [recon.float()]
+        recon = recons[-1]
+        rec = torch.stack([(F.l1_loss if cfg.recon == "l1" else F.mse_loss)(r, _resized(x, r.shape[-1]))
+                           for r in recons]).mean()
         loss = rec + vq_loss
         metrics = {"recon": rec.item(), "vq": vq_loss.item(), "lr": lr}
         if self.perceptual_fn is not None and cfg.perceptual_weight > 0:
@@ -418,7 +430,8 @@ class TokenizerTrainer:
         was_training = self.tok.training
         self.tok.eval()
         try:
-            recon = self.tok(x)[0].float().clamp(-1, 1)
+            recon = self.tok(x)[0]
+            recon = (recon[-1] if isinstance(recon, list) else recon).float().clamp(-1, 1)
         finally:
             self.tok.train(was_training)
         images = to_pil((torch.cat([x, recon]) + 1) / 2)

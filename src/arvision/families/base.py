@@ -1,0 +1,165 @@
+"""The slots a paradigm fills: what ``families/<name>.py`` defines, and what the engine asks of it.
+
+A paradigm (VAR's next-scale prediction, LlamaGen's next-token prediction, FlexVAR's residual-free scales, ...)
+is one :class:`Family` object.  The engine never branches on a family's name; it asks the object:
+
+* **parts**: the tokenizer kind and block kind its config must name, the input embedder (step inputs and
+  positions) and the head (logits, ``choose`` and ``loss``) of :class:`~arvision.models.transformer.ARTransformer`;
+* **schedule**: built per call (``schedule``) and per training step (``training_schedule``), so the token order
+  and attention rule are not baked into the trunk;
+* **input builder**: the one object that makes teacher-forcing and sampling inputs (``arvision.inputs``);
+* **sampling rules**: its guidance formula, top-p rule, published defaults and extra options;
+* **initialisation** for training from scratch, and **presets** (released sizes);
+* **official checkpoints**: how to recognise, convert and export the released files;
+* **capabilities**: which options of the one loop apply (KV policies, speculative decoding, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from arvision.errors import ArvisionError, CheckpointError
+from arvision.sampling.processors import Guidance, TokenSampling
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family's models can do beyond plain sampling; options check these instead of family names."""
+
+    scale_lists: bool = False  # samples on scale lists other than the trained one (``patch_nums=``)
+    random_train_schedules: bool = False  # trains on a new schedule every step (the trainer caches latents)
+    soft_codes: bool = False  # VAR's Gumbel ``more_smooth``: soft code mixes feed the next step
+    progression: bool = False  # the state after every step decodes to a picture (coarse to fine)
+    kv_policies: bool = False  # ScaleKV / HACK / SnapKV: map-aware compression of whole-scale steps
+    speculative_decoding: bool = False  # Jacobi drafts: one token per causal step
+    static_token_step: bool = False  # one fixed-shape compiled step serves every position
+    student_forcing: bool = False  # SAR: a second pass on inputs built from the model's own predictions
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of ``arvision convert FAMILY`` (declared here, turned into argparse by the CLI).
+    kind: "path" (required file), "int", "int_list" (comma-separated)."""
+
+    name: str  # the keyword of ``from_official`` (flag = --name with dashes)
+    kind: str
+    help: str
+    required: bool = False
+
+
+@dataclass
+class OfficialModel:
+    """An official checkpoint pair read and understood: the config plus how to load each file strictly."""
+
+    config: Any  # ModelConfig
+    tokenizer_state: dict
+    transformer_state: dict
+    tokenizer_keymap: Any = None  # checkpoints.KeyMap or None
+    transformer_keymap: Any = None
+    tokenizer_buffers: dict = field(default_factory=dict)  # official buffer name -> shape, required but recomputed
+    transformer_buffers: dict = field(default_factory=dict)
+
+
+class Family:
+    """Base class: a paradigm's slots.  Subclasses set the class attributes and override what differs."""
+
+    name: str = ""
+    description: str = ""
+    tokenizer_kind: str = ""  # TokenizerConfig.kind its models use
+    block: str = ""  # TransformerConfig.block its trunk uses
+    capabilities = Capabilities()
+    # sampling: the guidance formula (``Guidance`` kind), the top-p rule, and the published defaults
+    guidance_rule = "ramp"
+    top_p_rule = "ascending"
+    defaults: dict = {"guidance_scale": 1.0, "top_k": 0, "top_p": 0.0}
+    sampling_options: dict = {}  # extra ``pipe(...)`` keywords -> what they mean (families that take them)
+    presets: dict = {}  # released trunk sizes: name -> (depth, width, heads)
+    # official checkpoints: the two files (convert's required flags) and the other options
+    official_files: tuple[Option, Option] = ()
+    convert_options: tuple[Option, ...] = ()
+    convert_help: str = ""
+    transformer_checkpoint_paths: tuple[tuple[str, ...], ...] = ()  # nested layouts the official loaders accept
+
+    # -- config ------------------------------------------------------------------------------------------
+    def check_config(self, config) -> None:
+        """Raise ArvisionError if ``config`` (a ModelConfig of this family) is inconsistent."""
+        tok, tr = config.tokenizer, config.transformer
+        if (tok.kind, tr.block) != (self.tokenizer_kind, self.block):
+            raise ArvisionError(f"invalid {self.name} model parts: {(tok.kind, tr.block)!r} "
+                                f"(expected {(self.tokenizer_kind, self.block)})")
+
+    # -- schedule, built per call -----------------------------------------------------------------------
+    def schedule(self, config, patch_nums=None):
+        """The schedule to sample ``config``'s model on (``patch_nums``: another scale list, where supported)."""
+        raise NotImplementedError
+
+    def training_schedule(self, config, generator: torch.Generator):
+        """The schedule of one training step (default: the sampling schedule; FlexVAR draws a random one)."""
+        return self.schedule(config)
+
+    # -- parts -------------------------------------------------------------------------------------------
+    def input_builder(self, tokenizer, schedule):
+        raise NotImplementedError
+
+    def embedder(self, config):
+        """The trunk's input embedder (an nn.Module with ``layout(schedule)`` and ``forward``)."""
+        raise NotImplementedError
+
+    def head(self, config):
+        """The trunk's head (an nn.Module with ``forward``, ``choose`` and ``loss``)."""
+        raise NotImplementedError
+
+    def init_weights(self, transformer) -> None:
+        """Initialise ``transformer`` for training from scratch."""
+        raise NotImplementedError
+
+    # -- sampling rules ----------------------------------------------------------------------------------
+    def guidance(self, scale: float, schedule, options: dict) -> Guidance:
+        return Guidance(self.guidance_rule, scale)
+
+    def token_sampling(self, temperature: float, top_k: int, top_p: float, schedule, options: dict) -> TokenSampling:
+        return TokenSampling(temperature, top_k, top_p, self.top_p_rule)
+
+    def check_sampling_options(self, options: dict, schedule) -> dict:
+        """Validate the family's extra sampling options; returns them with defaults filled in."""
+        unknown = sorted(set(options) - set(self.sampling_options))
+        if unknown:
+            allowed = ", ".join(self.sampling_options) or "none"
+            raise ArvisionError(f"{self.name} models take no sampling option(s) {unknown} (theirs: {allowed})")
+        return dict(options)
+
+    # -- official checkpoints ---------------------------------------------------------------------------
+    def owns_transformer_checkpoint(self, state: dict) -> bool:
+        """Whether an official transformer state dict is this family's (for naming the right family)."""
+        return False
+
+    def owns_tokenizer_checkpoint(self, state: dict) -> bool:
+        """Whether an official tokenizer state dict has this family's layout (families may share one)."""
+        return False
+
+    def read_official(self, tokenizer_state: dict, transformer_state: dict, **options) -> OfficialModel:
+        raise NotImplementedError
+
+    def official_state_dicts(self, pipe) -> tuple[dict, dict]:
+        """(tokenizer, transformer) state dicts in the official layout, loadable by the official code."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------
+    def wrong_family(self, state: dict, what: str) -> None:
+        """Raise a CheckpointError naming the right family when ``state`` belongs to another one."""
+        from arvision.families import all_families
+
+        owners = [f for f in all_families() if f.name != self.name and (
+            f.owns_transformer_checkpoint(state) if what == "transformer" else f.owns_tokenizer_checkpoint(state))]
+        mine = (self.owns_transformer_checkpoint(state) if what == "transformer"
+                else self.owns_tokenizer_checkpoint(state))
+        if owners and not mine:
+            names = " / ".join(f.description for f in owners)
+            uses = " or ".join(f"`arvision convert {f.name}`" for f in owners)
+            raise CheckpointError(f"this is a {names} {what} checkpoint, not {self.description}'s: use {uses}")
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"

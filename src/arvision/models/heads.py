@@ -1,0 +1,92 @@
+"""Heads: hidden states -> the step's outputs, with the token choice and the training loss next to them.
+
+As nanoGPT keeps its loss beside ``lm_head``, a head here owns three things:
+
+``forward(h, mod)``        hidden (B, n, C) -> logits (B, n, V) fp32 (``mod``: the head's share of the condition);
+``choose(logits, s, run)`` guided logits of step s -> the step's token ids (B, n) and, for soft inputs, the code
+                           mixes that feed the next step: processors, filters and the draw of the one loop;
+``loss(logits, targets)``  the training objective, per position (B, L).
+
+:class:`CategoricalHead` is a softmax over the codebook (VAR, LlamaGen, FlexVAR).  Bitwise and flow heads are
+further classes with the same three methods.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arvision.models.blocks import RMSNorm
+from arvision.models.quantized import linear_dtype
+from arvision.sampling.processors import gumbel_soft_codes
+
+
+class AdaLNHeadNorm(nn.Module):
+    """LN(x)(1 + scale) + shift with (scale, shift) = ada_lin(silu(cond)) (B, 2C); computed in fp32, as VAR's
+    ``AdaLNBeforeHead`` under its fp32 head."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.width, self.eps = width, eps
+        self.ada_lin = nn.Linear(width, 2 * width)
+
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond (B, C) -> (B, 1, 2, C): scale, shift."""
+        return self.ada_lin(F.silu(cond)).view(-1, 1, 2, self.width)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        scale, shift = mod.unbind(2)
+        return F.layer_norm(x.float(), (self.width,), eps=self.eps).mul(scale.add(1)).add_(shift)
+
+
+class RMSHeadNorm(RMSNorm):
+    """LlamaGen's final RMSNorm; it takes no share of the condition."""
+
+    def modulation(self, cond: torch.Tensor) -> None:
+        return None
+
+    def forward(self, x: torch.Tensor, mod=None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class CategoricalHead(nn.Module):
+    """norm -> linear over the codebook.  ``norm``: :class:`AdaLNHeadNorm` or :class:`RMSHeadNorm`."""
+
+    def __init__(self, norm: nn.Module, width: int, vocab_size: int, bias: bool):
+        super().__init__()
+        self.norm = norm
+        self.proj = nn.Linear(width, vocab_size, bias=bias)
+
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor | None:
+        return self.norm.modulation(cond)
+
+    def forward(self, h: torch.Tensor, mod: torch.Tensor | None) -> torch.Tensor:
+        """Hidden (B, n, C) -> logits (B, n, V) fp32."""
+        return self.proj(self.norm(h, mod).to(linear_dtype(self.proj))).float()
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of logits (B, L, V) against ids (B, L) -> per-position loss (B, L) fp32."""
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+    @staticmethod
+    def choose(logits: torch.Tensor, s: int, run) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Guided logits (B, n, V) of step s -> (ids (B, n), soft code mixes (B, n, D) or None).
+
+        The run's processors, then temperature / top-k / top-p, then one draw from the run's generator(s); where
+        the run's override keeps a token, its id (and its code, not a soft mix).  With ``more_smooth`` (VAR) the
+        next step is fed a Gumbel-softmax mix of codes drawn from the same generator."""
+        logits = run.filtered(logits, s)
+        ids = run.options.tokens.draw(logits, run.generator)
+        forced = run.forced(s)
+        if forced is not None:
+            ids = torch.where(forced[1], forced[0], ids)
+        embeds = None
+        if run.options.more_smooth:
+            codes = run.inputs.codes
+            S = run.schedule.num_steps
+            embeds = gumbel_soft_codes(logits, s / max(S - 1, 1), codes, run.generator)
+            if forced is not None:  # forced positions take their code, not a soft mix
+                embeds = torch.where(forced[1][..., None], codes[forced[0]], embeds)
+        return ids, embeds
