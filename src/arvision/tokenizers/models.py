@@ -30,6 +30,12 @@ class ConvTokenizer(nn.Module):
         """The sides of the token maps it makes of an image (one per scale)."""
         return (image_size // cfg.downsample,)
 
+    @staticmethod
+    def design(code_dim: int) -> dict:
+        """The TokenizerConfig fields its paper fixes, for training from scratch with codes of ``code_dim``:
+        LlamaGen's VQ design (z = 4 code dims, split q/k/v convs, 1x1 quant convs, l2-normalised codes)."""
+        return {"z_channels": 4 * code_dim, "attn_style": "split", "quant_conv_ks": 1, "l2_norm": True}
+
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
@@ -88,6 +94,11 @@ class MultiScaleVQTokenizer(ConvTokenizer):
     @staticmethod
     def scale_sides(cfg: TokenizerConfig, image_size: int) -> tuple[int, ...]:
         return cfg.patch_nums
+
+    @staticmethod
+    def design(code_dim: int) -> dict:
+        """VAR's VQ-VAE design: z = code dim, fused qkv convs, 3x3 quant convs, Euclidean codes."""
+        return {"z_channels": code_dim, "attn_style": "fused", "quant_conv_ks": 3, "l2_norm": False}
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__(cfg)
