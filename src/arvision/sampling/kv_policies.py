@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from arvision.errors import ArvisionError
 from arvision.models.attention import KVCache, attend
 from arvision.sampling.kv_calibration import CALIBRATION_FILE, Calibration, require_scalewise
+from arvision.specs import parse_spec
 
 WINDOW_GRID = 4  # ScaleKV: a 4x4 grid of observation queries
 POOL_KERNEL = 5  # ScaleKV: max-pool kernel over the key axis
@@ -330,28 +331,27 @@ def find_calibration(pipe) -> Calibration:
                         "run `arvision calibrate-kv MODEL --samples 4` first (or set pipe.kv_calibration)")
 
 
-POLICIES = {"scalekv": "kept fraction of the full cache, 0 < B <= 1", "snapkv": "kept fraction, 0 < B <= 1",
-            "hack": "compression ratio (fraction removed), 0 <= R < 1"}
+# name -> (its value, what the value means, its range, the range as a check); "full" and "none" take no value
+POLICIES = {
+    "scalekv": ("B", "the kept fraction of the full cache", "0 < B <= 1", lambda x: 0.0 < x <= 1.0),
+    "snapkv": ("B", "the kept fraction", "0 < B <= 1", lambda x: 0.0 < x <= 1.0),
+    "hack": ("R", "the compression ratio: the fraction removed", "0 <= R < 1", lambda x: 0.0 <= x < 1.0),
+}
+USAGE = {"full": "full", "none": "none",
+         **{name: f"{name}:{v} ({meaning}, {bounds})" for name, (v, meaning, bounds, _) in POLICIES.items()}}
 
 
 def parse_kv_policy(spec: str, pipe):
     """``scalekv:B`` | ``snapkv:B`` | ``hack:R`` | ``full`` -> a policy object (None for the full cache)."""
-    name, _, arg = spec.strip().lower().partition(":")
-    if name in ("full", "none"):
-        return None
-    allowed = "; ".join(f"{k}:X ({v})" for k, v in POLICIES.items())
-    if name not in POLICIES:
-        raise ArvisionError(f"unknown KV-cache policy {spec!r}; allowed: full, {allowed}")
-    try:
-        x = float(arg)
-    except ValueError:
-        raise ArvisionError(f"KV-cache policy {spec!r} needs a number after ':' "
-                            f"({name}:X, X = {POLICIES[name]})") from None
-    ok = (0.0 <= x < 1.0) if name == "hack" else (0.0 < x <= 1.0)
-    if not ok:
-        raise ArvisionError(f"bad value in {spec!r}: {name} takes {POLICIES[name]}")
+    s = parse_spec(spec, "KV-cache policy", USAGE)
+    if s.name in ("full", "none"):
+        return None  # a value after full/none was always ignored; still accepted
+    symbol, meaning, bounds, ok = POLICIES[s.name]
+    if len(s.args) != 1:
+        s.fail(f"{s.name} needs a number after ':': {s.usage}")
+    x = s.number(s.args[0], f"{symbol} ({meaning})", f"a number with {bounds}", ok)
     require_scalewise(pipe.family)
-    if name == "snapkv":
+    if s.name == "snapkv":
         return SnapKV(x)
     calib = find_calibration(pipe)
-    return ScaleKV(x, calib) if name == "scalekv" else HACK(x, calib)
+    return ScaleKV(x, calib) if s.name == "scalekv" else HACK(x, calib)

@@ -48,6 +48,7 @@ from arvision.sampling.controllers import (  # noqa: F401 - the controllers are 
 from arvision.conditions import Condition
 from arvision.sampling.loop import LoopResult, SamplingOptions, SamplingRun, fork_generator
 from arvision.sampling.verifiers import verifier_features
+from arvision.specs import Spec, parse_spec
 
 SELECTION_KEY = -1
 """``fork_generator`` key of a label's selection generator (TTS-VAR resampling draws); repeats use keys >= 1."""
@@ -192,33 +193,16 @@ class SearchContext:
 
 # -- spec strings ----------------------------------------------------------------------------------------
 
-SEARCH_HELP = ("bon:N | beam:W[,expand=E,steps=a/b/..] | lookahead:W[,expand=E,steps=..] | "
-               "tts-var[:N][,lam=L,cluster=a/b,resample=c/d,schedule=n0/n1/..]")
+SEARCHES = {"bon": "bon:N", "beam": "beam:W[,expand=E,steps=a/b/..]", "lookahead": "lookahead:W[,expand=E,steps=..]",
+            "tts-var": "tts-var[:N][,lam=L,cluster=a/b,resample=c/d,schedule=n0/n1/..]"}
+SEARCH_HELP = " | ".join(SEARCHES.values())
 
-
-def _int(key: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ArvisionError(f"search option {key} must be an integer, got {text!r}") from None
-
-
-def _ints(key: str, text: str) -> tuple[int, ...]:
-    return tuple(_int(key, t) for t in text.split("/") if t.strip())
-
-
-def _float(key: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ArvisionError(f"search option {key} must be a number, got {text!r}") from None
-
-
+# name -> its options, each with the Spec helper that reads its value
 _OPTIONS = {
     "bon": {},
-    "beam": {"expand": _int, "steps": _ints},
-    "lookahead": {"expand": _int, "steps": _ints},
-    "tts-var": {"lam": _float, "cluster": _ints, "resample": _ints, "schedule": _ints},
+    "beam": {"expand": Spec.integer, "steps": Spec.integers},
+    "lookahead": {"expand": Spec.integer, "steps": Spec.integers},
+    "tts-var": {"lam": Spec.number, "cluster": Spec.integers, "resample": Spec.integers, "schedule": Spec.integers},
 }
 
 
@@ -228,38 +212,19 @@ def parse_search(spec) -> SearchController:
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise ArvisionError(f"search must be a spec string ({SEARCH_HELP}) or a controller, got {spec!r}")
-    text = spec.strip().lower()
-    cut = min((i for i in (text.find(":"), text.find(",")) if i >= 0), default=len(text))
-    name, rest = text[:cut].strip().replace("_", "-"), text[cut + 1:]
-    if cut < len(text) and text[cut] == ",":
-        rest = "," + rest  # options only: no count
-    if name not in _OPTIONS:
-        raise ArvisionError(f"unknown search {name!r} in {spec!r}; use {SEARCH_HELP}")
-    parts = [p.strip() for p in rest.split(",")] if rest else []
-    positional, options = None, {}
-    for i, part in enumerate(parts):
-        if "=" in part:
-            key, _, value = part.partition("=")
-            key = key.strip()
-            if key not in _OPTIONS[name]:
-                allowed = ", ".join(_OPTIONS[name]) or "none"
-                raise ArvisionError(f"unknown option {key!r} for {name} search in {spec!r}; options: {allowed}")
-            options[key] = _OPTIONS[name][key](key, value.strip())
-        elif i == 0 and part:
-            positional = _int(f"{name}'s count", part)
-        elif i == 0:
-            continue  # "tts-var,lam=5": options without a count
-        else:
-            raise ArvisionError(f"cannot read {part!r} in search spec {spec!r}; use {SEARCH_HELP}")
-    if name == "bon":
-        if positional is None:
+    s = parse_spec(spec, "search", SEARCHES, _OPTIONS)
+    s.max_args(1)
+    count = s.integer(s.args[0], f"{s.name}'s count") if s.args else None
+    options = {key: _OPTIONS[s.name][key](s, value, key) for key, value in s.options.items()}
+    if s.name == "bon":
+        if count is None:
             raise ArvisionError(f"best-of-N needs its N, e.g. 'bon:8' (got {spec!r})")
-        return BestOfN(positional)
-    if name in ("beam", "lookahead"):
-        if positional is None:
-            raise ArvisionError(f"{name} search needs its width, e.g. '{name}:4' (got {spec!r})")
-        return (BeamSearch if name == "beam" else Lookahead)(positional, **options)
-    return TTSVAR(positional, **options)
+        return BestOfN(count)
+    if s.name in ("beam", "lookahead"):
+        if count is None:
+            raise ArvisionError(f"{s.name} search needs its width, e.g. '{s.name}:4' (got {spec!r})")
+        return (BeamSearch if s.name == "beam" else Lookahead)(count, **options)
+    return TTSVAR(count, **options)
 
 
 # -- driver ------------------------------------------------------------------------------------------------

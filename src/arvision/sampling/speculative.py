@@ -26,8 +26,10 @@ import torch
 
 from arvision.errors import ArvisionError
 from arvision.sampling.processors import Generators, draw_from_probs
+from arvision.specs import parse_spec
 
-DECODINGS = ("plain", "sjd", "mcsjd", "gsd")
+DECODINGS = {"plain": "plain", "sjd": "sjd[:WINDOW]", "mcsjd": "mcsjd[:WINDOW]", "gsd": "gsd[:GROUP[:WINDOW]]"}
+PARAMETERS = {"plain": (), "sjd": ("window",), "mcsjd": ("window",), "gsd": ("group", "window")}  # positional
 
 
 # -- randomness, per batch or per row -------------------------------------------------------------------
@@ -198,28 +200,16 @@ class JacobiDecoding:
 
 def parse_decoding(spec: str, pipe=None):
     """"plain" | "sjd[:W]" | "mcsjd[:W]" | "gsd[:G[:W]]" -> a decoding policy (None for plain)."""
-    name, _, rest = str(spec).strip().lower().partition(":")
-    args = [a for a in rest.split(":") if a] if rest else []
-    if name not in DECODINGS:
-        raise ArvisionError(f"unknown decoding {spec!r}; use one of plain, sjd[:WINDOW], mcsjd[:WINDOW], "
-                            "gsd[:GROUP[:WINDOW]]")
-    try:
-        nums = [int(a) for a in args]
-    except ValueError:
-        raise ArvisionError(f"decoding {spec!r}: the parameters after ':' must be integers") from None
-    if pipe is not None and name != "plain" and not pipe.family.capabilities.speculative_decoding:
-        raise ArvisionError(f"--decoding {name} needs a raster (next-token) model; this is a scale-wise "
-                            f"({pipe.config.family}) model")
-    if name == "plain":
-        if nums:
-            raise ArvisionError("plain decoding takes no parameters")
+    s = parse_spec(str(spec), "decoding", DECODINGS)
+    params = PARAMETERS[s.name]
+    s.max_args(len(params))
+    nums = dict(zip(params, (s.integer(a, f"{s.name}'s {p}") for a, p in zip(s.args, params))))
+    if pipe is not None and s.name != "plain" and not pipe.family.capabilities.speculative_decoding:
+        raise ArvisionError(f"--decoding {s.name} needs a raster (next-token) model; this is a scale-wise "
+                            f"({pipe.family.description}) model")
+    if s.name == "plain":
         return None
-    if name in ("sjd", "mcsjd"):
-        if len(nums) > 1:
-            raise ArvisionError(f"{name} takes one parameter, the window: {name}:16")
-        return JacobiDecoding(window=nums[0] if nums else 16, coupled=name == "mcsjd", name=name)
-    if len(nums) > 2:
-        raise ArvisionError("gsd takes at most two parameters: gsd:GROUP:WINDOW")
-    group = nums[0] if nums else 3
-    return JacobiDecoding(window=nums[1] if len(nums) > 1 else 16, acceptance=GroupedAcceptance(size=group),
-                          name="gsd")
+    window = nums.get("window", 16)
+    if s.name in ("sjd", "mcsjd"):
+        return JacobiDecoding(window=window, coupled=s.name == "mcsjd", name=s.name)
+    return JacobiDecoding(window=window, acceptance=GroupedAcceptance(size=nums.get("group", 3)), name="gsd")

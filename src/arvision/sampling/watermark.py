@@ -287,27 +287,26 @@ def residual_code_logits(tokenizer, f: torch.Tensor, forced: list[torch.Tensor] 
     (B, n, V), one per scale for VAR's multi-scale residual quantiser (f (B, D, p, p)), one entry for a
     single-scale VQ (unit-normalised features and codes when the codebook is l2-normalised).
 
-    VAR: the residual after each scale subtracts the ``forced`` tokens (teacher forcing, a list of (B, pn^2)) or,
-    without them, the nearest codes, exactly as ``encode`` does; the subtracted term is a constant, so gradients
-    flow to ``f`` through every scale's residual."""
+    VAR: the tokenizer's own loop (``residual_quantize``, as ``encode``); the residual after each scale subtracts
+    the ``forced`` tokens (teacher forcing, a list of (B, pn^2)) or, without them, the nearest codes (the argmax
+    of the logits); the subtracted term is a constant, so gradients flow to ``f`` through every scale's
+    residual."""
     codes = tokenizer.quantize.codes.detach()
     B, D = f.shape[:2]
 
     def logits(z):  # z (B, n, D)
         return -(z.square().sum(-1, keepdim=True) - 2 * z @ codes.T + codes.square().sum(1))
 
-    patch_nums = getattr(tokenizer, "patch_nums", None)
-    if patch_nums is None:
+    if not hasattr(tokenizer, "residual_quantize"):
         z = f.permute(0, 2, 3, 1).reshape(B, -1, D)
         return [logits(torch.nn.functional.normalize(z, dim=-1) if tokenizer.quantize.l2_norm else z)]
-    rest, out, last = f, [], len(patch_nums) - 1
-    for si, pn in enumerate(patch_nums):
-        z = rest if si == last else torch.nn.functional.interpolate(rest, size=(pn, pn), mode="area")
-        out.append(logits(z.permute(0, 2, 3, 1).reshape(B, pn * pn, D)))
-        with torch.no_grad():
-            idx = forced[si] if forced is not None else out[-1].argmax(-1)
-            term = tokenizer.scale_term(si, tokenizer.quantize.lookup(idx.view(B, pn, pn)).permute(0, 3, 1, 2))
-        rest = rest - term
+    out = []
+
+    def choose(si, z):  # z (B, D, pn, pn) keeps its graph to f; the ids (and so the subtracted term) have none
+        out.append(logits(z.permute(0, 2, 3, 1).reshape(B, -1, D)))
+        return forced[si] if forced is not None else out[-1].argmax(-1)
+
+    tokenizer.residual_quantize(f, choose)
     return out
 
 

@@ -8,6 +8,8 @@ the config fields it reads (``check_config``) and says which scale sides it toke
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -137,22 +139,49 @@ class MultiScaleVQTokenizer(ConvTokenizer):
         """img (B, 3, H, W) -> per-scale token ids, a list of (B, pn^2) int64."""
         return self.quantize_features(self.features(img))[0]
 
-    def quantize_features(self, f: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Residual quantisation of features f (B, D, p, p) -> (per-scale ids, final canvas f_hat)."""
+    def nearest_ids(self, si: int, z: torch.Tensor) -> torch.Tensor:
+        """The nearest code of every position of scale si's residual z (B, D, pn, pn) -> ids (B, pn^2); the
+        default ``choose`` of :meth:`residual_quantize` (si unused)."""
+        B, D, pn, _ = z.shape
+        return self.quantize.quantize(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, pn * pn)
+
+    def residual_quantize(self, f: torch.Tensor, choose: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                          on_scale: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """VAR's multi-scale residual quantisation of features f (B, D, p, p): the one loop behind
+        ``quantize_features``, ``quantize_train`` and the watermark's ``residual_code_logits``.
+
+        Scale si: z = area-down of the residual to (B, D, pn, pn) (the residual itself at the last scale),
+        ids = ``choose(si, z)`` (B, pn^2) (default: the nearest codes), term = phi_si(bicubic-up(codes(ids)))
+        (B, D, p, p), f_hat += term, residual -= term; then ``on_scale(si, ids, f_hat)``.
+
+        Gradients: the residual starts as ``f`` itself (pass ``f.detach()`` for none) and the subtracted term is
+        detached, so gradients reach f through every scale's residual (hence z) and nothing else; f_hat is the
+        sum of the terms with their graph (to the codebook and phi).  Out-of-place updates throughout: the
+        caller's f and the f_hat an ``on_scale`` saw are never modified afterwards.
+
+        Returns (per-scale ids, a list of (B, pn^2) int64; the final canvas f_hat (B, D, p, p)).
+        """
         B, D, H, W = f.shape
         if (H, W) != (self.patch_nums[-1],) * 2:
             raise ValueError(f"features are {H}x{W} but the last scale is {self.patch_nums[-1]}")
-        f_rest = f.detach().clone()
-        f_hat = torch.zeros_like(f_rest)
-        ids = []
+        choose = self.nearest_ids if choose is None else choose
+        rest, f_hat, ids = f, torch.zeros_like(f), []
         last = len(self.patch_nums) - 1
         for si, pn in enumerate(self.patch_nums):
-            z = f_rest if si == last else F.interpolate(f_rest, size=(pn, pn), mode="area")
-            idx = self.quantize.quantize(z.permute(0, 2, 3, 1).reshape(-1, D))
-            h = self.quantize.lookup(idx.view(B, pn, pn)).permute(0, 3, 1, 2)
-            f_rest.sub_(self.add_scale(si, f_hat, h))
+            z = rest if si == last else F.interpolate(rest, size=(pn, pn), mode="area")
+            idx = choose(si, z)
+            term = self.scale_term(si, self.quantize.lookup(idx.view(B, pn, pn)).permute(0, 3, 1, 2))
+            f_hat = f_hat + term
+            rest = rest - term.detach()  # the codes are a constant of the residual: f's gradient passes through
             ids.append(idx.view(B, pn * pn))
+            if on_scale is not None:
+                on_scale(si, ids[-1], f_hat)
         return ids, f_hat
+
+    def quantize_features(self, f: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Residual quantisation of features f (B, D, p, p) -> (per-scale ids (B, pn^2), final canvas f_hat)."""
+        return self.residual_quantize(f.detach())
 
     def quantize_train(self, f: torch.Tensor, beta: float | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -160,27 +189,21 @@ class MultiScaleVQTokenizer(ConvTokenizer):
 
         Returns (f_hat_st, vq_loss, usage): the canvas with the value of ``quantize_features(f)[1]`` and the
         straight-through gradient to f; the mean over scales of beta * |sg(f_hat) - f|^2 (commitment, to the
-        encoder) + |f_hat - sg(f)|^2 (to the codes and phi); per-scale code hit counts, (V,) float each.
-        The ids and canvas are computed with the same ops as ``quantize_features``, so they are bit-identical.
+        encoder) + |f_hat - sg(f)|^2 (to the codes and phi), f_hat the canvas after that scale; per-scale code
+        hit counts, (V,) float each.  The same ``residual_quantize`` as ``quantize_features``: bit-identical ids
+        and canvas.
         """
         beta = self.cfg.beta if beta is None else beta
-        B, D, H, W = f.shape
-        if (H, W) != (self.patch_nums[-1],) * 2:
-            raise ValueError(f"features are {H}x{W} but the last scale is {self.patch_nums[-1]}")
         f_no_grad = f.detach()
-        f_rest = f_no_grad.clone()
-        f_hat = torch.zeros_like(f_rest)
         vq_loss = f.new_zeros(())
         usage = []
-        last = len(self.patch_nums) - 1
-        for si, pn in enumerate(self.patch_nums):
-            z = f_rest if si == last else F.interpolate(f_rest, size=(pn, pn), mode="area")
-            idx = self.quantize.quantize(z.permute(0, 2, 3, 1).reshape(-1, D))
-            usage.append(idx.bincount(minlength=self.cfg.vocab_size).float())
-            h = self.scale_term(si, self.quantize.lookup(idx.view(B, pn, pn)).permute(0, 3, 1, 2))
-            f_hat = f_hat + h
-            f_rest = f_rest - h.detach()
+
+        def on_scale(si, ids, f_hat):
+            nonlocal vq_loss
+            usage.append(ids.flatten().bincount(minlength=self.cfg.vocab_size).float())
             vq_loss = vq_loss + F.mse_loss(f_hat.detach(), f).mul(beta) + F.mse_loss(f_hat, f_no_grad)
+
+        _, f_hat = self.residual_quantize(f_no_grad, on_scale=on_scale)
         vq_loss = vq_loss / len(self.patch_nums)
         # straight-through: the value of f_hat exactly (f - sg(f) is exactly 0), the gradient of f
         return f_hat.detach() + (f - f_no_grad), vq_loss, usage
