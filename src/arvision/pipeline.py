@@ -11,7 +11,6 @@ A model folder holds ``config.json``, ``tokenizer.safetensors`` and ``transforme
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from arvision.inputs import build_inputs
 from arvision.models.transformer import ARTransformer
 from arvision.precision import resolve_precision
 from arvision.sampling.loop import generate
+from arvision.sampling.output import GenerationOutput  # defined below the pipeline; still importable from here
 from arvision.sampling.processors import Generators, Guidance, TokenSampling
 from arvision.schedules import Schedule
 from arvision.tokenizers.models import build_tokenizer
@@ -34,16 +34,6 @@ FAMILY_SAMPLING = {
     "llamagen": dict(guidance="constant", top_p_rule="descending", guidance_scale=2.0, top_k=0, top_p=0.0),
 }
 OUTPUT_TYPES = ("pil", "pt", "tokens")
-
-
-@dataclass
-class GenerationOutput:
-    images: list | torch.Tensor | None  # PIL images, or (B, 3, H, W) in [0, 1] for output_type="pt"
-    tokens: torch.Tensor  # (B, L) int64 in schedule order
-    step_tokens: list[torch.Tensor]  # per step (B, n_s) for scale-wise models; [tokens] for raster models
-    class_labels: list[int]
-    progression: list[torch.Tensor] | None = None  # VAR: image after each scale, (B, 3, H, W) in [0, 1]
-    stats: dict | None = None  # seconds in the transformer loop / decoding, KV-cache bytes, precision
 
 
 def schedule_for(config: ModelConfig) -> Schedule:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from arvision.errors import ArvisionError
-from arvision.pipeline import GenerationOutput
+from arvision.sampling.output import GenerationOutput
 
 __all__ = [
     "EditOutput",
