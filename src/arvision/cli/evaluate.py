@@ -137,9 +137,8 @@ def add_tokenizer_parser(esub) -> argparse.ArgumentParser:
 def cmd_tokenizer(args) -> None:
     import json
 
-    from arvision.bundled import bundled_model_dir
+    from arvision.cli.loading import load_pipeline
     from arvision.images import check_output_file
-    from arvision.pipeline import ARPipeline
 
     names = [tb._check_dataset(d) for d in str(args.data).split(",") if d.strip()]
     if not names:
@@ -148,7 +147,7 @@ def cmd_tokenizer(args) -> None:
     for out in (args.out_png, args.json):
         if out:
             check_output_file(out)
-    pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir(), device=args.device)
+    pipe = load_pipeline(args.model, args.device)
     results = [tb.benchmark_tokenizer(pipe, d, n=args.n, seed=args.seed, batch_size=args.batch_size,
                                    inception=not args.no_inception) for d in names]
     print(tb.format_table(results))
