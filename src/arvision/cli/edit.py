@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     """Register ``arvision edit`` on the CLI's sub-parsers."""
     p = sub.add_parser("edit", help="zero-shot in-/out-painting and class editing of an image (token override)",
                        description="Regenerate the white part of a mask (or a box) in an image, keeping the rest. "
-                                   "The image is converted to RGB, centre-cropped to a square when it is not one, "
-                                   "and resized to the model's image size; the mask gets the same crop.")
+                                   "The image is read as RGB (upright by its EXIF orientation, transparency "
+                                   "over white), centre-cropped to a square when it is not one, and resized to the "
+                                   "model's image size; the mask gets the same crop.")
     p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
     p.add_argument("--image", required=True, help="the image to edit (any format PIL reads)")
     where = p.add_mutually_exclusive_group(required=True)
@@ -57,7 +58,7 @@ def cmd_edit(args) -> None:
     from PIL import Image
 
     from arvision.cli.loading import load_pipeline
-    from arvision.images import check_output_file, make_grid, to_pil
+    from arvision.images import check_output_file, make_grid, read_image, to_pil
     from arvision.sampling.editing import box_mask, edit, load_mask
 
     check_output_file(args.out)
@@ -68,11 +69,7 @@ def cmd_edit(args) -> None:
     path = Path(args.image)
     if not path.is_file():
         raise ArvisionError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-    except Exception as e:  # noqa: BLE001
-        raise ArvisionError(f"cannot read {path} as an image: {e}") from None
+    image = read_image(path)
     W, H = image.size
     if args.mask:
         mask = load_mask(args.mask, size=(W, H))

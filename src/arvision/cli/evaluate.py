@@ -165,12 +165,13 @@ _LABEL = re.compile(r"class(\d+)")
 
 def cmd_classify(args) -> None:
     from arvision.evaluation.classifier import classifier_report
-    from arvision.evaluation.inception import _read_rgb, list_image_files
+    from arvision.evaluation.inception import list_image_files
+    from arvision.images import read_image
 
     files = list_image_files(args.folder)
     labels = [_LABEL.search(f.stem) for f in files]
     known = all(m is not None for m in labels)
-    images = [_read_rgb(f) for f in files]
+    images = [np.asarray(read_image(f)) for f in files]
     if len({im.shape for im in images}) > 1:
         raise ArvisionError(f"images in {args.folder} differ in size; classify one size at a time")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

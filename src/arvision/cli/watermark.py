@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from arvision.errors import ArvisionError
+from arvision.images import read_image
 from arvision.sampling.watermark import (
     DEFAULT_ALIGN_STEPS,
     DEFAULT_DELTA,
@@ -29,11 +29,7 @@ def load_images_for(pipe, paths) -> torch.Tensor:
     size = pipe.config.image_size
     arrays = []
     for path in paths:
-        try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")
-        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ...
-            raise ArvisionError(f"cannot read image {path}: {str(e) or type(e).__name__}") from e
+        rgb = read_image(path)
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.BICUBIC)
         arrays.append(np.asarray(rgb, dtype=np.float32))

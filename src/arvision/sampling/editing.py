@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from arvision.errors import ArvisionError
+from arvision.images import read_mask
 from arvision.sampling.output import GenerationOutput
 
 __all__ = [
@@ -79,18 +80,14 @@ def box_mask(height: int, width: int, box: Sequence[float], outpaint: bool = Fal
 def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Read a mask image -> (H, W) bool, True where it is white (grey level >= 128: regenerate).
 
-    Any image PIL reads (PNG recommended); colour and alpha are dropped (PIL's ``convert("L")``).  ``size`` =
-    (width, height) of the image it belongs to: a mask of another size is an error (it would be ambiguous which
-    pixels it means).
+    Any image PIL reads (PNG recommended), read by :func:`arvision.images.read_mask`: turned upright by its EXIF
+    orientation, colour and alpha dropped (PIL's ``convert("L")``).  ``size`` = (width, height) of the image it
+    belongs to: a mask of another size is an error (it would be ambiguous which pixels it means).
     """
     path = Path(path)
     if not path.is_file():
         raise ArvisionError(f"mask file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"))
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for unreadable files
-        raise ArvisionError(f"cannot read mask {path} as an image: {e}") from None
+    grey = np.asarray(read_mask(path))
     if size is not None and (grey.shape[1], grey.shape[0]) != tuple(size):
         raise ArvisionError(f"mask {path} is {grey.shape[1]}x{grey.shape[0]} pixels but its image is "
                             f"{size[0]}x{size[1]}: the mask must have the image's size (white = regenerate)")
