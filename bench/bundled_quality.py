@@ -75,10 +75,10 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     sample_s = time.perf_counter() - t0
 
-    from PIL import Image
+    from arvision.images import read_image
 
     files = sorted(gen_dir.glob("*.png"))
-    gen = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])  # (N, H, W, 3) uint8
+    gen = np.stack([np.asarray(read_image(f)) for f in files])  # (N, H, W, 3) uint8
     gen_labels = torch.tensor([int(f.stem.split("class")[1]) for f in files])
     real, real_labels = real_digits(cfg.image_size)
     subset = torch.cat([torch.nonzero(real_labels == k).flatten()[: args.per_class] for k in range(10)])

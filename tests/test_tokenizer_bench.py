@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from arvision.cli.evaluate import add_tokenizer_parser
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
-from arvision.evaluation.cli import add_tokenizer_parser
 from inception_helpers import one_thread
 
 

@@ -11,6 +11,7 @@ from scipy.stats import binom
 
 from arvision.bundled import bundled_model_dir, tiny_random_pipeline
 from arvision.cli import main
+from arvision.cli.watermark import load_images_for
 from arvision.conditions import ClassCondition
 from arvision.errors import ArvisionError
 from arvision.pipeline import ARPipeline
@@ -20,7 +21,6 @@ from arvision.sampling.watermark import (
     detect_images,
     detect_tokens,
     green_list,
-    load_images_for,
     parse_delta,
 )
 from test_search import select_midway

@@ -1,4 +1,5 @@
-"""``arvision bench``: how fast a model samples here, measured the same way on every machine.
+"""How fast a model samples here, measured the same way on every machine (the library behind ``arvision bench``,
+whose command line is ``arvision.cli.bench``).
 
 One run = ``pipe(labels, ...)`` with per-image work timed by the pipeline itself (transformer loop and decoding,
 synchronised on CUDA).  After ``warmup`` untimed runs, ``repeat`` timed runs; every reported time is the median.
@@ -146,63 +147,3 @@ def format_report(r: dict) -> str:
         else:
             lines.append(f"  {s:>4d}  {r['step_sizes'][s]:>6d}  {steps[s]:.4f}")
     return "\n".join(lines)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure sampling speed and memory of a model")
-    p.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
-    p.add_argument("--classes", type=int, nargs="+", default=[0])
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: one per class)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, else fp32 (exact)")
-    p.add_argument("--weights", choices=["full", "int8"], default="full",
-                   help="int8: weight-only int8 linear layers with bf16 activations (half of bf16's bytes; lossy)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
-    p.add_argument("--no-decode", action="store_true", help="time the tokens only")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the step function (compiles during the warm-up runs: use --warmup >= 1)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="end with one JSON line of every number")
-    from arvision.cli import add_policy_args
-
-    add_policy_args(p)
-    p.set_defaults(func=cmd_bench)
-
-
-def cmd_bench(args) -> None:
-    import json
-
-    from arvision.bundled import bundled_model_dir
-    from arvision.pipeline import ARPipeline
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ArvisionError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir(), device=args.device)
-    from arvision.cli import apply_weights
-
-    apply_weights(pipe, args)
-    dtype = resolve_precision(args.precision, pipe.device)
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)  # weights cast once: half the memory, no per-call casts
-    if args.compile:
-        pipe.compile()
-    result = benchmark(pipe, args.classes, batch_size=args.batch_size, seed=args.seed, guidance_scale=args.cfg,
-                       top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                       precision=args.precision, warmup=args.warmup, repeat=args.repeat, decode=not args.no_decode,
-                       kv_policy=args.kv_policy, decoding=args.decoding)
-    result["model"] = str(args.model or "bundled")
-    result["compiled"] = bool(args.compile)
-    result["weights"] = args.weights
-    result["kv_policy"], result["decoding"] = args.kv_policy, args.decoding
-    print(format_report(result))
-    if args.json:
-        print(json.dumps(result))

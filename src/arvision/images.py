@@ -1,6 +1,9 @@
-"""Where images leave the library: tensors -> PIL, labelled grids, one file per image.
+"""Where images enter and leave the library: image files -> PIL, tensors -> PIL, labelled grids.
 
-Every image written by arvision goes through ``to_pil``, so later hooks (watermarking) have one place to live.
+Every image file arvision reads (training folders, images to edit or test for a watermark, FID folders, evaluation
+samples) goes through :func:`read_image` (masks through :func:`read_mask`), so every command treats EXIF
+orientation, transparency and unusual modes alike and names the file when it cannot be read.  Every image written
+by arvision goes through ``to_pil``, so later hooks (watermarking) have one place to live.
 """
 
 from __future__ import annotations
@@ -11,10 +14,97 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from arvision.errors import ArvisionError
 
+_EXIF_ORIENTATION = 0x0112
+_SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+
+def _read(path: str | Path, what: str, decode):
+    """``decode(im)`` on the opened file; any failure (PIL raises OSError, ValueError, SyntaxError,
+    DecompressionBombError, ...) becomes ``ArvisionError("cannot read WHAT PATH: reason")``.  The one place that
+    opens image files."""
+    try:
+        with Image.open(path) as im:
+            return decode(im)
+    except Exception as e:
+        raise ArvisionError(f"cannot read {what} {path}: {str(e) or type(e).__name__}") from e
+
+
+def _oriented(im: Image.Image) -> Image.Image:
+    """Fully decoded, turned upright by its EXIF orientation, detached from the file."""
+    upright = ImageOps.exif_transpose(im)  # a new image (a copy when there is nothing to turn)
+    return upright.copy() if upright is im else upright
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB.  Transparent pixels are composited over white; 16-bit and float grey are rescaled."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA") if ("transparency" in im.info or mode == "PA") else im.convert("RGB")
+        mode = im.mode
+        if mode == "RGB":
+            return im
+    if mode in ("RGBA", "RGBa", "LA", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() > 255):
+            arr = arr / 257.0  # 16-bit range -> 8-bit range
+        elif mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1]
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def read_image_with_mode(path: str | Path) -> tuple[Image.Image, str]:
+    """:func:`read_image`, plus the mode the file decodes to (e.g. ``"RGBA"``, ``"L"``; ``"RGB"`` when nothing was
+    converted)."""
+
+    def decode(im):
+        upright = _oriented(im)
+        return _to_rgb(upright), upright.mode
+
+    return _read(path, "image", decode)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An image file -> a fully loaded RGB PIL image, detached from the file.
+
+    Turned upright by its EXIF orientation; transparent pixels composited over white; palette images expanded;
+    16-bit and float grey rescaled to 8 bits; grey replicated to three channels.  Plain RGB and 8-bit grey files
+    give exactly PIL's ``convert("RGB")``.  Any failure raises ``ArvisionError("cannot read image PATH: reason")``.
+    """
+    return read_image_with_mode(path)[0]
+
+
+def read_mask(path: str | Path) -> Image.Image:
+    """A mask file -> a fully loaded grey (``"L"``) PIL image, upright like :func:`read_image`; colour and alpha are
+    dropped (PIL's ``convert("L")``).  Failures raise ``ArvisionError("cannot read mask PATH: reason")``."""
+    return _read(path, "mask", lambda im: _oriented(im).convert("L"))
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) :func:`read_image` gives for ``path``, from the file's header where the format allows
+    (upright: EXIF orientations that turn the image by 90 degrees swap the two)."""
+
+    def size(im):
+        w, h = im.size
+        return (h, w) if im.getexif().get(_EXIF_ORIENTATION, 1) in _SIDEWAYS else (w, h)
+
+    return _read(path, "image", size)
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8 (rounded, as torchvision's save_image does)."""

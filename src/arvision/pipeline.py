@@ -11,7 +11,6 @@ A model folder holds ``config.json``, ``tokenizer.safetensors`` and ``transforme
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,21 +24,11 @@ from arvision.images import to_pil
 from arvision.models.transformer import ARTransformer, upgrade_legacy_keys
 from arvision.precision import resolve_precision
 from arvision.sampling.loop import SamplingOptions, generate
+from arvision.sampling.output import GenerationOutput  # defined below the pipeline; still importable from here
 from arvision.sampling.processors import Generators
 from arvision.tokenizers.models import build_tokenizer
 
 OUTPUT_TYPES = ("pil", "pt", "tokens")
-
-
-@dataclass
-class GenerationOutput:
-    images: list | torch.Tensor | None  # PIL images, or (B, 3, H, W) in [0, 1] for output_type="pt"
-    tokens: torch.Tensor  # (B, L) int64 in schedule order
-    step_tokens: list[torch.Tensor]  # per step (B, n_s) for scale-wise models; [tokens] for raster models
-    class_labels: list[int]
-    progression: list[torch.Tensor] | None = None  # scale-wise: image after each step, (B, 3, H, W) in [0, 1]
-    stats: dict | None = None  # seconds in the transformer loop / decoding, KV-cache bytes, precision
-    schedule: object = None  # the schedule the call sampled on (``arvision.schedules``)
 
 
 class ARPipeline:

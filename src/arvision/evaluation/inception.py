@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from arvision.errors import ArvisionError
+from arvision.images import read_image, read_image_size
 
 __all__ = [
     "INCEPTION_SIZE",
@@ -328,36 +329,14 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:
-        raise ArvisionError(f"cannot read image {path}: {e or type(e).__name__}") from e
-
-
-def _image_sizes(files: list[Path]) -> list[tuple[int, int]]:
-    from PIL import Image
-
-    sizes = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                sizes.append(im.size)
-        except Exception as e:
-            raise ArvisionError(f"cannot read image {path}: {e or type(e).__name__}") from e
-    return sizes
-
-
 def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cache: str | os.PathLike | None = None,
                          extractor: InceptionFeatures | None = None, progress: bool | None = None,
                          spatial: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Inception features ``(N, 2048)`` float64 of every PNG/JPG image in ``folder`` (sorted by file name).
 
-    All images must have the same size (an error names two files that differ).  Images are read with PIL and
-    converted to RGB (alpha dropped, grey replicated), then go through :class:`InceptionFeatures`.
+    All images must have the same size (an error names two files that differ).  Images are read with
+    :func:`arvision.images.read_image` (RGB: grey replicated, transparency composited over white, EXIF orientation
+    applied), then go through :class:`InceptionFeatures`.
 
     ``spatial=True`` returns ``(pool (N, 2048), spatial (N, 2023))`` instead, both float64 and from one pass
     (:meth:`InceptionFeatures.pool_and_spatial`; the spatial features are ADM's sFID features).
@@ -394,7 +373,7 @@ def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cac
                                   UserWarning, stacklevel=2)
                 # else: same files but no spatial features in it -- recomputed (and rewritten) silently
 
-    sizes = _image_sizes(files)
+    sizes = [read_image_size(p) for p in files]
     for path, size in zip(files, sizes):
         if size != sizes[0]:
             raise ArvisionError(f"images in {root} differ in size: {files[0].name} is {sizes[0][0]}x{sizes[0][1]} "
@@ -410,7 +389,7 @@ def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cac
     with tqdm(total=len(files), desc=f"Inception features of {root.name}", unit="img", disable=not show) as bar:
         for i in range(0, len(files), batch_size):
             chunk = files[i : i + batch_size]
-            batch = torch.from_numpy(np.stack([_read_rgb(p) for p in chunk])).permute(0, 3, 1, 2)
+            batch = torch.from_numpy(np.stack([np.asarray(read_image(p)) for p in chunk])).permute(0, 3, 1, 2)
             if spatial:
                 out[i : i + len(chunk)], out_s[i : i + len(chunk)] = extractor.pool_and_spatial(batch, progress=False)
             else:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from arvision.errors import ArvisionError
+from arvision.images import read_image
 
 __all__ = ["EvalSamplingSpec", "check_spec", "image_seed", "pack_npz", "sample_for_evaluation"]
 
@@ -119,16 +120,13 @@ def sample_for_evaluation(pipe, out: str | os.PathLike, spec: EvalSamplingSpec, 
 def pack_npz(out: str | os.PathLike, labels: Sequence[int], path: str | os.PathLike | None = None) -> Path:
     """Pack ``{i:06d}_class{k}.png`` for every ``i`` into an ADM sample batch (``arr_0`` (N, H, W, 3) uint8,
     ``labels`` (N,)); errors name the first missing image."""
-    from PIL import Image
-
     out = Path(out)
     images = []
     for i, k in enumerate(labels):
         f = _file(out, i, k)
         if not f.is_file():
             raise ArvisionError(f"missing sample {f}: rerun the same command to finish the run")
-        with Image.open(f) as im:
-            images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        images.append(np.asarray(read_image(f), dtype=np.uint8))
     path = Path(path) if path is not None else out / "samples.npz"
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from arvision.errors import ArvisionError
+from arvision.images import read_image_with_mode
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -112,47 +113,6 @@ def _gray_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.shape[2] == 4:  # RGBA: drop alpha
         return np.ascontiguousarray(arr[:, :, :3])
     return arr
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB.  Transparent pixels are composited over white; 16-bit and float grey are rescaled."""
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode == "P" or mode == "PA":
-        im = im.convert("RGBA") if ("transparency" in im.info or mode == "PA") else im.convert("RGB")
-        mode = im.mode
-        if mode == "RGB":
-            return im
-    if mode in ("RGBA", "RGBa", "LA", "La"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(im).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() > 255):
-            arr = arr / 257.0  # 16-bit range -> 8-bit range
-        elif mode == "F" and arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0  # float images in [0, 1]
-        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
-    return im.convert("RGB")
-
-
-def _load_rgb(path: Path) -> tuple[Image.Image, str]:
-    """Open, fully decode, apply the EXIF orientation and convert to RGB.  Returns (image, original mode)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            oriented = ImageOps.exif_transpose(im)
-            mode = oriented.mode
-            rgb = _to_rgb(oriented)
-            if rgb is im:  # detach from the file before the `with` block closes it
-                rgb = rgb.copy()
-            return rgb, mode
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-        reason = str(e) or type(e).__name__
-        raise ArvisionError(f"cannot read image {path}: {reason}") from e
 
 
 def _resize_shorter_side(im: Image.Image, size: int, resample=_LANCZOS) -> Image.Image:
@@ -307,7 +267,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index) -> tuple[torch.Tensor, int]:
         index = _check_index(index, len(self.samples))
         path, label = self.samples[index]
-        im, mode = _load_rgb(path)
+        im, mode = read_image_with_mode(path)
         if mode != "RGB" and not self._warned_mode:
             self._warned_mode = True
             warnings.warn(f"converting non-RGB images (e.g. {mode}) to RGB", UserWarning, stacklevel=2)
@@ -330,7 +290,7 @@ class ImageFolderDataset(Dataset):
         bad = []
         for path, _ in self.samples:
             try:
-                _load_rgb(path)
+                read_image_with_mode(path)
             except ArvisionError:
                 bad.append(path)
         return bad

@@ -1,17 +1,11 @@
-"""The ``arvision`` command line.
+"""``arvision sample``, ``info`` and ``demo``: drawing images from a model folder (or the bundled model).
 
     arvision sample [MODEL] --classes 1 3 7 --seed 42 --out grid.png
-    arvision convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
-    arvision convert llamagen --vq vq_ds16_c2i.pt --gpt c2i_B_256.pt --out llamagen-b
     arvision info MODEL
     arvision demo
-    arvision train-tokenizer ... / arvision train ...      (arvision.training.cli)
-    arvision eval fid|sample|tokenizer|classify ...       (arvision.evaluation.cli)
-    arvision bench MODEL --classes 207 --precision auto --json
-    arvision edit [MODEL] --image IN.png --mask MASK.png [--class K] --seed 0 --out OUT.png
-    arvision sample --watermark-key KEY --out-dir imgs; arvision watermark detect imgs/*.png --key KEY
 
-Mistakes in the input (files, arguments) print one ``error:`` line and exit with status 2.
+Also what other commands share with ``sample``: the loop's efficiency options (:func:`add_policy_args`, also
+``bench``), ``--weights int8`` (:func:`apply_weights`, also ``bench``) and :func:`describe` (also ``convert``).
 """
 
 from __future__ import annotations
@@ -21,14 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from arvision.cli.loading import load_pipeline
+from arvision.cli.watermark import add_sample_args as add_watermark_args
+from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
@@ -67,14 +57,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from arvision import __version__
-
-    parser = argparse.ArgumentParser(prog="arvision", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"arvision {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate images (and tokens) from a model folder")
     p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
     _add_sampling_args(p)
@@ -86,76 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png")
     p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens)")
     p.add_argument("--progression", help="VAR: write a PNG of each image after every scale (coarse to fine)")
-    from arvision.sampling.watermark import add_sample_args as add_watermark_args
-
     add_watermark_args(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("convert", help="convert official checkpoints into an arvision model folder")
-    csub = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
-    c = csub.add_parser("var", help="VAR: vae_ch160v4096z32.pth + var_d{16,20,24,30,36}.pth")
-    c.add_argument("--vae", required=True, help="the multi-scale VQ-VAE checkpoint")
-    c.add_argument("--var", required=True, help="the VAR transformer checkpoint")
-    c.add_argument("--patch-nums", type=_int_list, default=None,
-                   help="scale sides, e.g. 1,2,3,4,5,6,8,10,13,16 (default: read from the checkpoint)")
-    c.add_argument("--num-classes", type=int, default=None, help="check the class count")
-    c.add_argument("--out", required=True, help="output model folder")
-    c.set_defaults(func=cmd_convert)
-    c = csub.add_parser("llamagen", help="LlamaGen: vq_ds16_c2i.pt + c2i_{B,L,XL,XXL,3B}_*.pt")
-    c.add_argument("--vq", required=True, help="the VQ tokenizer checkpoint")
-    c.add_argument("--gpt", required=True, help="the GPT checkpoint")
-    c.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
-    c.add_argument("--vq-ch", type=int, default=None,
-                   help="check the tokenizer base width (read from the checkpoint; the released VQ-16 has 128)")
-    c.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads (default: the released model of this depth/width, else width/64)")
-    c.add_argument("--num-classes", type=int, default=None, help="check the class count")
-    c.add_argument("--out", required=True, help="output model folder")
-    c.set_defaults(func=cmd_convert)
 
-    from arvision.training.cli import add_parsers
-
-    add_parsers(sub)
-
-    from arvision.evaluation.cli import add_parsers as add_eval_parsers
-
-    add_eval_parsers(sub)
-
-    from arvision.bench import add_parser as add_bench_parser
-
-    add_bench_parser(sub)
-
-    from arvision.sampling.editing import add_parser as add_edit_parser
-
-    add_edit_parser(sub)
-
-    from arvision.sampling.watermark import add_parser as add_watermark_parser
-
-    add_watermark_parser(sub)
-
-    from arvision.sampling.kv_calibration import add_parser as add_calibrate_kv_parser
-
-    add_calibrate_kv_parser(sub)
-
+def add_info_parser(sub) -> None:
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model", nargs="?")
     p.set_defaults(func=cmd_info)
 
+
+def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="sample a labelled grid from the bundled model into the current folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="arvision_demo.png")
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 # -- commands -----------------------------------------------------------------------------------------
-
-def _load(model: str | None, device: str = "cpu"):
-    from arvision.bundled import bundled_model_dir
-    from arvision.pipeline import ARPipeline
-
-    return ARPipeline.from_pretrained(model if model else bundled_model_dir(), device=device)
-
 
 def _check_outputs(args) -> None:
     from arvision.images import check_output_dir, check_output_file
@@ -173,9 +104,9 @@ def _check_outputs(args) -> None:
 
 
 def run_sampling(pipe, args, progress: bool = True):
+    """Sample ``pipe`` with ``sample``'s options in ``args`` (a watermark too, aligned if asked); returns the
+    pipeline's output, with PIL images."""
     import torch
-
-    from arvision.sampling.watermark import spec_from_args
 
     n = pipe.config.num_classes
     classes = args.classes if args.classes is not None else list(range(min(n, 8)))
@@ -200,13 +131,14 @@ def run_sampling(pipe, args, progress: bool = True):
 
 
 def caption(pipe, k: int) -> str:
+    """The label of class ``k`` under an image: its name, else "class k"."""
     names = pipe.config.class_names
     return names[k] if names else f"class {k}"
 
 
 def cmd_sample(args) -> None:
     _check_outputs(args)
-    pipe = _load(args.model, args.device)
+    pipe = load_pipeline(args.model, args.device)
     apply_weights(pipe, args)
     t0 = time.perf_counter()
     out = run_sampling(pipe, args)
@@ -251,28 +183,8 @@ def cmd_sample(args) -> None:
     print(f"{len(out.class_labels)} image(s) in {dt:.2f} s")
 
 
-def cmd_convert(args) -> None:
-    from arvision.pipeline import ARPipeline
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ArvisionError(f"cannot write the model to {out}: a file is in the way")
-    if not out.parent.is_dir():
-        raise ArvisionError(f"cannot create {out}: parent folder {out.parent} does not exist")
-    if args.family == "var":
-        pipe = ARPipeline.from_official("var", args.vae, args.var, patch_nums=args.patch_nums,
-                                        num_classes=args.num_classes)
-    else:
-        if args.image_size <= 0:
-            raise ArvisionError(f"--image-size must be positive, got {args.image_size}")
-        pipe = ARPipeline.from_official("llamagen", args.vq, args.gpt, image_size=args.image_size,
-                                        vq_ch=args.vq_ch, num_heads=args.num_heads, num_classes=args.num_classes)
-    pipe.save_pretrained(out)
-    print(describe(pipe))
-    print(f"saved to {out}")
-
-
 def describe(pipe) -> str:
+    """Three lines about a pipeline: family, size and schedule; the transformer; the tokenizer."""
     cfg, tr, tok = pipe.config, pipe.config.transformer, pipe.config.tokenizer
     n_tr = sum(p.numel() for p in pipe.transformer.parameters())
     n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
@@ -288,7 +200,7 @@ def describe(pipe) -> str:
 
 
 def cmd_info(args) -> None:
-    print(describe(_load(args.model)))
+    print(describe(load_pipeline(args.model)))
 
 
 def cmd_demo(args) -> None:
@@ -297,7 +209,7 @@ def cmd_demo(args) -> None:
 
     check_output_file(args.out)
     try:
-        pipe = _load(str(bundled_model_dir()))
+        pipe = load_pipeline(str(bundled_model_dir()))
         note = ""
     except ArvisionError:
         pipe = tiny_random_pipeline()
@@ -312,21 +224,3 @@ def cmd_demo(args) -> None:
     sys.stdout.write(note)
     print(f"{len(out.images)} images in {time.perf_counter() - t0:.1f} s")
     print(Path(args.out).resolve())
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except ArvisionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -137,9 +137,8 @@ def add_tokenizer_parser(esub) -> argparse.ArgumentParser:
 def cmd_tokenizer(args) -> None:
     import json
 
-    from arvision.bundled import bundled_model_dir
+    from arvision.cli.loading import load_pipeline
     from arvision.images import check_output_file
-    from arvision.pipeline import ARPipeline
 
     names = [tb._check_dataset(d) for d in str(args.data).split(",") if d.strip()]
     if not names:
@@ -148,7 +147,7 @@ def cmd_tokenizer(args) -> None:
     for out in (args.out_png, args.json):
         if out:
             check_output_file(out)
-    pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir(), device=args.device)
+    pipe = load_pipeline(args.model, args.device)
     results = [tb.benchmark_tokenizer(pipe, d, n=args.n, seed=args.seed, batch_size=args.batch_size,
                                    inception=not args.no_inception) for d in names]
     print(tb.format_table(results))
@@ -166,12 +165,13 @@ _LABEL = re.compile(r"class(\d+)")
 
 def cmd_classify(args) -> None:
     from arvision.evaluation.classifier import classifier_report
-    from arvision.evaluation.inception import _read_rgb, list_image_files
+    from arvision.evaluation.inception import list_image_files
+    from arvision.images import read_image
 
     files = list_image_files(args.folder)
     labels = [_LABEL.search(f.stem) for f in files]
     known = all(m is not None for m in labels)
-    images = [_read_rgb(f) for f in files]
+    images = [np.asarray(read_image(f)) for f in files]
     if len({im.shape for im in images}) > 1:
         raise ArvisionError(f"images in {args.folder} differ in size; classify one size at a time")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

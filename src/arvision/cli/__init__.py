@@ -1,0 +1,64 @@
+"""The ``arvision`` command line.
+
+    arvision sample [MODEL] --classes 1 3 7 --seed 42 --out grid.png
+    arvision convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
+    arvision convert llamagen --vq vq_ds16_c2i.pt --gpt c2i_B_256.pt --out llamagen-b
+    arvision info MODEL
+    arvision demo
+    arvision train-tokenizer ... / arvision train ...      (arvision.cli.train)
+    arvision eval fid|sample|tokenizer|classify ...       (arvision.cli.evaluate)
+    arvision bench MODEL --classes 207 --precision auto --json
+    arvision edit [MODEL] --image IN.png --mask MASK.png [--class K] --seed 0 --out OUT.png
+    arvision sample --watermark-key KEY --out-dir imgs; arvision watermark detect imgs/*.png --key KEY
+
+Mistakes in the input (files, arguments) print one ``error:`` line and exit with status 2.
+"""
+
+# One module per command (or family of commands), each with its parser and its command function: sample.py
+# (sample, info, demo), convert.py, train.py, evaluate.py, bench.py, edit.py, watermark.py, calibrate_kv.py; and
+# loading.py (the model a command names).  Only this package imports the pipeline on behalf of a command: the
+# library layers below (sampling, models, tokenizers, families, evaluation, training) never import it.
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from arvision.errors import ArvisionError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from arvision import __version__
+    from arvision.cli import bench, calibrate_kv, convert, edit, evaluate, sample, train, watermark
+
+    parser = argparse.ArgumentParser(prog="arvision", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"arvision {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sample.add_sample_parser(sub)
+    convert.add_parser(sub)
+    train.add_parsers(sub)
+    evaluate.add_parsers(sub)
+    bench.add_parser(sub)
+    edit.add_parser(sub)
+    watermark.add_parser(sub)
+    calibrate_kv.add_parser(sub)
+    sample.add_info_parser(sub)
+    sample.add_demo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ArvisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,7 @@
+"""``python -m arvision.cli``: the same as ``python -m arvision`` and the ``arvision`` script."""
+
+import sys
+
+from arvision.cli import main
+
+sys.exit(main())
