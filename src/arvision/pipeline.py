@@ -195,9 +195,8 @@ class ARPipeline:
         schedule = self.schedule if schedule is None else schedule
         fam = {**self.family.defaults, **(self.config.sampling or {})}
         V = self.config.transformer.vocab_size
-        family_options = {k: fam.get(k) if v is None else v for k, v in family_options.items()}
-        for key in self.family.sampling_options:
-            family_options.setdefault(key, fam.get(key))
+        given = {k: v for k, v in family_options.items() if v is not None}
+        family_options = {**{k: fam[k] for k in self.family.sampling_options if k in fam}, **given}
         guidance_scale = fam["guidance_scale"] if guidance_scale is None else guidance_scale
         top_k = min(fam["top_k"], V) if top_k is None else top_k
         top_p = fam["top_p"] if top_p is None else top_p

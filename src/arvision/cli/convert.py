@@ -1,50 +1,40 @@
-"""``arvision convert``: official VAR / LlamaGen checkpoints -> an arvision model folder.
+"""``arvision convert FAMILY``: official checkpoints -> an arvision model folder, one sub-command per family.
 
     arvision convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
     arvision convert llamagen --vq vq_ds16_c2i.pt --gpt c2i_B_256.pt --out llamagen-b
+    arvision convert flexvar --vae FlexVAE.pth --var FlexVARd16-epo179.pth --out flexvar-d16
+
+Each family declares its two files and its options (``Family.official_files``, ``convert_options``); this module
+only turns those declarations into flags.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from arvision.cli.sample import describe
+from arvision.cli.types import int_list
 from arvision.errors import ArvisionError
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+OPTION_TYPES = {"path": str, "int": int, "int_list": int_list}
 
 
 def add_parser(sub) -> None:
+    from arvision.families import all_families
+
     p = sub.add_parser("convert", help="convert official checkpoints into an arvision model folder")
     csub = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
-    c = csub.add_parser("var", help="VAR: vae_ch160v4096z32.pth + var_d{16,20,24,30,36}.pth")
-    c.add_argument("--vae", required=True, help="the multi-scale VQ-VAE checkpoint")
-    c.add_argument("--var", required=True, help="the VAR transformer checkpoint")
-    c.add_argument("--patch-nums", type=_int_list, default=None,
-                   help="scale sides, e.g. 1,2,3,4,5,6,8,10,13,16 (default: read from the checkpoint)")
-    c.add_argument("--num-classes", type=int, default=None, help="check the class count")
-    c.add_argument("--out", required=True, help="output model folder")
-    c.set_defaults(func=cmd_convert)
-    c = csub.add_parser("llamagen", help="LlamaGen: vq_ds16_c2i.pt + c2i_{B,L,XL,XXL,3B}_*.pt")
-    c.add_argument("--vq", required=True, help="the VQ tokenizer checkpoint")
-    c.add_argument("--gpt", required=True, help="the GPT checkpoint")
-    c.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
-    c.add_argument("--vq-ch", type=int, default=None,
-                   help="check the tokenizer base width (read from the checkpoint; the released VQ-16 has 128)")
-    c.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads (default: the released model of this depth/width, else width/64)")
-    c.add_argument("--num-classes", type=int, default=None, help="check the class count")
-    c.add_argument("--out", required=True, help="output model folder")
-    c.set_defaults(func=cmd_convert)
+    for family in all_families():
+        c = csub.add_parser(family.name, help=family.convert_help)
+        for option in (*family.official_files, *family.convert_options):
+            c.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name, type=OPTION_TYPES[option.kind],
+                           required=option.required, default=None, help=option.help)
+        c.add_argument("--out", required=True, help="output model folder")
+        c.set_defaults(func=cmd_convert, official=family)
 
 
 def cmd_convert(args) -> None:
+    from arvision.cli.sample import describe
     from arvision.pipeline import ARPipeline
 
     out = Path(args.out)
@@ -52,14 +42,10 @@ def cmd_convert(args) -> None:
         raise ArvisionError(f"cannot write the model to {out}: a file is in the way")
     if not out.parent.is_dir():
         raise ArvisionError(f"cannot create {out}: parent folder {out.parent} does not exist")
-    if args.family == "var":
-        pipe = ARPipeline.from_official("var", args.vae, args.var, patch_nums=args.patch_nums,
-                                        num_classes=args.num_classes)
-    else:
-        if args.image_size <= 0:
-            raise ArvisionError(f"--image-size must be positive, got {args.image_size}")
-        pipe = ARPipeline.from_official("llamagen", args.vq, args.gpt, image_size=args.image_size,
-                                        vq_ch=args.vq_ch, num_heads=args.num_heads, num_classes=args.num_classes)
+    family = args.official
+    tokenizer_file, transformer_file = (getattr(args, o.name) for o in family.official_files)
+    options = {o.name: getattr(args, o.name) for o in family.convert_options if getattr(args, o.name) is not None}
+    pipe = ARPipeline.from_official(family.name, tokenizer_file, transformer_file, **options)
     pipe.save_pretrained(out)
     print(describe(pipe))
     print(f"saved to {out}")

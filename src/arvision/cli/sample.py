@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from arvision.cli.loading import load_pipeline
+from arvision.cli.types import int_list
 from arvision.cli.watermark import add_sample_args as add_watermark_args
 from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
@@ -48,6 +49,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None, help="0 = off (default: VAR 0.96, LlamaGen 0)")
     p.add_argument("--temperature", type=float, default=None, help="default 1 (or the model's own setting)")
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
+    p.add_argument("--patch-nums", type=int_list, default=None, metavar="LIST",
+                   help="sample on another scale list, e.g. 1,2,3,4,5,6,8,10,12 (models whose family supports it: "
+                        "FlexVAR; default: the trained list)")
+    p.add_argument("--max-pn", type=int, default=None,
+                   help="FlexVAR: sides above it are sampled greedily at full guidance (default 16)")
+    p.add_argument("--cfg-mode", choices=["var", "llamagen"], default=None,
+                   help="FlexVAR: guidance rule, the ramp (var, default) or constant (llamagen)")
     add_policy_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="images per forward batch (default: all)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
@@ -68,7 +76,8 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--out", help="write a labelled PNG grid here")
     p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png")
     p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens)")
-    p.add_argument("--progression", help="VAR: write a PNG of each image after every scale (coarse to fine)")
+    p.add_argument("--progression",
+                   help="scale-wise models: write a PNG of each image after every scale (coarse to fine)")
     add_watermark_args(p)
     p.set_defaults(func=cmd_sample)
 
@@ -119,7 +128,9 @@ def run_sampling(pipe, args, progress: bool = True):
                output_type="pt" if aligned else "pil", batch_size=args.batch_size, precision=args.precision,
                progress=progress, return_progression=bool(getattr(args, "progression", None)),
                kv_policy=args.kv_policy, decoding=args.decoding, search=getattr(args, "search", None),
-               verifier=getattr(args, "verifier", None), processors=processors)
+               verifier=getattr(args, "verifier", None), processors=processors,
+               patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
+               cfg_mode=getattr(args, "cfg_mode", None))
     if aligned:  # every image of the call comes from the one --seed generator
         from arvision.images import to_pil
         from arvision.sampling.watermark import align_images
@@ -157,7 +168,7 @@ def cmd_sample(args) -> None:
     if args.progression:
         from arvision.images import make_grid, to_pil
 
-        steps = pipe.schedule.step_grids
+        steps = out.schedule.step_grids
         cells, captions = [], []
         for b, k in enumerate(out.class_labels):  # one row per image, one column per scale
             for s, stage in enumerate(out.progression):
@@ -168,10 +179,7 @@ def cmd_sample(args) -> None:
     if args.save_tokens:
         from safetensors.torch import save_file
 
-        if pipe.schedule.kind == "scales":
-            tensors = {f"step.{s}": t.contiguous() for s, t in enumerate(out.step_tokens)}
-        else:
-            tensors = {"tokens": out.tokens.contiguous()}
+        tensors = out.schedule.named_tokens(out.tokens)  # step.{s} per scale, or tokens (B, L)
         save_file(tensors, args.save_tokens, metadata={"class_labels": ",".join(map(str, out.class_labels)),
                                                        "seed": str(args.seed)})
         print(f"wrote {args.save_tokens}")
@@ -188,11 +196,7 @@ def describe(pipe) -> str:
     cfg, tr, tok = pipe.config, pipe.config.transformer, pipe.config.tokenizer
     n_tr = sum(p.numel() for p in pipe.transformer.parameters())
     n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
-    sched = pipe.schedule
-    steps = (f"{sched.num_steps} scales {','.join(str(h) for h, _ in sched.step_grids)}"
-             if sched.kind == "scales" else f"{sched.num_steps} raster steps ({sched.image_grid[0]}x"
-                                            f"{sched.image_grid[1]} tokens)")
-    return (f"{cfg.family}: {cfg.image_size}px, {cfg.num_classes} classes, {steps}\n"
+    return (f"{cfg.family}: {cfg.image_size}px, {cfg.num_classes} classes, {pipe.schedule.describe()}\n"
             f"  transformer: {tr.block} depth {tr.depth}, width {tr.width}, {tr.num_heads} heads, "
             f"{n_tr / 1e6:.1f}M params\n"
             f"  tokenizer: {tok.kind}, {tok.vocab_size} codes x {tok.embed_dim}, /{tok.downsample}, "

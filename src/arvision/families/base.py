@@ -116,6 +116,11 @@ class Family:
         """Initialise ``transformer`` for training from scratch."""
         raise NotImplementedError
 
+    def from_scratch(self, latent_side: int) -> dict:
+        """TransformerConfig fields this family derives from the tokenizer's latent side when training from
+        scratch (FlexVAR: its position grid)."""
+        return {}
+
     # -- sampling rules ----------------------------------------------------------------------------------
     def guidance(self, scale: float, schedule, options: dict) -> Guidance:
         return Guidance(self.guidance_rule, scale)

@@ -123,6 +123,11 @@ class FlexVARFamily(VARFamily):
             raise ArvisionError(f"invalid pos_grid: {config.transformer.pos_grid!r} (at least the latent side "
                                 f"{config.latent_size})")
 
+    def from_scratch(self, latent_side: int) -> dict:
+        """A position grid twice the latent side (the released models: 32 for 16), room for zero-shot larger
+        scale lists."""
+        return {"pos_grid": 2 * latent_side}
+
     def input_builder(self, tokenizer, schedule) -> PreviousScale:
         return PreviousScale(tokenizer, schedule)
 
