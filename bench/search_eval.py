@@ -126,10 +126,10 @@ def rank_correlations(pipe, labels, seed, verifier, pool: int, cfg=None, tempera
     """Spearman between per-scale scores and final scores within each label's pool of candidates."""
     from scipy import stats
 
-    guidance, sampling = pipe.sampling_settings(cfg, temperature=temperature)
+    options = pipe.sampling_options(cfg, temperature=temperature)
     gens = [c for j in range(len(labels)) for c in candidate_generators(label_generator(seed, j), pool)]
     lab = torch.tensor(labels).repeat_interleave(pool)
-    run = SamplingRun(pipe.transformer, pipe.inputs, lab, guidance, sampling, gens)
+    run = SamplingRun(pipe.transformer, pipe.inputs, pipe.condition(lab.tolist()), options, gens)
     partial, rolled = [], []
     with run.context():
         run.start()

@@ -33,12 +33,13 @@ RULES = ["plain", "sjd", "mcsjd", "gsd:1", "gsd:3", "gsd:14"]
 
 def mean_nll(pipe: ARPipeline, tokens: torch.Tensor, labels: list[int]) -> float:
     """Mean per-token negative log-likelihood under the guided, filtered distribution the sampler draws from."""
-    guidance, sampling = pipe.sampling_settings()
-    lab = torch.tensor(labels)
+    options = pipe.sampling_options()
+    guidance, sampling = options.guidance, options.tokens
+    cond = pipe.condition(labels)
     with torch.no_grad():
-        logits = pipe.transformer(lab, tokens[:, :-1])
+        logits = pipe.transformer(cond, tokens[:, :-1], pipe.schedule)
         if guidance.doubles_batch:
-            uncond = pipe.transformer(torch.full_like(lab, pipe.config.num_classes), tokens[:, :-1])
+            uncond = pipe.transformer(cond.null(), tokens[:, :-1], pipe.schedule)
             logits = guidance.combine(logits, uncond, 0, pipe.schedule.length)
         logp = sampling.process(logits).log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
     return float(-logp.mean())

@@ -47,7 +47,7 @@ def main() -> None:
               f"{sec['inception']:.1f} s)", file=sys.stderr)
     label = "bundled model" if args.model is None else folder.name
     print(f"Tokenizer of the {label} ({pipe.config.family}, {tok.kind} VQ, {tok.vocab_size} codes, "
-          f"{pipe.config.image_size} px, {pipe.schedule.num_steps if pipe.schedule.kind == 'scales' else 1} "
+          f"{pipe.config.image_size} px, {pipe.schedule.num_steps if pipe.schedule.step_maps else 1} "
           f"scale(s)); n={args.n} images per data set, seed {args.seed}:\n")
     print(tb.format_table(results))
     if args.out_png:

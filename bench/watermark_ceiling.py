@@ -74,8 +74,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     pipe = ARPipeline.from_pretrained(args.model or bundled_model_dir())
-    if pipe.schedule.kind != "scales":
-        raise SystemExit("this ceiling analysis is for scale-wise (VAR) models")
+    if pipe.config.tokenizer.kind != "multiscale":
+        raise SystemExit("this ceiling analysis is for residual multi-scale (VAR) tokenizers")
     tok, sizes = pipe.inputs.tok, pipe.schedule.step_sizes
     V, S = pipe.config.transformer.vocab_size, pipe.config.image_size
     for p in tok.parameters():

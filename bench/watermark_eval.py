@@ -126,7 +126,7 @@ def main() -> None:
 
     sweep = [("delta1", dict(delta=1.0)), ("delta2", dict(delta=2.0)), ("delta4", dict(delta=4.0)),
              ("hard", dict(hard=True)), ("hard-gamma0.25", dict(hard=True, gamma=0.25))]
-    if pipe.schedule.kind == "scales":  # leave the coarse layout (1x1, 2x2) free, score the rest
+    if pipe.schedule.step_maps:  # leave the coarse layout (1x1, 2x2) free, score the rest
         sweep.append(("delta4-start2", dict(delta=4.0, start_step=2)))
     if args.skip_sweep:
         sweep = []

@@ -94,13 +94,17 @@ def test_resume_skips_a_corrupt_checkpoint(tmp_path):
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("mode", ["plain", "student"])
+def test_two_processes_equal_one(tmp_path, mode):
+    """With SAR's student forcing each step runs two forwards through DDP before one backward."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    single = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "single.pt")], env=env,
+    extra = ["student"] if mode == "student" else []
+    single = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "single.pt"), *extra], env=env,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
+    port = "29533" if mode == "plain" else "29534"
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29533", str(WORKER), str(tmp_path / "multi.pt")],
+                            "--master_port", port, str(WORKER), str(tmp_path / "multi.pt"), *extra],
                            env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
     a = torch.load(tmp_path / "single.pt", weights_only=True)

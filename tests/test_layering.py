@@ -102,3 +102,42 @@ def test_importing_the_library_layers_loads_no_upper_layer():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# -- no branch on a paradigm's name outside families/ --------------------------------------------------------------
+def names_of_parts() -> set[str]:
+    """Family names, tokenizer kinds and block kinds: what code outside ``families/`` must not compare against."""
+    from arvision.families import FAMILIES
+    from arvision.models.blocks import BLOCKS
+    from arvision.tokenizers.models import TOKENIZERS
+
+    return set(FAMILIES) | set(TOKENIZERS) | set(BLOCKS)
+
+
+def name_branches(source: str, names: set[str]) -> list[int]:
+    """Line numbers where ``source`` compares something with one of ``names`` (``x == "var"``, ``x != "vq"``,
+    ``x in ("var", "flexvar")``): a branch on a paradigm's name."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        for operand in (node.left, *node.comparators):
+            values = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+            if any(isinstance(v, ast.Constant) and v.value in names for v in values):
+                lines.append(node.lineno)
+                break
+    return lines
+
+
+def test_the_branch_checker_finds_comparisons_with_names():
+    source = 'if family == "var":\n    pass\nok = kind in ("vq", "x")\nfine = {"var": 1}\nalso = f(family="var")\n'
+    assert name_branches(source, {"var", "vq"}) == [1, 3]
+
+
+def test_no_module_outside_families_branches_on_a_paradigm_name():
+    names = names_of_parts()
+    assert {"var", "llamagen", "flexvar", "multiscale", "vq", "adaln", "llama"} <= names
+    found = {str(p.relative_to(SRC)): name_branches(p.read_text(), names) for p in sorted(SRC.rglob("*.py"))
+             if "families" not in p.relative_to(SRC).parts}
+    found = {k: v for k, v in found.items() if v}
+    assert found == {}, f"branches on a family / tokenizer / block name outside families/ (use a capability): {found}"

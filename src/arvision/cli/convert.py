@@ -15,7 +15,6 @@ from pathlib import Path
 from arvision.cli.types import int_list
 from arvision.errors import ArvisionError
 
-
 OPTION_TYPES = {"path": str, "int": int, "int_list": int_list}
 
 

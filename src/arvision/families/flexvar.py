@@ -7,8 +7,9 @@ What differs from VAR, slot by slot:
 * input builder: step s+1 sees only step s's codes, bicubic-resized (:class:`~arvision.inputs.PreviousScale`);
   the image is the decode of the last scale;
 * positions: a learned 2-D grid area-resized to every scale (:class:`GridPositionEmbedder`), no level embedding,
-  so **any scale list starting at the trained first side (1) has positions**: ``schedule(config, patch_nums=...)`` samples on lists the
-  model never saw, and ``training_schedule`` draws a random list every step (FlexVAR's ``gen_curr_patch_nums``);
+  so **any scale list starting at the trained first side (1) has positions**: ``schedule(config, patch_nums=...)``
+  samples on lists the model never saw, and ``training_schedule`` draws a random list every step (FlexVAR's
+  ``gen_curr_patch_nums``);
 * sampling: guidance ``t = cfg * s / min(S - 1, 9)`` (``t = cfg`` above ``max_pn``) or LlamaGen's constant rule
   (``cfg_mode``), always on the doubled batch; greedy (top-k 1) at scales above ``max_pn`` or outside the
   official sampler's hard-coded set of sides; no temperature in the official sampler (ours defaults to 1).
@@ -133,7 +134,8 @@ class FlexVARFamily(VARFamily):
 
     def embedder(self, config: ModelConfig) -> GridPositionEmbedder:
         tr = config.transformer
-        return GridPositionEmbedder(tr.in_channels, tr.width, tr.pos_grid, first_len=config.tokenizer.patch_nums[0] ** 2)
+        first = config.tokenizer.patch_nums[0] ** 2
+        return GridPositionEmbedder(tr.in_channels, tr.width, tr.pos_grid, first_len=first)
 
     # -- sampling rules ----------------------------------------------------------------------------------
     def check_sampling_options(self, options: dict, schedule) -> dict:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from arvision.conditions import Condition
 from arvision.errors import ArvisionError
 from arvision.sampling.controllers import (  # noqa: F401 - the controllers are part of this module's API
     TTSVAR,
@@ -45,7 +46,6 @@ from arvision.sampling.controllers import (  # noqa: F401 - the controllers are 
     kmeans_medoids,
     potential_resample,
 )
-from arvision.conditions import Condition
 from arvision.sampling.loop import LoopResult, SamplingOptions, SamplingRun, fork_generator
 from arvision.sampling.verifiers import verifier_features
 from arvision.specs import Spec, parse_spec
