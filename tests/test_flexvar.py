@@ -17,7 +17,7 @@ import torch
 
 from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
 from arvision.errors import ArvisionError, CheckpointError
-from arvision.families.flexvar import FlexGuidance, random_scale_list
+from arvision.families.flexvar import FlexGuidance, patch_nums_from_mask, random_scale_list
 from arvision.pipeline import ARPipeline
 from arvision.schedules import ScaleSchedule
 
@@ -32,8 +32,9 @@ def case(vectors_dir):
         pytest.skip(f"reference vectors not found at {folder}: case folder missing")
     config = json.loads((folder / "config.json").read_text())
     vectors = torch.load(folder / "cases.pt")
+    # the head count is in the weights only with attn_l2_norm; pass it, as a user of another configuration would
     pipe = ARPipeline.from_official("flexvar", folder / "vae.pth", folder / "var.pth",
-                                    patch_nums=config["var"]["patch_nums"])
+                                    patch_nums=config["var"]["patch_nums"], num_heads=config["var"]["num_heads"])
     return folder, config, vectors, pipe
 
 
@@ -91,10 +92,23 @@ def test_other_families_checkpoints_are_named(case, vectors_dir, tmp_path):
         ARPipeline.from_official("var", var_case / "vae.pth", folder / "var.pth")
     with pytest.raises(CheckpointError, match="VAR transformer checkpoint.*convert var"):
         ARPipeline.from_official("flexvar", folder / "vae.pth", var_case / "var.pth")
-    with pytest.raises(CheckpointError, match="pass its --patch-nums"):
-        ARPipeline.from_official("flexvar", folder / "vae.pth", folder / "var.pth")
-    with pytest.raises(CheckpointError, match="mask buffer has 66"):
+    with pytest.raises(CheckpointError, match="disagrees with the checkpoint's training list"):
         ARPipeline.from_official("flexvar", folder / "vae.pth", folder / "var.pth", patch_nums=[1, 2, 3])
+
+
+def test_the_training_list_is_read_from_the_mask_buffer(case, tmp_path):
+    folder, config, _, pipe = case
+    assert ARPipeline.from_official("flexvar", folder / "vae.pth", folder / "var.pth").config.to_dict() == \
+        pipe.config.to_dict()
+    sd = torch.load(folder / "var.pth", map_location="cpu")
+    del sd["attn_bias_for_masking"]  # the official loaders drop it, so a checkpoint may come without it
+    torch.save(sd, tmp_path / "var.pth")
+    again = ARPipeline.from_official("flexvar", folder / "vae.pth", tmp_path / "var.pth",
+                                     patch_nums=config["var"]["patch_nums"])
+    assert again.config.to_dict() == pipe.config.to_dict()
+    for sides in ((1, 2, 3, 5, 7), (1, 2, 4, 8, 16), (2, 3)):
+        mask = ScaleSchedule.from_sides(sides).attn_bias()[None, None]
+        assert patch_nums_from_mask(mask) == sides
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------------
@@ -275,3 +289,20 @@ def test_save_and_reload_keeps_sampling(tmp_path):
     out2 = again([1, 2], generator=torch.Generator().manual_seed(4), patch_nums=(1, 3, 5, 7), output_type="tokens")
     assert torch.equal(out.tokens, out2.tokens)
     assert (Path(tmp_path / "m") / "config.json").is_file()
+
+
+@pytest.mark.parametrize("shape", [dict(l2=False, shared=True, width=64, heads=4),
+                                   dict(l2=True, shared=False, patch_nums=(1, 2, 4, 5), pos_grid=10)])
+def test_official_format_round_trip_on_other_shapes(shape, tmp_path):
+    """Export to the official layout (the tokenizer wrapped as FlexVAE.pth is), convert back: same config and
+    samples, whatever the widths, heads, AdaLN sharing, attention norm, grid and training list."""
+    pipe = tiny_flexvar(**shape)
+    tok, tr = pipe.official_state_dicts()
+    torch.save({"model": tok}, tmp_path / "vae.pth")
+    torch.save(tr, tmp_path / "var.pth")
+    again = ARPipeline.from_official("flexvar", tmp_path / "vae.pth", tmp_path / "var.pth",
+                                     num_heads=pipe.config.transformer.num_heads)
+    assert again.config.to_dict() == pipe.config.to_dict()
+    kw = dict(patch_nums=(1, 2, 3, 5), output_type="tokens")
+    assert torch.equal(again([1, 2], generator=torch.Generator().manual_seed(0), **kw).tokens,
+                       pipe([1, 2], generator=torch.Generator().manual_seed(0), **kw).tokens)

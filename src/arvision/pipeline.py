@@ -100,7 +100,7 @@ class ARPipeline:
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ArvisionError(f"{fam.name} checkpoints take no option(s) {unknown}; theirs: {sorted(allowed)}")
-        official = fam.read_official(read_torch_checkpoint(tokenizer_ckpt),
+        official = fam.load_official(read_torch_checkpoint(tokenizer_ckpt),
                                      read_torch_checkpoint(transformer_ckpt, fam.transformer_checkpoint_paths),
                                      **options)
         pipe = cls(official.config)

@@ -145,7 +145,14 @@ class Family:
         """Whether an official tokenizer state dict has this family's layout (families may share one)."""
         return False
 
+    def load_official(self, tokenizer_state: dict, transformer_state: dict, **options) -> OfficialModel:
+        """Check that both state dicts are this family's (else name the family they belong to), then read them."""
+        self.wrong_family(transformer_state, "transformer")
+        self.wrong_family(tokenizer_state, "tokenizer")
+        return self.read_official(tokenizer_state, transformer_state, **options)
+
     def read_official(self, tokenizer_state: dict, transformer_state: dict, **options) -> OfficialModel:
+        """An official (tokenizer, transformer) pair of this family -> its config, key maps and buffers."""
         raise NotImplementedError
 
     def official_state_dicts(self, pipe) -> tuple[dict, dict]:
@@ -153,6 +160,11 @@ class Family:
         raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
+    @staticmethod
+    def renamed(module, keymap) -> dict:
+        """``module``'s state dict under the official names of ``keymap`` (values cloned)."""
+        return {keymap.to_official(k): v.detach().clone() for k, v in module.state_dict().items()}
+
     def wrong_family(self, state: dict, what: str) -> None:
         """Raise a CheckpointError naming the right family when ``state`` belongs to another one."""
         from arvision.families import all_families

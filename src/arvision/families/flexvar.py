@@ -29,7 +29,7 @@ from arvision.checkpoints import KeyMap
 from arvision.config import ModelConfig
 from arvision.errors import ArvisionError, CheckpointError
 from arvision.families.base import Capabilities, OfficialModel, Option
-from arvision.families.llamagen import tokenizer_config_from_official, vq_keymap
+from arvision.families.llamagen import official_vq_state, tokenizer_config_from_official, vq_keymap
 from arvision.families.var import ADALN_TRUNK_RULES, PATCH_NUMS_256, VARFamily, _need, adaln_trunk_config
 from arvision.inputs import PreviousScale
 from arvision.models.embeddings import GridPositionEmbedder
@@ -91,9 +91,11 @@ class FlexVARFamily(VARFamily):
                       Option("var", "path", "the FlexVAR transformer checkpoint (bare, or a training checkpoint)",
                              required=True))
     convert_options = (
-        Option("patch_nums", "int_list", "the training scale list (default 1,2,3,4,5,6,8,10,13,16, checked against "
-                                         "the checkpoint's mask buffer when it has one)"),
-        Option("num_classes", "int", "check the class count"))
+        Option("patch_nums", "int_list", "the training scale list (default: read from the checkpoint's mask buffer, "
+                                         "else 1,2,3,4,5,6,8,10,13,16)"),
+        Option("num_classes", "int", "check the class count"),
+        Option("num_heads", "int", "attention heads, needed only without attn_l2_norm (default: depth, the "
+                                   "released models' rule)"))
     convert_help = "FlexVAR: FlexVAE.pth + FlexVAR transformer (bare or training checkpoint)"
     transformer_checkpoint_paths = (("trainer", "var_wo_ddp"),)
 
@@ -166,24 +168,18 @@ class FlexVARFamily(VARFamily):
 
     def read_official(self, tokenizer_state: dict, transformer_state: dict, patch_nums=None,
                       num_classes: int | None = None, num_heads: int | None = None) -> OfficialModel:
-        self.wrong_family(transformer_state, "transformer")
-        self.wrong_family(tokenizer_state, "tokenizer")
         what = "FlexVAR transformer checkpoint"
         tr = adaln_trunk_config(transformer_state, what, num_classes, num_heads)
         pos = _need(transformer_state, "pos_1LC", what)
         if pos.ndim != 4 or pos.shape[2] != pos.shape[3] or pos.shape[1] != tr.width:
             raise CheckpointError(f"{what}: pos_1LC has shape {list(pos.shape)}, expected (1, {tr.width}, G, G)")
-        mask = transformer_state.get("attn_bias_for_masking")
-        L = None if mask is None else mask.shape[-1]
+        inferred = patch_nums_from_mask(transformer_state.get("attn_bias_for_masking"))
         if patch_nums is None:
-            if L is not None and sum(p * p for p in PATCH_NUMS_256) != L:
-                raise CheckpointError(f"the checkpoint's mask buffer is sized for {L} positions, not the default scale "
-                                      f"list {','.join(map(str, PATCH_NUMS_256))}: pass its --patch-nums")
-            patch_nums = PATCH_NUMS_256
+            patch_nums = inferred or PATCH_NUMS_256
         patch_nums = tuple(int(p) for p in patch_nums)
-        if L is not None and sum(p * p for p in patch_nums) != L:
-            raise CheckpointError(f"--patch-nums {','.join(map(str, patch_nums))} has {sum(p * p for p in patch_nums)} "
-                                  f"positions but the checkpoint's mask buffer has {L}")
+        if inferred is not None and patch_nums != inferred:
+            raise CheckpointError(f"--patch-nums {','.join(map(str, patch_nums))} disagrees with the checkpoint's "
+                                  f"training list {','.join(map(str, inferred))} (from its attention mask buffer)")
         tok = tokenizer_config_from_official(tokenizer_state, kind=self.tokenizer_kind, what="FlexVAE checkpoint")
         tok = dataclasses.replace(tok, patch_nums=patch_nums)
         tr = dataclasses.replace(tr, pos_grid=pos.shape[2])
@@ -196,12 +192,27 @@ class FlexVARFamily(VARFamily):
                              FLEXVAR_KEYMAP, {"quantize.codebook_used": (None,)}, {})
 
     def official_state_dicts(self, pipe) -> tuple[dict, dict]:
-        keymap = vq_keymap(len(pipe.config.tokenizer.dec_ch_mult))
-        tok = {keymap.to_official(k): v.detach().clone() for k, v in pipe.tokenizer.state_dict().items()}
-        tr = {FLEXVAR_KEYMAP.to_official(k): v.detach().clone() for k, v in pipe.transformer.state_dict().items()}
-        tok["quantize.codebook_used"] = torch.zeros(65536)
+        tr = self.renamed(pipe.transformer, FLEXVAR_KEYMAP)
         tr["attn_bias_for_masking"] = pipe.schedule.attn_bias()[None, None]
-        return tok, tr
+        return official_vq_state(pipe), tr
+
+
+def patch_nums_from_mask(mask: torch.Tensor | None) -> tuple[int, ...] | None:
+    """The scale list a block-causal mask buffer (1, 1, L, L) (0 = visible, -inf = hidden) was built for: a position
+    sees exactly the positions up to the end of its step, so the distinct visible counts are the steps' ends.
+    None without a buffer (the official loaders drop it, so a checkpoint may lack it)."""
+    if mask is None:
+        return None
+    if mask.ndim != 4 or mask.shape[-1] != mask.shape[-2]:
+        raise CheckpointError(f"attn_bias_for_masking has shape {list(mask.shape)}, expected (1, 1, L, L)")
+    visible = torch.isfinite(mask[0, 0])
+    ends = sorted({int(n) for n in visible.sum(1).tolist()})
+    sizes = [b - a for a, b in zip([0, *ends[:-1]], ends)]
+    sides = [round(n ** 0.5) for n in sizes]
+    if any(s * s != n for s, n in zip(sides, sizes)) or not torch.equal(
+            visible, ScaleSchedule.from_sides(sides).visible()):
+        raise CheckpointError("attn_bias_for_masking is not the block-causal mask of a scale list")
+    return tuple(sides)
 
 
 def random_scale_list(base, generator: torch.Generator) -> tuple[int, ...]:

@@ -153,6 +153,14 @@ def preset_config(name: str, image_size: int = 256, num_classes: int = 1000) -> 
     return ModelConfig(family="llamagen", image_size=image_size, tokenizer=tok, transformer=tr)
 
 
+def official_vq_state(pipe) -> dict:
+    """A LlamaGen-layout VQ tokenizer's state dict under the official names (LlamaGen, FlexVAR), with the
+    ``codebook_used`` buffer the official model saves (usage statistics only: zeros)."""
+    tok = Family.renamed(pipe.tokenizer, vq_keymap(len(pipe.config.tokenizer.dec_ch_mult)))
+    tok["quantize.codebook_used"] = torch.zeros(65536)
+    return tok
+
+
 # -- the family object -------------------------------------------------------------------------------------------
 class LlamaGenFamily(Family):
     name = "llamagen"
@@ -211,8 +219,6 @@ class LlamaGenFamily(Family):
     def read_official(self, tokenizer_state: dict, transformer_state: dict, image_size: int | None = None,
                       vq_ch: int | None = None, num_heads: int | None = None,
                       num_classes: int | None = None) -> OfficialModel:
-        self.wrong_family(transformer_state, "transformer")
-        self.wrong_family(tokenizer_state, "tokenizer")
         image_size = 256 if image_size is None else image_size
         if image_size <= 0:
             raise ArvisionError(f"--image-size must be positive, got {image_size}")
@@ -222,11 +228,7 @@ class LlamaGenFamily(Family):
                              GPT_KEYMAP, {"quantize.codebook_used": (None,)}, {})
 
     def official_state_dicts(self, pipe) -> tuple[dict, dict]:
-        keymap = vq_keymap(len(pipe.config.tokenizer.dec_ch_mult))
-        tok = {keymap.to_official(k): v.detach().clone() for k, v in pipe.tokenizer.state_dict().items()}
-        tr = {GPT_KEYMAP.to_official(k): v.detach().clone() for k, v in pipe.transformer.state_dict().items()}
-        tok["quantize.codebook_used"] = torch.zeros(65536)
-        return tok, tr
+        return official_vq_state(pipe), self.renamed(pipe.transformer, GPT_KEYMAP)
 
 
 FAMILY = LlamaGenFamily()

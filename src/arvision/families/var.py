@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import Counter
 
 import torch
@@ -139,6 +140,9 @@ def adaln_trunk_config(var_sd: dict, what: str, num_classes: int | None = None,
     depth = _count(var_sd, r"^blocks\.(\d+)\.")
     scale_mul = var_sd.get("blocks.0.attn.scale_mul_1H11")
     heads = scale_mul.shape[1] if scale_mul is not None else (num_heads or max(depth, 1))
+    if scale_mul is None and num_heads is None:
+        warnings.warn(f"the head count is not visible in a transformer without attn_l2_norm: assuming {heads} "
+                      "(= depth, the released models' rule); pass num_heads (--num-heads) if it differs", stacklevel=3)
     if num_heads is not None and heads != num_heads:
         raise CheckpointError(f"--num-heads {num_heads} disagrees with the checkpoint ({heads} heads)")
     classes = class_emb.shape[0] - 1
@@ -282,8 +286,6 @@ class VARFamily(Family):
 
     def read_official(self, tokenizer_state: dict, transformer_state: dict, patch_nums=None,
                       num_classes: int | None = None, num_heads: int | None = None) -> OfficialModel:
-        self.wrong_family(transformer_state, "transformer")
-        self.wrong_family(tokenizer_state, "tokenizer")
         config = config_from_official(tokenizer_state, transformer_state, patch_nums=patch_nums,
                                       num_classes=num_classes, num_heads=num_heads)
         tok_buf, tr_buf = expected_buffers(config)
@@ -292,9 +294,8 @@ class VARFamily(Family):
 
     def official_state_dicts(self, pipe) -> tuple[dict, dict]:
         config, schedule = pipe.config, pipe.schedule
-        tok_map = vae_keymap(config.tokenizer.share_quant_resi)
-        tok = {tok_map.to_official(k): v.detach().clone() for k, v in pipe.tokenizer.state_dict().items()}
-        tr = {VAR_KEYMAP.to_official(k): v.detach().clone() for k, v in pipe.transformer.state_dict().items()}
+        tok = self.renamed(pipe.tokenizer, vae_keymap(config.tokenizer.share_quant_resi))
+        tr = self.renamed(pipe.transformer, VAR_KEYMAP)
         tok["quantize.ema_vocab_hit_SV"] = torch.zeros(schedule.num_steps, config.tokenizer.vocab_size)
         tr["lvl_1L"] = schedule.step_ids()[None]
         tr["attn_bias_for_masking"] = schedule.attn_bias()[None, None]
