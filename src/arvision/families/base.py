@@ -108,6 +108,19 @@ class Family:
         """The trunk's input embedder (an nn.Module with ``layout(schedule)`` and ``forward``)."""
         raise NotImplementedError
 
+    def blocks(self, config):
+        """The trunk's blocks -> (shared modulation module or None, nn.ModuleList of blocks): by default the kind
+        ``TransformerConfig.block`` names (``arvision.models.blocks.BLOCKS``), with the linearly rising drop-path
+        rates of VAR and LlamaGen."""
+        from torch import nn
+
+        from arvision.models.blocks import BLOCKS
+
+        cfg = config.transformer
+        block = BLOCKS[cfg.block]
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        return block.shared_modulation(cfg), nn.ModuleList(block.build(cfg, rates[i]) for i in range(cfg.depth))
+
     def head(self, config):
         """The trunk's head (an nn.Module with ``forward``, ``choose`` and ``loss``)."""
         raise NotImplementedError

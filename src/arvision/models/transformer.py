@@ -3,11 +3,11 @@
 ``forward``            the whole sequence of a schedule under its attention mask (training, parity checks);
 ``forward_positions``  some positions against a KV cache (sampling; ``forward_step`` = one schedule step).
 
-Parts (``arvision.families``): ``class_emb`` encodes class conditions (row ``num_classes`` = null); ``embed`` turns
-step inputs and positions into hidden states (``arvision.models.embeddings``); ``blocks`` are
-``TransformerConfig.block``'s kind (``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the blocks
-share one AdaLN projection; ``head`` turns hidden states into logits and owns the token choice and the loss
-(``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout`
+Parts, all from the model's family (``arvision.families``): ``class_emb`` encodes class conditions (row
+``num_classes`` = null); ``embed`` turns step inputs and positions into hidden states (``arvision.models.embeddings``);
+``blocks`` (by default ``TransformerConfig.block``'s kind of ``arvision.models.blocks.BLOCKS``), with
+``shared_ada_lin`` when the blocks share one AdaLN projection; ``head`` turns hidden states into logits and owns the
+token choice and the loss (``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout`
 (``layout(schedule)``): nothing about the token order is baked into the weights' shapes beyond what a family
 learns (VAR's per-position table).
 """
@@ -23,7 +23,6 @@ from torch import nn
 from arvision.checkpoints import KeyMap
 from arvision.conditions import Condition
 from arvision.models.attention import KVCache
-from arvision.models.blocks import BLOCKS
 from arvision.models.embeddings import Layout
 from arvision.schedules import Schedule
 
@@ -66,13 +65,10 @@ class ARTransformer(nn.Module):
         cfg = config.transformer
         self.cfg, self.family = cfg, get_family(config.family)
         self.static_steps = False  # raster sampling through forward_token (set by ARPipeline.compile)
-        block = BLOCKS[cfg.block]
         # registration order = initialisation order (init_weights walks self.modules())
         self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.width)  # row num_classes = null class
         self.embed = self.family.embedder(config)
-        self.shared_ada_lin = block.shared_modulation(cfg)
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
-        self.blocks = nn.ModuleList(block.build(cfg, dpr[i]) for i in range(cfg.depth))
+        self.shared_ada_lin, self.blocks = self.family.blocks(config)
         self.head = self.family.head(config)
         self._masks: dict = {}
 
