@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paradigm table's models (docs/paradigms.md): FlexVAR on mnist-5k at the bundled VAR's size and steps, then
-# two equal post-training continuations of it: plain teacher forcing (the control) and SAR's student forcing.
+# equal post-training continuations of it: plain teacher forcing (the control) and SAR's student forcing, two seeds.
 # Runs on a CPU (2 cores here); the times it printed are in docs/paradigms.md.
 #   bash bench/train_paradigms.sh [WORK_DIR]
 set -euo pipefail
@@ -21,18 +21,20 @@ time $ARV train --tokenizer "$WORK/tok-flex" --data mnist-5k --family flexvar --
     --steps ${FLEX_STEPS:-3000} --batch-size 32 --lr 6e-4 --warmup 100 \
     --out "$WORK/flexvar-mnist" --sample-every 500 --ckpt-every 500
 
-# 3. post-training, as SAR does it (a short continuation of a trained FlexVAR), twice with the same budget:
-#    plain teacher forcing (control) and teacher + student forcing (SAR)
+# 3. post-training, as SAR does it (a short continuation of a trained FlexVAR), with the same budget twice: plain
+#    teacher forcing (the control) and teacher + student forcing (SAR); at two seeds each
 POST=${POST_STEPS:-300}
-time $ARV train --tokenizer "$WORK/tok-flex" --data mnist-5k --family flexvar --preset small --init "$WORK/flexvar-mnist" \
-    --steps "$POST" --batch-size 32 --lr 1e-4 --warmup 20 --seed 1 \
-    --out "$WORK/flexvar-mnist-tf$POST" --sample-every 1000 --ckpt-every 1000
-time $ARV train --tokenizer "$WORK/tok-flex" --data mnist-5k --family flexvar --preset small --init "$WORK/flexvar-mnist" \
-    --steps "$POST" --batch-size 32 --lr 1e-4 --warmup 20 --seed 1 --student-forcing \
-    --out "$WORK/flexvar-mnist-sar$POST" --sample-every 1000 --ckpt-every 1000
+for seed in ${POST_SEEDS:-1 2}; do
+  for mode in tf sar; do
+    extra=(); [ "$mode" = sar ] && extra=(--student-forcing)
+    time $ARV train --tokenizer "$WORK/tok-flex" --data mnist-5k --family flexvar --preset small \
+        --init "$WORK/flexvar-mnist" --steps "$POST" --batch-size 32 --lr 1e-4 --warmup 20 --seed "$seed" "${extra[@]}" \
+        --out "$WORK/flexvar-mnist-$mode$POST-seed$seed" --sample-every 1000 --ckpt-every 1000
+  done
+done
 
 # 4. the sampling defaults of the bundled model (chosen for it before any evaluation), stored with every model
-for m in "$WORK/flexvar-mnist" "$WORK/flexvar-mnist-tf$POST" "$WORK/flexvar-mnist-sar$POST"; do
+for m in "$WORK"/flexvar-mnist "$WORK"/flexvar-mnist-*"$POST"-seed*; do
 python - "$m/config.json" <<'PY'
 import json, sys
 path = sys.argv[1]
