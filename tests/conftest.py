@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,65 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(2)
 
 
+def _setting(name: str, default: Path) -> Path:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser() if value else default
+
+
 def vectors_path() -> Path:
-    """``<repo>/../shared/vectors``: reference outputs of the official VAR / LlamaGen code."""
-    return REPO_ROOT.parent / "shared" / "vectors"
+    """Reference outputs of the official code: ``$ARVISION_VECTORS``, else ``<repo>/../shared/vectors``."""
+    return _setting("ARVISION_VECTORS", REPO_ROOT.parent / "shared" / "vectors")
+
+
+def research_path() -> Path:
+    """Recorded shapes of the released checkpoints: ``$ARVISION_RESEARCH``, else ``<repo>/../shared/research``."""
+    return _setting("ARVISION_RESEARCH", REPO_ROOT.parent / "shared" / "research")
+
+
+def references_required() -> bool:
+    """``ARVISION_REQUIRE_REFERENCES=1`` (set by ``.ci/run`` when the reference folders exist): a missing reference
+    file fails its test instead of skipping it, so parity cannot silently go unproven."""
+    return os.environ.get("ARVISION_REQUIRE_REFERENCES", "") not in ("", "0")
+
+
+def missing_reference(message: str):
+    """Skip the calling test for a missing reference file, or fail it when references are required."""
+    hint = (" (set ARVISION_VECTORS / ARVISION_RESEARCH to the folders, or get them as the README's "
+            "'Parity with the official code' says)")
+    if references_required():
+        pytest.fail(message + hint + "; ARVISION_REQUIRE_REFERENCES is set, so this is a failure", pytrace=False)
+    pytest.skip(message + hint)
 
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    """The reference-vectors folder; tests using it are skipped when it is absent."""
+    """The reference-vectors folder; tests using it are skipped when it is absent (failed when required)."""
     path = vectors_path()
     if not path.is_dir():
-        pytest.skip(f"reference vectors not found at {path}: they are produced by the official code and "
-                    "shipped next to the repository as ../shared/vectors")
+        missing_reference(f"reference vectors not found at {path}")
     return path
+
+
+_REFERENCE_RUNS = {"ran": 0}
+
+
+def pytest_runtest_logreport(report) -> None:
+    # count the parity tests that actually ran (they all take the vectors_dir fixture, directly or indirectly)
+    if report.when == "call" and dict(report.user_properties).get("uses_vectors"):
+        _REFERENCE_RUNS["ran"] += 1
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        item.user_properties.append(("uses_vectors", "vectors_dir" in item.fixturenames))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """With references required, a session that collected parity tests but ran none of them fails."""
+    if not references_required() or session.config.option.collectonly:
+        return
+    collected = [i for i in session.items if "vectors_dir" in i.fixturenames]
+    if collected and _REFERENCE_RUNS["ran"] == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nerror: {len(collected)} parity tests were collected but none ran although "
+              "ARVISION_REQUIRE_REFERENCES is set")

@@ -20,6 +20,7 @@ from arvision.errors import ArvisionError, CheckpointError
 from arvision.families.flexvar import FlexGuidance, patch_nums_from_mask, random_scale_list
 from arvision.pipeline import ARPipeline
 from arvision.schedules import ScaleSchedule
+from conftest import missing_reference
 
 ATOL = 1e-4
 STAT_BUFFERS = {"quantize.codebook_used", "attn_bias_for_masking"}
@@ -29,7 +30,7 @@ STAT_BUFFERS = {"quantize.codebook_used", "attn_bias_for_masking"}
 def case(vectors_dir):
     folder = vectors_dir / "flexvar_tiny"
     if not folder.is_dir():
-        pytest.skip(f"reference vectors not found at {folder}: case folder missing")
+        missing_reference(f"reference vectors not found at {folder}: case folder missing")
     config = json.loads((folder / "config.json").read_text())
     vectors = torch.load(folder / "cases.pt")
     # the head count is in the weights only with attn_l2_norm; pass it, as a user of another configuration would

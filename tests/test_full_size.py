@@ -29,9 +29,10 @@ import pytest
 import torch
 
 from arvision import ARPipeline, CheckpointError
+from conftest import missing_reference, research_path
 
 REPO = Path(__file__).resolve().parents[1]
-RESEARCH = REPO.parent / "shared" / "research"
+RESEARCH = research_path()
 VAR_SHAPES = RESEARCH / "var_state_dict_shapes.json"
 LLAMAGEN_SHAPES = RESEARCH / "llamagen_state_dict_shapes.json"
 
@@ -50,8 +51,7 @@ def _is_norm_weight(key: str) -> bool:
 
 def _load_shapes(path: Path) -> dict:
     if not path.is_file():
-        pytest.skip(f"released state-dict shape list not found: {path} (expected next to the repo, in "
-                    f"<repo>/../shared/research/)")
+        missing_reference(f"released state-dict shape list not found: {path}")
     return json.loads(path.read_text())
 
 

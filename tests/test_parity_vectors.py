@@ -16,8 +16,15 @@ import torch
 
 from arvision import CheckpointError
 from arvision.pipeline import ARPipeline
+from conftest import missing_reference
 
 ATOL = 1e-4
+# VAR's ``more_smooth`` image mixes code vectors with a Gumbel softmax at temperature down to 0.0135, which
+# multiplies rounding differences of the logits by ~75: in var_tiny_saln's case 3, scaling every transformer weight
+# by (1 + 1e-7 N(0,1)) -- below fp32's epsilon -- moves the image by up to 5.4e-4 with identical tokens
+# (bench/smooth_sensitivity.py), so matching the reference to 1e-4 there depends on the machine's kernels.  Its
+# tokens must still be identical; the image is held to this looser bound and a mean within ATOL.
+SMOOTH_ATOL = 2e-3
 VAR_CASES = ("var_tiny", "var_tiny_saln")
 LLAMAGEN_CASES = ("llamagen_tiny",)
 FAMILY = {"var_tiny": "var", "var_tiny_saln": "var", "llamagen_tiny": "llamagen"}
@@ -62,7 +69,7 @@ def load_case(vectors_dir):
         if name not in cache:
             folder = vectors_dir / name
             if not folder.is_dir():
-                pytest.skip(f"reference vectors not found at {folder}: case folder missing")
+                missing_reference(f"reference vectors not found at {folder}: case folder missing")
             family = FAMILY[name]
             config = json.loads((folder / "config.json").read_text())
             vectors = torch.load(folder / "cases.pt")
@@ -83,6 +90,11 @@ def sample_var(case: Case, i: int, pipe: ARPipeline | None = None):
                 more_smooth=settings["more_smooth"], output_type="pt")
 
 
+def _smooth(case: Case, i: int) -> bool:
+    (settings,) = [sc for sc in case.config["sampling"] if sc["case"] == i]
+    return bool(settings["more_smooth"])
+
+
 def sample_llamagen(case: Case, i: int, pipe: ARPipeline | None = None):
     (settings,) = [sc for sc in case.config["generate"] if sc["case"] == i]
     pipe = pipe or case.pipe
@@ -93,6 +105,16 @@ def sample_llamagen(case: Case, i: int, pipe: ARPipeline | None = None):
     return pipe(case.vectors[f"gen.{i}.labels"].tolist(), guidance_scale=settings["cfg_scale"],
                 top_k=settings["top_k"], top_p=top_p, temperature=settings["temperature"], generator=generator,
                 output_type="tokens")
+
+
+def assert_image_close(images: torch.Tensor, reference: torch.Tensor, smooth: bool) -> None:
+    """Sampled images against the official ones: within ATOL, or for ``more_smooth`` within SMOOTH_ATOL (mean
+    within ATOL)."""
+    if not smooth:
+        assert max_abs(images, reference) <= ATOL
+        return
+    diff = (images.float() - reference.float()).abs()
+    assert diff.max().item() <= SMOOTH_ATOL and diff.mean().item() <= ATOL, (diff.max().item(), diff.mean().item())
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -220,7 +242,7 @@ def test_var_sampling_matches_official(load_case, name, i):
     for s in range(case.num_scales):
         want = case.vectors[f"sample.{i}.idx.{s}"]
         assert torch.equal(out.step_tokens[s], want), f"case {i} scale {s}: sampled tokens differ"
-    assert max_abs(out.images, case.vectors[f"sample.{i}.img"]) <= ATOL
+    assert_image_close(out.images, case.vectors[f"sample.{i}.img"], smooth=_smooth(case, i))
 
 
 @pytest.mark.parametrize("i", range(NUM_SAMPLING_CASES))
@@ -280,7 +302,7 @@ def test_save_pretrained_round_trip_samples_the_same(load_case, tmp_path, name, 
         out = sample_var(case, i, again)
         for s in range(case.num_scales):
             assert torch.equal(out.step_tokens[s], case.vectors[f"sample.{i}.idx.{s}"])
-        assert max_abs(out.images, case.vectors[f"sample.{i}.img"]) <= ATOL
+        assert_image_close(out.images, case.vectors[f"sample.{i}.img"], smooth=_smooth(case, i))
     else:
         out = sample_llamagen(case, i, again)
         assert torch.equal(out.tokens, case.vectors[f"gen.{i}.tokens"].long())
