@@ -279,3 +279,12 @@ def test_token_cache_checksum_catches_changed_bytes(tmp_path, capsys):
     path.write_bytes(bytes(raw))
     assert _read_token_cache(path, key) is None
     assert "damaged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--ch-mult", "--patch-nums"])
+def test_malformed_lists_are_usage_errors(flag, data_dir, tmp_path, capsys, no_work):
+    with pytest.raises(SystemExit) as e:
+        main(tokenizer_argv(data_dir, tmp_path / "t", flag, "1,x"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}: expected comma-separated integers" in err
+    assert "Traceback" not in err and not (tmp_path / "t").exists()
