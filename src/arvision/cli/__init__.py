@@ -50,9 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as the CLI prints them: one ``warning: ...`` line (no category, file or source line)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    previous, warnings.formatwarning = warnings.formatwarning, _warning_line  # restored: main may be called in-process
     try:
         args.func(args)
     except ArvisionError as e:
@@ -61,4 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous
     return 0

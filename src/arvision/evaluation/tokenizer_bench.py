@@ -197,9 +197,8 @@ def reconstruct(pipe, images_uint8: np.ndarray, batch_size: int = 32, progress: 
     ``"8x8"``).  At the model's native size this is ``pipe.encode`` / ``pipe.decode`` (ids in schedule order, split
     with ``pipe.inputs.split``); a single-scale VQ tokenizer at another size is called directly (one step).
     """
-    from tqdm.auto import tqdm
-
     from arvision.images import to_uint8
+    from arvision.progress import progress as progress_of
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ArvisionError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -209,7 +208,7 @@ def reconstruct(pipe, images_uint8: np.ndarray, batch_size: int = 32, progress: 
         _native_size(pipe, s)  # raises for a multi-scale tokenizer or a bad size
     show = progress if progress is not None else sys.stderr.isatty()
     recons, tokens = [], []
-    for i in tqdm(range(0, n, batch_size), desc="tokenizer round trip", disable=not show):
+    for i in progress_of(range(0, n, batch_size), desc="tokenizer round trip", unit="batches", disable=not show):
         x = _to_model(images_uint8[i : i + batch_size]).to(pipe.device)
         if native:
             ids = pipe.encode(x)

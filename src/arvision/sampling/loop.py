@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from arvision.conditions import Condition
+from arvision.progress import progress as progress_of
 from arvision.sampling.processors import Generators, Guidance, TokenSampling
 
 
@@ -272,7 +272,8 @@ def generate(transformer, inputs, condition: Condition, options: SamplingOptions
         if options.decoding is not None:
             options.decoding.run(run, on_step)
         else:
-            for _ in tqdm(range(run.schedule.num_steps), desc="steps", disable=True if not progress else None,
-                          leave=False):
+            # a short inner loop: a bar on a terminal, but no lines in logs (the caller reports the long work)
+            for _ in progress_of(range(run.schedule.num_steps), desc="steps", disable=not progress, leave=False,
+                                 lines=False):
                 run.step(on_step)
     return run.result()

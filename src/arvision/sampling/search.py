@@ -32,10 +32,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from arvision.conditions import Condition
 from arvision.errors import ArvisionError
+from arvision.progress import progress as progress_of
 from arvision.sampling.controllers import (  # noqa: F401 - the controllers are part of this module's API
     TTSVAR,
     BeamSearch,
@@ -254,8 +254,8 @@ def search_generate(controller, transformer, inputs, condition: Condition, optio
     batches, peak = [], 0
     with run.context():
         run.start()
-        for s in tqdm(range(S), desc=f"search {getattr(controller, 'name', '')}", leave=False,
-                      disable=True if not progress else None):
+        for s in progress_of(range(S), desc=f"search {getattr(controller, 'name', '')}", leave=False,
+                             disable=not progress, lines=False):
             batches.append(run.batch)
             run.step(on_step)
             peak = max(peak, run.cache.peak_nbytes)

@@ -329,7 +329,7 @@ def align_images(pipe, images: torch.Tensor, spec: WatermarkSpec, lists, *, stre
     with a generator seed s and class k: ``spec.list_for(s, k)``).  Returns the aligned images, (B, 3, H, W) in
     [-1, 1], float32.  The tokenizer's weights are untouched.
     """
-    from tqdm.auto import tqdm
+    from arvision.progress import progress as progress_of
 
     strength = (spec.align if spec.align is not None else 1.0) if strength is None else strength
     steps = spec.align_steps if steps is None else steps
@@ -344,7 +344,8 @@ def align_images(pipe, images: torch.Tensor, spec: WatermarkSpec, lists, *, stre
     tok = pipe.tokenizer
     green_all = spec.lists(pipe.config.transformer.vocab_size).to(pipe.device)
     out = []
-    bar = tqdm(total=steps * -(-images.shape[0] // batch_size), desc="watermark alignment", disable=not progress)
+    bar = progress_of(total=steps * -(-images.shape[0] // batch_size), desc="watermark alignment",
+                      disable=not progress)
     for i in range(0, images.shape[0], batch_size):
         x0 = images[i:i + batch_size].to(pipe.device, torch.float32)
         green = green_all[lists[i:i + batch_size].to(pipe.device)][:, None, :]  # (b, 1, V)

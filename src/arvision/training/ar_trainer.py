@@ -21,20 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from arvision.conditions import ClassCondition
 from arvision.errors import ArvisionError
+from arvision.progress import progress as progress_of
 from arvision.training.checkpoint import (
-    latest_good_checkpoint,
     load_checkpoint,
     restore_rng_state,
+    resumable_checkpoint,
     rng_state,
     save_checkpoint,
 )
 from arvision.training.distributed import DistInfo, global_batch, shard
+from arvision.training.fields import check_common, check_counts, is_number, need
 from arvision.training.monitor import Monitor
 from arvision.training.optim import LRSchedule, make_adamw, set_lr
+from arvision.training.run_folder import warn_changed_config
 
 
 @dataclass
@@ -58,13 +60,14 @@ class ARTrainConfig:
     student_forcing: bool = False  # SAR's second pass on the model's own predictions (scale-wise families)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ArvisionError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.label_drop < 1.0:
-            raise ArvisionError(f"label_drop must be in [0, 1), got {self.label_drop}")
-        if self.grad_clip < 0 or self.lr <= 0:
-            raise ArvisionError(f"need lr > 0 and grad_clip >= 0, got {self.lr}, {self.grad_clip}")
+        # every field, on construction: the CLI builds this config before it reads or tokenises any data
+        check_counts(self, ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"),
+                     ("warmup_steps", "keep_last", "seed"))
+        check_common(self)
+        need(self, "label_drop", is_number(self.label_drop) and 0 <= self.label_drop < 1, "in [0, 1)")
+        need(self, "sample_cfg", self.sample_cfg is None or is_number(self.sample_cfg),
+             "a finite number, or None for the family's default")
+        need(self, "student_forcing", isinstance(self.student_forcing, bool), "True or False")
 
 
 def trains_on_latents(pipe) -> bool:
@@ -79,7 +82,7 @@ def tokenize_dataset(pipe, dataset, batch_size: int = 64, progress: bool = True)
     data, labels = [], []
     n = len(dataset)
     latents = trains_on_latents(pipe)
-    for i in tqdm(range(0, n, batch_size), desc="tokenizing", disable=not progress or None, leave=False):
+    for i in progress_of(range(0, n, batch_size), desc="tokenizing", unit="batches", disable=not progress, leave=False):
         items = [dataset[j] for j in range(i, min(i + batch_size, n))]
         imgs = torch.stack([im for im, _ in items]).to(pipe.device)
         data.append((pipe.tokenizer.features(imgs).float() if latents else pipe.encode(imgs)).cpu())
@@ -193,10 +196,13 @@ class ARTrainer:
                 "config": json.dumps(dataclasses.asdict(self.cfg))}
 
     def resume(self) -> bool:
-        ckpt = latest_good_checkpoint(self.out / "checkpoints")
+        """Load the newest good checkpoint under out_dir/checkpoints; False when there is none yet (an error when
+        every one is corrupt: ``resumable_checkpoint``)."""
+        ckpt = resumable_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
         state = load_checkpoint(ckpt, {"transformer": self.model})
+        warn_changed_config(ckpt, json.loads(state["config"]), self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"], {"label_drop": self.gen, "schedules": self.schedule_gen})
         self.step = int(state["step"])
@@ -206,17 +212,20 @@ class ARTrainer:
         """Run to ``cfg.steps`` (from the last good checkpoint if ``resume``).  ``stop_after`` ends this
         process early after that many steps, as an interruption would (the schedule still spans cfg.steps)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        if resume and self.resume() and self.info.is_main:
-            print(f"resumed from step {self.step}")
+        if resume:
+            resumed = self.resume()
+            if self.info.is_main:  # say what happened either way: a resume that starts at 0 must not pass unseen
+                print(f"resumed from step {self.step}" if resumed else
+                      f"nothing to resume in {self.out} (no checkpoint yet): starting from step 0")
         mon = Monitor(self.out, self.cfg.steps, self.step, enabled=self.info.is_main, desc="train",
                       show_bar=self.progress)
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, self.step + stop_after)
         try:
             while self.step < end:
                 metrics = self.train_step()
-                mon.advance()
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                     mon.log(self.step, metrics, show=("loss", "acc"))
+                mon.advance()  # after the log, so that a progress line shows this step's loss
                 if self.info.is_main and (self.step % self.cfg.sample_every == 0 or self.step == self.cfg.steps):
                     self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
                 if self.step % self.cfg.ckpt_every == 0 or self.step in (self.cfg.steps, end):

@@ -109,7 +109,12 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module]) -> dict:
     for name, module in modules.items():
         prefix = f"{name}."
         part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(part, strict=False)
+        try:
+            missing, unexpected = module.load_state_dict(part, strict=False)
+        except RuntimeError as e:  # mis-shaped tensors: a checkpoint of another model size
+            first = str(e).strip().splitlines()[1:2] or [str(e)]
+            raise CheckpointError(f"checkpoint {path} does not fit module '{name}' (a different model size?): "
+                                  f"{first[0].strip()}") from None
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {path} does not fit module '{name}': missing {missing[:8]}, "
                                   f"unexpected {unexpected[:8]}")
@@ -123,6 +128,27 @@ def latest_good_checkpoint(root: str | Path) -> Path | None:
         if problem is None:
             return path
         warnings.warn(f"skipping checkpoint {path}: {problem}; falling back to an earlier one", stacklevel=2)
+    return None
+
+
+def resumable_checkpoint(root: str | Path) -> Path | None:
+    """The checkpoint a resume starts from: the newest good one, or None when there is none at all.
+
+    When checkpoints exist but none verifies, nothing can be resumed, and starting again from step 0 without a
+    word would break the resume's promise: that is an error naming the newest one's problem."""
+    found = list_checkpoints(root)
+    problems = {}
+    for path in reversed(found):
+        problems[path] = verify_checkpoint(path)
+        if problems[path] is None:
+            for bad, problem in problems.items():
+                if bad != path:
+                    warnings.warn(f"skipping checkpoint {bad}: {problem}; falling back to {path.name}", stacklevel=2)
+            return path
+    if found:
+        raise CheckpointError(f"nothing can be resumed: all {len(found)} checkpoint(s) under {root} are unusable "
+                              f"(newest, {found[-1].name}: {problems[found[-1]]}); remove them to start again from "
+                              "step 0")
     return None
 
 

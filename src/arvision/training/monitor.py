@@ -1,4 +1,5 @@
-"""What a training run shows: a tqdm bar, a JSON-lines log, TensorBoard events when installed (rank 0 only)."""
+"""What a training run shows: progress (a tqdm bar on a terminal, plain lines in a log: ``arvision.progress``), a
+JSON-lines log, TensorBoard events when installed (rank 0 only)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import json
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from arvision.progress import progress
 
 
 class Monitor:
     def __init__(self, out_dir: Path, total_steps: int, start_step: int, enabled: bool = True, desc: str = "train",
                  show_bar: bool = True):
-        """enabled: this process logs (rank 0); show_bar: draw the tqdm bar (on a terminal)."""
+        """enabled: this process logs (rank 0); show_bar: report progress (a bar on a terminal, else lines)."""
         self.enabled = enabled
         self.log_path = Path(out_dir) / "log.jsonl"
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc,
-                        disable=True if not (enabled and show_bar) else None, dynamic_ncols=True)
+        self.bar = progress(total=total_steps, initial=start_step, desc=desc, unit="steps",
+                            disable=not (enabled and show_bar))
         self.tb = None
         if enabled:
             try:

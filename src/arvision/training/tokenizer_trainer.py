@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,21 +31,21 @@ import torch.nn.functional as F
 from arvision.config import TokenizerConfig, _from_dict
 from arvision.errors import ArvisionError
 from arvision.training.checkpoint import (
-    latest_good_checkpoint,
     load_checkpoint,
     restore_rng_state,
+    resumable_checkpoint,
     rng_state,
     save_checkpoint,
 )
 from arvision.training.discriminator import Adversary
 from arvision.training.distributed import DistInfo, all_reduce_mean, barrier, global_batch, shard
+from arvision.training.fields import check_common, check_counts, is_number, need
 from arvision.training.monitor import Monitor
 from arvision.training.optim import LRSchedule, make_adamw, set_lr
+from arvision.training.run_folder import warn_changed_config
 
 TOKENIZER_WEIGHTS, TOKENIZER_CONFIG = "tokenizer.safetensors", "tokenizer_config.json"
 USAGE_MARGIN = 0.08  # a code counts as "used" at >= 8% of the uniform frequency (VAR's margin)
-# fields that may change between an interrupted run and its resumption without a warning
-_RESUME_FREE = {"steps", "log_every", "sample_every", "ckpt_every", "keep_last", "num_samples"}
 
 
 @dataclass
@@ -78,29 +77,17 @@ class TokenizerTrainConfig:
     num_samples: int = 8  # images in the periodic original-vs-reconstruction picture
 
     def __post_init__(self):
-        from arvision.precision import PRECISIONS
-
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ArvisionError(f"invalid {name}: {getattr(self, name)!r} (must be {allowed})")
-
-        def num(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "num_samples", "disc_layers",
-                     "disc_ch"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("warmup_steps", "disc_start", "dead_code_every", "keep_last", "seed"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
-        for name in ("weight_decay", "grad_clip", "perceptual_weight", "disc_weight", "dead_code_threshold"):
-            need(num(getattr(self, name)) and getattr(self, name) >= 0, name, ">= 0")
-        need(num(self.lr) and self.lr > 0, "lr", "> 0")
-        need(self.beta is None or (num(self.beta) and self.beta >= 0), "beta", ">= 0, or None for the tokenizer's")
-        need(self.recon in ("l1", "l2"), "recon", "'l1' or 'l2'")
-        need(self.decay in ("cosine", "linear", "constant"), "decay", "'cosine', 'linear' or 'constant'")
-        need(num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
-        need(num(self.usage_decay) and 0 <= self.usage_decay < 1, "usage_decay", "in [0, 1)")
-        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        # every field, on construction: the CLI builds this config before it reads any data
+        check_counts(self, ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "num_samples",
+                            "disc_layers", "disc_ch"),
+                     ("warmup_steps", "disc_start", "dead_code_every", "keep_last", "seed"))
+        check_common(self)
+        for name in ("perceptual_weight", "disc_weight", "dead_code_threshold"):
+            need(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a finite number >= 0")
+        need(self, "beta", self.beta is None or (is_number(self.beta) and self.beta >= 0),
+             ">= 0, or None for the tokenizer's")
+        need(self, "recon", self.recon in ("l1", "l2"), "'l1' or 'l2'")
+        need(self, "usage_decay", is_number(self.usage_decay) and 0 <= self.usage_decay < 1, "in [0, 1)")
 
 
 # -- the tokenizer folder ---------------------------------------------------------------------------------------
@@ -136,13 +123,9 @@ def save_tokenizer_folder(folder: str | Path, tokenizer, image_size: int, extra:
     return folder
 
 
-def load_tokenizer_folder(folder: str | Path, device: str | torch.device = "cpu"):
-    """A folder written by ``save_tokenizer_folder`` -> (tokenizer in eval mode, image_size, the other keys).
-
-    Loading is strict: any missing, unexpected or mis-shaped weight is an error naming it."""
-    from arvision.checkpoints import load_strict, read_safetensors
-    from arvision.tokenizers.models import build_tokenizer
-
+def read_tokenizer_config(folder: str | Path) -> tuple[TokenizerConfig, int, dict]:
+    """The configuration of tokenizer folder ``folder`` -> (config, image_size, the other keys), checked, without
+    loading the weights (cheap: for checking a command's arguments before any work)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArvisionError(f"tokenizer folder not found: {folder}")
@@ -150,7 +133,11 @@ def load_tokenizer_folder(folder: str | Path, device: str | torch.device = "cpu"
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ArvisionError(f"no {TOKENIZER_CONFIG} in {folder} (is it a trained tokenizer folder?)") from None
+        if (folder / "checkpoints").is_dir():
+            raise ArvisionError(f"{folder} is a tokenizer training run that has not finished (no {TOKENIZER_CONFIG} "
+                                "yet): finish it with `arvision train-tokenizer ... --resume`") from None
+        raise ArvisionError(f"no {TOKENIZER_CONFIG} in {folder}: give a folder written by `arvision "
+                            "train-tokenizer`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArvisionError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(info, dict) or "tokenizer" not in info or "image_size" not in info:
@@ -160,6 +147,20 @@ def load_tokenizer_folder(folder: str | Path, device: str | torch.device = "cpu"
     if not isinstance(image_size, int) or isinstance(image_size, bool):
         raise ArvisionError(f"{path}: image_size must be an integer, got {image_size!r}")
     _check_geometry(cfg, image_size)
+    if not (folder / TOKENIZER_WEIGHTS).is_file():
+        raise ArvisionError(f"no {TOKENIZER_WEIGHTS} in {folder} (is the tokenizer's training finished?)")
+    return cfg, image_size, info
+
+
+def load_tokenizer_folder(folder: str | Path, device: str | torch.device = "cpu"):
+    """A folder written by ``save_tokenizer_folder`` -> (tokenizer in eval mode, image_size, the other keys).
+
+    Loading is strict: any missing, unexpected or mis-shaped weight is an error naming it."""
+    from arvision.checkpoints import load_strict, read_safetensors
+    from arvision.tokenizers.models import build_tokenizer
+
+    folder = Path(folder)
+    cfg, image_size, info = read_tokenizer_config(folder)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; leave the caller's RNG alone
         tokenizer = build_tokenizer(cfg)
     load_strict(tokenizer, read_safetensors(folder / TOKENIZER_WEIGHTS), str(folder / TOKENIZER_WEIGHTS))
@@ -356,16 +357,11 @@ class TokenizerTrainer:
 
     def resume(self) -> bool:
         """Load the newest good checkpoint under out_dir/checkpoints (corrupt newer ones are warned about)."""
-        ckpt = latest_good_checkpoint(self.out / "checkpoints")
+        ckpt = resumable_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
         state = load_checkpoint(ckpt, self._modules())
-        saved = json.loads(state["config"])
-        changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items()
-                         if k not in _RESUME_FREE and saved.get(k) != v)
-        if changed:
-            warnings.warn(f"resuming {ckpt} with changed settings {changed}; the run will not match an "
-                          "uninterrupted one", stacklevel=2)
+        warn_changed_config(ckpt, json.loads(state["config"]), self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.adversary is not None:
             self.adversary.optimizer.load_state_dict(state["disc_optimizer"])
@@ -382,18 +378,21 @@ class TokenizerTrainer:
         into out_dir.  ``stop_after`` ends this process after that many steps, as an interruption would."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        if resume and self.resume() and self.info.is_main:
-            print(f"resumed from step {self.step}")
+        if resume:
+            resumed = self.resume()
+            if self.info.is_main:  # say what happened either way: a resume that starts at 0 must not pass unseen
+                print(f"resumed from step {self.step}" if resumed else
+                      f"nothing to resume in {self.out} (no checkpoint yet): starting from step 0")
         mon = Monitor(self.out, cfg.steps, self.step, enabled=self.info.is_main, desc="tokenizer",
                       show_bar=self.progress)
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         try:
             while self.step < end:
                 metrics = self.train_step()
-                mon.advance()
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or "restarted_codes" in metrics:
                     mon.log(self.step, {**self._reduce(metrics), **self.usage_metrics()},
                             show=("loss", "recon", "usage"))
+                mon.advance()  # after the log, so that a progress line shows this step's loss
                 if self.info.is_main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
                 if self.step % cfg.ckpt_every == 0 or self.step in (cfg.steps, end):
