@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                    help="int8: weight-only int8 linear layers with bf16 activations (half of bf16's bytes; lossy)")
     p.add_argument("--warmup", type=types.nonneg_int, default=1)
     p.add_argument("--repeat", type=types.positive_int, default=3)
-    p.add_argument("--threads", type=types.positive_int, default=None,
+    p.add_argument("--threads", type=types.threads, default=None,
                    help="CPU threads (default: torch's, one per core)")
     p.add_argument("--no-decode", action="store_true", help="time the tokens only")
     p.add_argument("--compile", action="store_true",
