@@ -244,3 +244,15 @@ def test_no_load_guard_itself_fires(inputs, tmp_path, no_load):
     with pytest.raises(AssertionError, match="before the arguments were checked"):
         main(["convert", "var", "--vae", str(inputs / "vae.pth"), "--var", str(inputs / "var.pth"),
               "--out", str(tmp_path / "m")])
+
+
+@pytest.mark.parametrize("option", ["guidance_scale", "temperature", "top_p"])
+def test_api_refuses_non_finite_sampling_settings(option):
+    """The library checks what the CLI's argparse types check: NaN passed `x < 0` style tests before."""
+    from arvision.bundled import tiny_random_pipeline
+    from arvision.errors import ArvisionError
+
+    pipe = tiny_random_pipeline()
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ArvisionError, match=option.split("_")[0].replace("guidance", "guidance scale")):
+            pipe([0], **{option: value}, output_type="tokens")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from arvision.cli.types import positive_int_list
 from arvision.errors import ArvisionError
 from arvision.training.presets import SIZES, transformer_config
 
@@ -46,8 +47,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--vocab", type=int, default=512)
     p.add_argument("--code-dim", type=int, default=16)
     p.add_argument("--ch", type=int, default=64, help="conv base width (multiple of 32)")
-    p.add_argument("--ch-mult", default="1,2,2", help="width multipliers; downsample = 2**(levels-1)")
-    p.add_argument("--patch-nums", default=None, help="multi-scale scale sides; last = image/downsample")
+    p.add_argument("--ch-mult", type=positive_int_list, default="1,2,2",
+                   help="width multipliers; downsample = 2**(levels-1)")
+    p.add_argument("--patch-nums", type=positive_int_list, default=None,
+                   help="multi-scale scale sides; last = image/downsample")
     p.add_argument("--recon", choices=["l1", "l2"], default="l2")
     p.add_argument("--disc-weight", type=float, default=0.0, help="patch-GAN weight (0 = off)")
     p.add_argument("--perceptual-weight", type=float, default=0.0,
@@ -86,17 +89,18 @@ def cmd_train_tokenizer(args) -> None:
     from arvision.training.tokenizer_trainer import TokenizerTrainConfig, TokenizerTrainer
 
     info = init_distributed(args.device)
-    ch_mult = tuple(int(m) for m in args.ch_mult.split(","))
+    ch_mult = tuple(args.ch_mult)
     latent = args.image_size // 2 ** (len(ch_mult) - 1)
     if args.patch_nums:
-        patch_nums = tuple(int(p) for p in args.patch_nums.split(","))
+        patch_nums = tuple(args.patch_nums)
     else:
         patch_nums = tuple(sorted({1, 2, 3, 4, max(latent * 3 // 4, 1), latent}))
     cfg = TokenizerConfig(kind=args.quantizer, vocab_size=args.vocab, embed_dim=args.code_dim, ch=args.ch,
                           ch_mult=ch_mult, patch_nums=patch_nums, **TOKENIZERS[args.quantizer].design(args.code_dim))
     sides = TOKENIZERS[args.quantizer].scale_sides(cfg, args.image_size)
     if args.image_size % cfg.downsample or (len(sides) > 1 and patch_nums[-1] != latent):
-        raise ArvisionError(f"--image-size {args.image_size} with --ch-mult {args.ch_mult} gives a {latent}x{latent} "
+        mult = ",".join(map(str, ch_mult))
+        raise ArvisionError(f"--image-size {args.image_size} with --ch-mult {mult} gives a {latent}x{latent} "
                             f"latent; the last of --patch-nums must equal it (got {patch_nums})")
     dataset = _dataset(args.data, args.image_size, args.seed, augment=True)
     torch_seed(args.seed)
