@@ -43,6 +43,7 @@ finite_float = _ranged(float, "a finite number")
 nonneg_float = _ranged(float, "a finite number >= 0", lo=0.0)
 positive_float = _ranged(float, "a finite number > 0", lo=0.0, lo_open=True)
 fraction = _ranged(float, "a number in [0, 1]", lo=0.0, hi=1.0)
+fraction_below_one = _ranged(float, "a number in [0, 1)", lo=0.0, hi=1.0, hi_open=True)  # e.g. a drop rate
 open_fraction = _ranged(float, "a number in (0, 1)", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 nonneg_int = _ranged(int, "an integer >= 0", lo=0)
 positive_int = _ranged(int, "an integer >= 1", lo=1)
