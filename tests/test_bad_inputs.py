@@ -256,3 +256,18 @@ def test_api_refuses_non_finite_sampling_settings(option):
     for value in (float("nan"), float("inf")):
         with pytest.raises(ArvisionError, match=option.split("_")[0].replace("guidance", "guidance scale")):
             pipe([0], **{option: value}, output_type="tokens")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_check_finite_finds_one_bad_value_anywhere(dtype):
+    from arvision.checkpoints import check_finite
+    from arvision.errors import CheckpointError
+
+    good = {"a": torch.randn(64, 64).to(dtype), "ids": torch.arange(5), "empty": torch.zeros(0, dtype=dtype)}
+    check_finite(good, "ok")
+    for bad_value in (float("nan"), float("inf"), float("-inf")):
+        for position in (0, 2047, 4095):
+            state = {k: v.clone() for k, v in good.items()}
+            state["a"].view(-1)[position] = bad_value
+            with pytest.raises(CheckpointError, match=r"non-finite.*\ba\b"):
+                check_finite(state, "ckpt")
