@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,78 @@ from arvision.errors import ArvisionError
 
 
 def _fail(what: str, value: Any, allowed: str) -> None:
+    value = list(value) if isinstance(value, tuple) else value  # shown as config.json writes it
     raise ArvisionError(f"invalid {what}: {value!r} ({allowed})")
+
+
+# -- field types --------------------------------------------------------------------------------------------
+# Every field is checked against its annotation when a config is built (from config.json or in code), so a
+# wrongly typed value ("32" for an int, "abc" for a list, NaN for a float) is named with its field here instead of
+# failing later inside a module, or never (a string norm_eps used to pass `arvision info`).
+
+def _conform(value: Any, hint) -> tuple[bool, Any]:
+    """(True, value normalised to ``hint``) if ``value`` has the type ``hint`` describes, else (False, None).
+    Integers are integers (not bools, not 32.0); floats are finite reals; ``tuple[X, ...]`` is a list or tuple of
+    X; ``A | None`` is either."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            ok, out = _conform(value, arm)
+            if ok:
+                return True, out
+        return False, None
+    if hint is type(None):
+        return value is None, None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, int(value) if ok else None
+    if hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else None
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        items = [_conform(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict), value
+    if isinstance(hint, type):  # a nested config dataclass
+        return isinstance(value, hint), value
+    return True, value
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0]).replace('an ', '').replace('a ', '')}s"
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a finite number",
+            str: "a string", dict: "an object"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_types(obj, prefix: str) -> None:
+    """Check (and normalise: lists -> tuples, numpy ints -> int) every field of dataclass ``obj``."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        ok, normal = _conform(value, hints[f.name])
+        if not ok:
+            _fail(f"{prefix}{f.name}", value, f"expected {_describe(hints[f.name])}")
+        setattr(obj, f.name, normal)
+
+
+def _check_range(what: str, value, lo: float, hi: float = math.inf, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    if value is None:
+        return
+    if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+        left, right = "(" if lo_open else "[", ")" if hi_open or hi == math.inf else "]"
+        _fail(what, value, f"in {left}{lo:g}, {hi:g}{right}")
 
 
 def _from_dict(cls, data: dict, where: str):
@@ -59,6 +134,7 @@ class TokenizerConfig:
     def __post_init__(self):
         from arvision.tokenizers.models import TOKENIZERS
 
+        _check_types(self, "tokenizer ")
         if self.kind not in TOKENIZERS:
             _fail("tokenizer kind", self.kind, f"use one of {', '.join(map(repr, TOKENIZERS))}")
         for name in ("vocab_size", "embed_dim", "z_channels", "ch", "num_res_blocks"):
@@ -78,7 +154,12 @@ class TokenizerConfig:
             _fail("attn_style", self.attn_style, "'fused' or 'split'")
         if self.quant_conv_ks not in (1, 3):
             _fail("quant_conv_ks", self.quant_conv_ks, "1 or 3")
-        self.patch_nums = tuple(int(p) for p in self.patch_nums)
+        if not self.patch_nums or any(p < 1 for p in self.patch_nums):
+            _fail("tokenizer patch_nums", self.patch_nums, "a non-empty list of positive integers")
+        _check_range("tokenizer share_quant_resi", self.share_quant_resi, 0)
+        _check_range("tokenizer quant_resi", self.quant_resi, 0.0, 1.0)  # a mixing weight: (1-r) x + r phi(x)
+        _check_range("tokenizer dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _check_range("tokenizer beta", self.beta, 0.0)
         TOKENIZERS[self.kind].check_config(self)
 
     @property
@@ -118,6 +199,7 @@ class TransformerConfig:
     def __post_init__(self):
         from arvision.models.blocks import BLOCKS
 
+        _check_types(self, "transformer ")
         if self.block not in BLOCKS:
             _fail("block", self.block, f"one of {', '.join(map(repr, BLOCKS))}")
         for name in ("width", "depth", "num_heads", "vocab_size", "num_classes", "in_channels"):
@@ -128,6 +210,10 @@ class TransformerConfig:
             _fail("width", self.width, f"divisible by num_heads={self.num_heads}")
         if not isinstance(self.pos_grid, int) or self.pos_grid < 1:
             _fail("pos_grid", self.pos_grid, "a positive integer")
+        _check_range("transformer mlp_ratio", self.mlp_ratio, 0.0, lo_open=True)
+        _check_range("transformer ffn_hidden", self.ffn_hidden, 1)
+        _check_range("transformer norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)
+        _check_range("transformer rope_base", self.rope_base, 0.0, lo_open=True)
         if self.norm_eps is None:
             self.norm_eps = BLOCKS[self.block].default_norm_eps
         BLOCKS[self.block].configure(self)
@@ -137,6 +223,11 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
+
+
+# the model's stored sampling defaults: (type, low, high, low end open)
+_SAMPLING_RANGES = {"guidance_scale": (float, 0.0, math.inf, False), "top_k": (int, 0, math.inf, False),
+                    "top_p": (float, 0.0, 1.0, False), "temperature": (float, 0.0, math.inf, True)}
 
 
 @dataclass
@@ -155,6 +246,11 @@ class ModelConfig:
     def __post_init__(self):
         from arvision.families import get_family
 
+        if isinstance(self.class_names, (list, tuple)):  # names may be written as numbers (digits)
+            self.class_names = tuple(str(c) if isinstance(c, (str, int)) and not isinstance(c, bool) else c
+                                     for c in self.class_names)
+        _check_types(self, "")
+        _check_range("image_size", self.image_size, 1)
         family = get_family(self.family)
         tok, tr = self.tokenizer, self.transformer
         if self.image_size % tok.downsample:
@@ -169,6 +265,14 @@ class ModelConfig:
         allowed = {"guidance_scale", "top_k", "top_p", "temperature"} | set(family.sampling_options)
         if self.sampling is not None and (not isinstance(self.sampling, dict) or set(self.sampling) - allowed):
             _fail("sampling defaults", self.sampling, f"a dict with keys among {sorted(allowed)}")
+        for key, (hint, lo, hi, lo_open) in _SAMPLING_RANGES.items():
+            if self.sampling and key in self.sampling:
+                ok, value = _conform(self.sampling[key], hint)
+                if not ok:
+                    _fail(f"sampling {key}", self.sampling[key], f"expected {_describe(hint)}")
+                _check_range(f"sampling {key}", value, lo, hi, lo_open=lo_open)
+        if self.sampling and "top_k" in self.sampling and self.sampling["top_k"] > tr.vocab_size:
+            _fail("sampling top_k", self.sampling["top_k"], f"at most the vocabulary size {tr.vocab_size}")
 
     @property
     def latent_size(self) -> int:
@@ -204,4 +308,9 @@ class ModelConfig:
             raise ArvisionError(f"no config.json at {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArvisionError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        except (OSError, ValueError) as e:  # a folder named config.json, unreadable, NUL bytes in JSON numbers...
+            raise ArvisionError(f"cannot read {path}: {e}") from None
+        try:
+            return cls.from_dict(data)
+        except ArvisionError as e:
+            raise ArvisionError(f"{path}: {e}") from None

@@ -8,7 +8,10 @@ by arvision goes through ``to_pil``, so later hooks (watermarking) have one plac
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,23 +119,82 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in to_uint8(images)]
 
 
-def check_output_file(path: str | Path) -> Path:
-    """Fail early, with a clear message, if ``path`` cannot be written as a file."""
+def _rgb_writer(ext: str) -> str | None:
+    """The PIL format that writes RGB images under extension ``ext`` (``".png"``), else None.  Tried for real on a
+    tiny image, because PIL registers formats it cannot write in RGB (``.xbm`` is 1-bit only) or without their
+    library (WebP, AVIF)."""
+    Image.init()
+    fmt = Image.registered_extensions().get(ext.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        return None
+    try:
+        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
+    except Exception:  # noqa: BLE001 - any failure means: not writable this way
+        return None
+    return fmt
+
+
+def _check_writable_folder(folder: Path, path: Path) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArvisionError(f"cannot write {path}: no permission to write in {folder}")
+
+
+def check_output_file(path: str | Path, image: bool = False, suffix: str | None = None) -> Path:
+    """Fail early, with a clear message, if ``path`` cannot be written as a file: it is a folder, its folder does not
+    exist or is not writable, or (``image``) PIL cannot write RGB images in its extension's format, or its extension
+    is not ``suffix`` (e.g. ``".safetensors"``).  Called by every command on every output before any work."""
     path = Path(path)
     if path.is_dir():
         raise ArvisionError(f"cannot write {path}: it is a folder, expected a file path")
     if not path.parent.is_dir():
         what = "is a file" if path.parent.exists() else "does not exist"
         raise ArvisionError(f"cannot write {path}: parent folder {path.parent} {what}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ArvisionError(f"cannot write {path}: the existing file is read-only")
+    _check_writable_folder(path.parent, path)
+    if image and _rgb_writer(path.suffix) is None:
+        raise ArvisionError(f"cannot write {path}: {path.suffix or 'no extension'!s} is not an image format arvision "
+                            "can write; use .png (or .jpg, .webp, .bmp, .tif)")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise ArvisionError(f"cannot write {path}: expected a {suffix} file name")
     return path
 
 
-def check_output_dir(path: str | Path) -> Path:
+def check_output_dir(path: str | Path, what: str = "images") -> Path:
+    """Fail early if ``path`` cannot be (created and) written as a folder: a file is in the way, its parent does
+    not exist, or either is not writable."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ArvisionError(f"cannot write images into {path}: it is a file, expected a folder")
+        raise ArvisionError(f"cannot write {what} into {path}: a file is in the way (it is a file, expected a folder)")
+    if path.is_dir():
+        _check_writable_folder(path, path)
+        return path
     if not path.parent.is_dir():
         raise ArvisionError(f"cannot create {path}: parent folder {path.parent} does not exist")
+    _check_writable_folder(path.parent, path)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` to ``path`` in its extension's format, whole or not at all: written to a temporary file in the
+    same folder, then renamed over ``path`` (so a failure or an interrupt never leaves a truncated picture)."""
+    path = Path(path)
+    fmt = _rgb_writer(path.suffix) or "PNG"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the picture a plain file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -10,6 +10,7 @@ A model folder holds ``config.json``, ``tokenizer.safetensors`` and ``transforme
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -201,15 +202,15 @@ class ARPipeline:
         top_k = min(fam["top_k"], V) if top_k is None else top_k
         top_p = fam["top_p"] if top_p is None else top_p
         temperature = fam.get("temperature", 1.0) if temperature is None else temperature
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ArvisionError(f"guidance scale must be >= 0, got {guidance_scale}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ArvisionError(f"guidance scale must be a finite number >= 0, got {guidance_scale}")
         if not isinstance(top_k, int) or top_k < 0 or top_k > V:
             raise ArvisionError(f"top-k must be an integer in [0, {V}] (0 = off; the vocabulary has {V} codes), "
                                 f"got {top_k}")
         if not isinstance(top_p, (int, float)) or not 0.0 <= top_p <= 1.0:
             raise ArvisionError(f"top-p must be in [0, 1] (0 = off), got {top_p}")
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ArvisionError(f"temperature must be > 0, got {temperature}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+            raise ArvisionError(f"temperature must be a finite number > 0, got {temperature}")
         if more_smooth and not self.family.capabilities.soft_codes:
             raise ArvisionError(f"more_smooth (soft code inputs) does not exist for {self.family.description} models")
         extra = self.family.check_sampling_options(family_options, schedule)

@@ -26,14 +26,30 @@ import sys
 
 from arvision.errors import ArvisionError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["OneLineParser", "build_parser", "main"]
+
+
+class UsageError(Exception):
+    """A command line argparse refused (unknown option, bad value, missing argument); ``prog`` names the command."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose mistakes are reported like every other input mistake: one ``error:`` line and exit
+    status 2 (argparse's own ``error`` prints the whole usage block first).  Sub-parsers inherit the class."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from arvision import __version__
     from arvision.cli import bench, calibrate_kv, convert, edit, evaluate, sample, train, watermark
 
-    parser = argparse.ArgumentParser(prog="arvision", description=__doc__.split("\n")[0],
+    parser = OneLineParser(prog="arvision", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"arvision {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -57,11 +73,19 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e.prog}: {e} (see `{e.prog} --help`)", file=sys.stderr)
+        return 2
     import warnings
 
     previous, warnings.formatwarning = warnings.formatwarning, _warning_line  # restored: main may be called in-process
     try:
+        if getattr(args, "device", None) is not None:  # every command's --device, checked before any work
+            from arvision.devices import check_device
+
+            args.device = check_device(args.device)
         args.func(args)
     except ArvisionError as e:
         print(f"error: {e}", file=sys.stderr)

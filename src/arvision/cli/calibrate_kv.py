@@ -8,28 +8,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from arvision.cli import types
 from arvision.sampling.kv_calibration import CALIBRATION_FILE, DEFAULT_ALPHA, calibrate
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("calibrate-kv", help="classify layers (ScaleKV drafters) and heads (HACK) of a VAR model")
     p.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="fraction of contextual heads (HACK)")
-    p.add_argument("--drafters", type=int, default=None, help="drafter layers per step (default max(1, depth/16))")
+    p.add_argument("--samples", type=types.positive_int, default=4)
+    p.add_argument("--seed", type=types.seed, default=0)
+    p.add_argument("--alpha", type=types.fraction, default=DEFAULT_ALPHA, help="fraction of contextual heads (HACK)")
+    p.add_argument("--drafters", type=types.positive_int, default=None,
+                   help="drafter layers per step (default max(1, depth/16))")
     p.add_argument("--out", default=None, help=f"output file (default: MODEL/{CALIBRATION_FILE})")
     p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args) -> None:
     from arvision.bundled import bundled_model_dir
-    from arvision.pipeline import ARPipeline
+    from arvision.cli.loading import load_pipeline
+    from arvision.images import check_output_file
 
     folder = Path(args.model) if args.model else bundled_model_dir()
-    pipe = ARPipeline.from_pretrained(folder)
+    out = Path(args.out) if args.out else folder / CALIBRATION_FILE
+    if args.out or folder.is_dir():  # a missing model folder is reported by the loader
+        check_output_file(out, suffix=".json")
+    pipe = load_pipeline(str(folder))
     calib = calibrate(pipe, args.samples, args.seed, alpha=args.alpha, num_drafters=args.drafters, progress=True)
-    out = calib.save(Path(args.out) if args.out else folder / CALIBRATION_FILE)
+    out = calib.save(out)
     print(f"drafters per step: {calib.drafters}")
     n_ctx = sum(t == "contextual" for row in calib.head_types for t in row)
     print(f"contextual heads: {n_ctx} of {calib.depth * calib.heads}")

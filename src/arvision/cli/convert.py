@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from arvision.cli.types import int_list
+from arvision.cli import types
 from arvision.errors import ArvisionError
 
-OPTION_TYPES = {"path": str, "int": int, "int_list": int_list}
+# every option a family declares is a count, a size or a list of them: all positive
+OPTION_TYPES = {"path": str, "int": types.positive_int, "int_list": types.positive_int_list}
 
 
 def add_parser(sub) -> None:
@@ -34,15 +35,17 @@ def add_parser(sub) -> None:
 
 def cmd_convert(args) -> None:
     from arvision.cli.sample import describe
+    from arvision.images import check_output_dir
     from arvision.pipeline import ARPipeline
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ArvisionError(f"cannot write the model to {out}: a file is in the way")
-    if not out.parent.is_dir():
-        raise ArvisionError(f"cannot create {out}: parent folder {out.parent} does not exist")
+    out = check_output_dir(args.out, "the model")
     family = args.official
     tokenizer_file, transformer_file = (getattr(args, o.name) for o in family.official_files)
+    for option in family.official_files:  # both, before the first (maybe gigabytes) is read
+        path = Path(getattr(args, option.name))
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "not found"
+            raise ArvisionError(f"--{option.name.replace('_', '-')} {path}: checkpoint {what}")
     options = {o.name: getattr(args, o.name) for o in family.convert_options if getattr(args, o.name) is not None}
     pipe = ARPipeline.from_official(family.name, tokenizer_file, transformer_file, **options)
     pipe.save_pretrained(out)

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from arvision.cli import types
 from arvision.errors import ArvisionError
 
 
@@ -36,14 +38,15 @@ def add_parser(sub) -> None:
     where.add_argument("--box", type=_box_arg, metavar="Y0,X0,Y1,X1",
                        help="regenerate this box, given as fractions of the image (e.g. 0.25,0.25,0.75,0.75)")
     p.add_argument("--outpaint", action="store_true", help="with --box: keep the box, regenerate around it")
-    p.add_argument("--class", dest="klass", type=int, default=None, metavar="K",
+    p.add_argument("--class", dest="klass", type=types.class_id, default=None, metavar="K",
                    help="class to regenerate the region as (class editing); default: none (plain in-/out-painting "
                         "with the unconditional class)")
-    p.add_argument("--seed", type=int, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--top-k", type=int, default=None, help="0 = off (default: the model's)")
-    p.add_argument("--top-p", type=float, default=None, help="0 = off (default: the model's)")
-    p.add_argument("--temperature", type=float, default=None, help="default 1 (or the model's own setting)")
+    p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
+    p.add_argument("--cfg", type=types.guidance, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--top-k", type=types.top_k, default=None, help="0 = off (default: the model's)")
+    p.add_argument("--top-p", type=types.top_p, default=None, help="0 = off (default: the model's)")
+    p.add_argument("--temperature", type=types.temperature, default=None,
+                   help="default 1 (or the model's own setting)")
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu")
@@ -58,12 +61,14 @@ def cmd_edit(args) -> None:
     from PIL import Image
 
     from arvision.cli.loading import load_pipeline
-    from arvision.images import check_output_file, make_grid, read_image, to_pil
+    from arvision.images import check_output_file, make_grid, read_image, save_image, to_pil
     from arvision.sampling.editing import box_mask, edit, load_mask
 
-    check_output_file(args.out)
+    check_output_file(args.out, image=True)
     if args.compare:
-        check_output_file(args.compare)
+        check_output_file(args.compare, image=True)
+        if Path(args.compare).resolve() == Path(args.out).resolve():
+            raise ArvisionError("--compare and --out must name different files")
     if args.outpaint and args.box is None:
         raise ArvisionError("--outpaint goes with --box (a mask image already says what to keep)")
     path = Path(args.image)
@@ -85,12 +90,16 @@ def cmd_edit(args) -> None:
     out = edit(pipe, image, mask, class_labels=args.klass, generator=torch.Generator().manual_seed(args.seed),
                guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                more_smooth=args.smooth, precision=args.precision)
-    out.images[0].save(args.out)
+    save_image(out.images[0], args.out)
     kept = out.keep[0].float().mean().item()
     print(f"wrote {args.out} ({kept:.0%} of the tokens kept from the source)")
+    if bool(out.keep[0].all()):  # the region is empty, or smaller than half of every token it touches
+        print(f"warning: the {'box' if args.box is not None else 'mask'} regenerates no token, so every token was "
+              f"kept from the source and {args.out} is the source as the tokenizer reproduces it; make the region "
+              f"to regenerate larger (white = regenerate)", file=sys.stderr)
     if args.compare:
         src = to_pil(out.source_images.add(1).mul(0.5))[0]
         m = Image.fromarray(out.regen_pixels[0].numpy().astype(np.uint8) * 255).convert("RGB")
         what = "inpaint" if args.klass is None else f"class {args.klass}"
-        make_grid([src, m, out.images[0]], ["source", "mask", what], ncol=3).save(args.compare)
+        save_image(make_grid([src, m, out.images[0]], ["source", "mask", what], ncol=3), args.compare)
         print(f"wrote {args.compare}")

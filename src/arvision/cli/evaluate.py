@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arvision.cli import types
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
 
@@ -29,7 +30,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--sfid", action="store_true", help="also sFID (spatial mixed_6/conv features, as ADM)")
     e.add_argument("--pr", action="store_true", help="also improved precision/recall (k=3)")
     e.add_argument("--kid", action="store_true", help="also KID (polynomial kernel, 100 subsets)")
-    e.add_argument("--batch-size", type=int, default=50)
+    e.add_argument("--batch-size", type=types.positive_int, default=50)
     e.add_argument("--cache-dir", default=None, help="cache features of folders here as .npz")
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_fid)
@@ -37,14 +38,14 @@ def add_parsers(sub) -> None:
     e = esub.add_parser("sample", help="N images per class with per-image seeds, resumable, torchrun-shardable")
     e.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
     e.add_argument("--out", required=True, help="output folder: {i:06d}_class{k}.png, spec.json, samples.npz")
-    e.add_argument("--per-class", type=int, default=50)
-    e.add_argument("--classes", type=int, nargs="+", default=None, help="default: every class")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--cfg", type=float, default=None)
-    e.add_argument("--top-k", type=int, default=None)
-    e.add_argument("--top-p", type=float, default=None)
-    e.add_argument("--temperature", type=float, default=None)
-    e.add_argument("--batch-size", type=int, default=25)
+    e.add_argument("--per-class", type=types.positive_int, default=50)
+    e.add_argument("--classes", type=types.class_id, nargs="+", default=None, help="default: every class")
+    e.add_argument("--seed", type=types.seed, default=0)
+    e.add_argument("--cfg", type=types.guidance, default=None)
+    e.add_argument("--top-k", type=types.top_k, default=None)
+    e.add_argument("--top-p", type=types.top_p, default=None)
+    e.add_argument("--temperature", type=types.temperature, default=None)
+    e.add_argument("--batch-size", type=types.positive_int, default=25)
     e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.set_defaults(func=cmd_sample)
@@ -63,7 +64,15 @@ def add_parsers(sub) -> None:
 def cmd_fid(args) -> None:
     from arvision.evaluation.fid import frechet_distance
     from arvision.evaluation.sources import FeatureSource, lazy_extractor
+    from arvision.images import check_output_dir
 
+    for path in (args.real, args.gen):  # both, before the first one's features are computed
+        p = Path(path).expanduser()  # as FeatureSource reads it
+        if not (p.is_dir() or (p.is_file() and p.suffix == ".npz")):
+            raise ArvisionError(f"not found: {p} (expected a folder of images or an .npz)" if not p.exists()
+                                else f"{p} is neither a folder nor an .npz file")
+    if args.cache_dir:
+        check_output_dir(args.cache_dir, "feature caches")
     extractor = lazy_extractor(args.batch_size, args.device, progress=True)
     need_acts = args.pr or args.kid
     real, gen = (FeatureSource(path, need_acts=need_acts, need_spatial=args.sfid, extractor=extractor,
@@ -90,9 +99,11 @@ def cmd_fid(args) -> None:
 def cmd_sample(args) -> None:
     from arvision.bundled import bundled_model_dir
     from arvision.evaluation.sampler import EvalSamplingSpec, check_spec, pack_npz, sample_for_evaluation
+    from arvision.images import check_output_dir
     from arvision.pipeline import ARPipeline
     from arvision.training.distributed import barrier, init_distributed
 
+    check_output_dir(args.out)
     info = init_distributed(args.device)
     model = args.model if args.model else str(bundled_model_dir())
     pipe = ARPipeline.from_pretrained(model, device=info.device)
@@ -123,9 +134,9 @@ def add_tokenizer_parser(esub) -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
     p.add_argument("--data", default=",".join(tb.DATASETS),
                    help=f"comma-separated datasets among {', '.join(tb.DATASETS)} (default: all)")
-    p.add_argument("--n", type=int, default=16, help="images per dataset (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n", type=types.positive_int, default=16, help="images per dataset (default 16)")
+    p.add_argument("--seed", type=types.seed, default=0)
+    p.add_argument("--batch-size", type=types.positive_int, default=32)
     p.add_argument("--out-png", help="write original | reconstruction pairs here (one row per dataset)")
     p.add_argument("--json", help="write the results (without images) as JSON here")
     p.add_argument("--no-inception", action="store_true", help="skip the perceptual distance and rFID (fast)")
@@ -144,9 +155,10 @@ def cmd_tokenizer(args) -> None:
     if not names:
         raise ArvisionError(f"--data names no dataset; choose among {', '.join(tb.DATASETS)}")
     tb._check_n(args.n)
-    for out in (args.out_png, args.json):
-        if out:
-            check_output_file(out)
+    if args.out_png:
+        check_output_file(args.out_png, image=True)
+    if args.json:
+        check_output_file(args.json, suffix=".json")
     pipe = load_pipeline(args.model, args.device)
     results = [tb.benchmark_tokenizer(pipe, d, n=args.n, seed=args.seed, batch_size=args.batch_size,
                                    inception=not args.no_inception) for d in names]

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from arvision.cli import types
 from arvision.cli.loading import load_pipeline
-from arvision.cli.types import int_list
 from arvision.cli.watermark import add_sample_args as add_watermark_args
 from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
@@ -41,18 +41,20 @@ def apply_weights(pipe, args) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--classes", type=int, nargs="+", help="class ids, one image each (default: 0..7 or all)")
-    p.add_argument("--seed", type=int, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
-    p.add_argument("--cfg", type=float, default=None,
+    p.add_argument("--classes", type=types.class_id, nargs="+",
+                   help="class ids, one image each (default: 0..7 or all)")
+    p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
+    p.add_argument("--cfg", type=types.guidance, default=None,
                    help="guidance scale (default: the family's, VAR 1.5, LlamaGen 2.0)")
-    p.add_argument("--top-k", type=int, default=None, help="0 = off (default: VAR 900, LlamaGen 0)")
-    p.add_argument("--top-p", type=float, default=None, help="0 = off (default: VAR 0.96, LlamaGen 0)")
-    p.add_argument("--temperature", type=float, default=None, help="default 1 (or the model's own setting)")
+    p.add_argument("--top-k", type=types.top_k, default=None, help="0 = off (default: VAR 900, LlamaGen 0)")
+    p.add_argument("--top-p", type=types.top_p, default=None, help="0 = off (default: VAR 0.96, LlamaGen 0)")
+    p.add_argument("--temperature", type=types.temperature, default=None,
+                   help="default 1 (or the model's own setting)")
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
-    p.add_argument("--patch-nums", type=int_list, default=None, metavar="LIST",
+    p.add_argument("--patch-nums", type=types.positive_int_list, default=None, metavar="LIST",
                    help="sample on another scale list, e.g. 1,2,3,4,5,6,8,10,12 (models whose family supports it: "
                         "FlexVAR; default: the trained list)")
-    p.add_argument("--max-pn", type=int, default=None,
+    p.add_argument("--max-pn", type=types.positive_int, default=None,
                    help="FlexVAR: sides above it are sampled greedily at full guidance (default 16)")
     p.add_argument("--cfg-mode", choices=["var", "llamagen"], default=None,
                    help="FlexVAR: guidance rule, the ramp (var, default) or constant (llamagen)")
@@ -90,7 +92,7 @@ def add_info_parser(sub) -> None:
 
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="sample a labelled grid from the bundled model into the current folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=types.seed, default=0)
     p.add_argument("--out", default="arvision_demo.png")
     p.set_defaults(func=cmd_demo)
 
@@ -105,11 +107,39 @@ def _check_outputs(args) -> None:
                             "and/or --progression PNG")
     for path in (args.out, args.progression):
         if path:
-            check_output_file(path)
+            check_output_file(path, image=True)
     if args.save_tokens:
-        check_output_file(args.save_tokens)
+        check_output_file(args.save_tokens, suffix=".safetensors")
     if args.out_dir:
         check_output_dir(args.out_dir)
+    paths = [Path(p).resolve() for p in (args.out, args.progression, args.save_tokens) if p]
+    if len(set(paths)) < len(paths):
+        raise ArvisionError("--out, --progression and --save-tokens must name different files")
+
+
+def check_sampling_args(args) -> None:
+    """Everything about ``sample``'s (and ``bench``'s) options that can be judged without the model, so a mistake is
+    reported before the model is loaded: the watermark, search and decoding specs, ``--weights`` with
+    ``--precision``, the verifier file.  (Numbers are checked by their argparse types; what depends on the model,
+    a class id or top-k beyond its vocabulary, is checked by the pipeline before sampling.)"""
+    if getattr(args, "weights", "full") == "int8" and args.precision == "fp32":
+        raise ArvisionError("--weights int8 computes in bf16: use --precision bf16 (or auto)")
+    if getattr(args, "watermark_key", None) is not None:
+        spec_from_args(args)  # WatermarkSpec validates every --watermark-* value
+    if getattr(args, "search", None):
+        from arvision.sampling.search import parse_search
+
+        parse_search(args.search)
+    verifier = getattr(args, "verifier", None)
+    if verifier:
+        if not getattr(args, "search", None):
+            raise ArvisionError("--verifier goes with --search (it scores the search's candidates)")
+        if not Path(verifier).is_file():
+            raise ArvisionError(f"--verifier {verifier}: file not found")
+    if args.decoding:
+        from arvision.sampling.speculative import parse_decoding
+
+        parse_decoding(args.decoding)  # the spec's form; whether the model can use it is checked after loading
 
 
 def run_sampling(pipe, args, progress: bool = True):
@@ -149,6 +179,7 @@ def caption(pipe, k: int) -> str:
 
 def cmd_sample(args) -> None:
     _check_outputs(args)
+    check_sampling_args(args)
     pipe = load_pipeline(args.model, args.device)
     apply_weights(pipe, args)
     t0 = time.perf_counter()
@@ -209,9 +240,9 @@ def cmd_info(args) -> None:
 
 def cmd_demo(args) -> None:
     from arvision.bundled import bundled_model_dir, tiny_random_pipeline
-    from arvision.images import check_output_file, make_grid
+    from arvision.images import check_output_file, make_grid, save_image
 
-    check_output_file(args.out)
+    check_output_file(args.out, image=True)
     try:
         pipe = load_pipeline(str(bundled_model_dir()))
         note = ""
@@ -224,7 +255,7 @@ def cmd_demo(args) -> None:
                             precision="auto", device="cpu", kv_policy=None, decoding=None)
     t0 = time.perf_counter()
     out = run_sampling(pipe, ns, progress=False)
-    make_grid(out.images, [caption(pipe, k) for k in out.class_labels], ncol=5).save(args.out)
+    save_image(make_grid(out.images, [caption(pipe, k) for k in out.class_labels], ncol=5), args.out)
     sys.stdout.write(note)
     print(f"{len(out.images)} images in {time.perf_counter() - t0:.1f} s")
     print(Path(args.out).resolve())

@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from arvision.cli.types import int_list
+from arvision.cli.types import positive_int_list
 from arvision.errors import ArvisionError
 from arvision.training.presets import SIZES, transformer_config
 
@@ -83,9 +83,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--code-dim", type=int, default=16, help="code dimension (default: %(default)s)")
     p.add_argument("--ch", type=int, default=64, help="conv base width, ch x each multiplier a multiple of 32 "
                                                       "(default: %(default)s)")
-    p.add_argument("--ch-mult", type=int_list, default="1,2,2",
+    p.add_argument("--ch-mult", type=positive_int_list, default="1,2,2",
                    help="width multipliers, one per level; downsampling = 2**(levels-1) (default: 1,2,2)")
-    p.add_argument("--patch-nums", type=int_list, default=None,
+    p.add_argument("--patch-nums", type=positive_int_list, default=None,
                    help="multi-scale scale sides, increasing, the last = image size / downsampling (default: "
                         "1,2,3,4, three quarters of the latent side, the latent side)")
     p.add_argument("--recon", choices=["l1", "l2"], default="l2", help="reconstruction loss (default: %(default)s)")

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
 
+from arvision.cli import types
+from arvision.errors import ArvisionError
 from arvision.images import read_image
 from arvision.sampling.watermark import (
     DEFAULT_ALIGN_STEPS,
@@ -38,11 +42,11 @@ def load_images_for(pipe, paths) -> torch.Tensor:
 
 def add_spec_args(p, prefix: str = "") -> None:
     """gamma / pool / start-step options (``--watermark-`` prefixed in ``sample``)."""
-    p.add_argument(f"--{prefix}gamma", type=float, default=DEFAULT_GAMMA,
+    p.add_argument(f"--{prefix}gamma", type=types.open_fraction, default=DEFAULT_GAMMA,
                    help=f"green fraction of the codebook (default {DEFAULT_GAMMA})")
-    p.add_argument(f"--{prefix}pool", type=int, default=DEFAULT_POOL,
+    p.add_argument(f"--{prefix}pool", type=types.positive_int, default=DEFAULT_POOL,
                    help=f"number of key-derived green lists (default {DEFAULT_POOL})")
-    p.add_argument(f"--{prefix}start-step", type=int, default=DEFAULT_START_STEP,
+    p.add_argument(f"--{prefix}start-step", type=types.nonneg_int, default=DEFAULT_START_STEP,
                    help=f"first biased / scored step (scale) (default {DEFAULT_START_STEP})")
 
 
@@ -62,10 +66,10 @@ def add_sample_args(p) -> None:
     p.add_argument("--watermark-delta", default=str(DEFAULT_DELTA),
                    help=f"green-list logit bias, or 'hard' (only green codes) (default {DEFAULT_DELTA})")
     add_spec_args(p, "watermark-")
-    p.add_argument("--watermark-align", type=float, default=None, metavar="LAMBDA",
+    p.add_argument("--watermark-align", type=types.nonneg_float, default=None, metavar="LAMBDA",
                    help="also align the images' re-tokenisation with the green list (pixel-domain Adam; fidelity "
                         "weight LAMBDA, e.g. 0.3: stronger detection, visible cost; docs/watermark.md)")
-    p.add_argument("--watermark-align-steps", type=int, default=DEFAULT_ALIGN_STEPS,
+    p.add_argument("--watermark-align-steps", type=types.positive_int, default=DEFAULT_ALIGN_STEPS,
                    help=f"Adam steps of the alignment (default {DEFAULT_ALIGN_STEPS})")
 
 
@@ -77,7 +81,7 @@ def add_parser(sub) -> None:
     d.add_argument("--key", required=True, help="the watermark's secret key")
     d.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     add_spec_args(d)
-    d.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    d.add_argument("--threshold", type=types.finite_float, default=DEFAULT_THRESHOLD,
                    help=f"declare watermarked when z > this (default {DEFAULT_THRESHOLD})")
     d.add_argument("--all-tokens", action="store_true",
                    help="score every token (default: each distinct code once, robust to repeated background codes)")
@@ -89,6 +93,9 @@ def cmd_detect(args) -> None:
     from arvision.cli.loading import load_pipeline
 
     spec = WatermarkSpec(args.key, gamma=args.gamma, pool=args.pool, start_step=args.start_step)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise ArvisionError(f"image(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     pipe = load_pipeline(args.model, args.device)
     images = load_images_for(pipe, args.images)
     for path, res in zip(args.images, detect_images(pipe, images, spec, threshold=args.threshold,
