@@ -69,7 +69,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="FlexVAR: guidance rule, the ramp (var, default) or constant (llamagen)")
     add_policy_args(p)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward batch (default: as many as fit in half the free memory, at most 64; "
+                   help="images per forward batch (default: as many as fit in half the free memory, at most 128; "
                         "printed when there is more than one batch). With one --seed the images depend on it: give "
                         "it to repeat a run exactly")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
