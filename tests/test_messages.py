@@ -1,6 +1,6 @@
 """What a newcomer reads: loading messages that say what a folder is and what to do, `info` on the bundled model and
-its stored defaults, a line when --classes is left out, help text for every option, a readable top-level help, and
-values that start with a minus sign (issue 19, items 7 and 9)."""
+its stored defaults, a line when --classes is left out, help text for every option, a readable top-level help,
+values that start with a minus sign, and the watermark note (issue 19, items 7, 8 and 9)."""
 
 from __future__ import annotations
 
@@ -193,3 +193,9 @@ def test_box_starting_with_minus_reaches_its_check(tmp_path, capsys):
                             "--out", str(tmp_path / "o.png")])
     assert "0 <= y0 < y1 <= 1" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_watermark_without_alignment_says_it_will_not_be_detected(tiny_model, tmp_path, capsys):
+    assert main(["sample", str(tiny_model), "--classes", "1", "--watermark-key", "K",
+                 "--out-dir", str(tmp_path / "w")]) == 0
+    assert "note: without --watermark-align" in capsys.readouterr().out

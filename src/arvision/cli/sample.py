@@ -185,7 +185,8 @@ def _aligned(pipe, batches, watermark, seed: int, progress: bool):
 
     def align(out):
         lists = [watermark.list_for(seed, k) for k in out.class_labels]  # one --seed generator for every image
-        x = align_images(pipe, out.images * 2 - 1, watermark, lists, batch_size=ALIGN_BATCH, progress=progress)
+        x = align_images(pipe, out.images * 2 - 1, watermark, lists, batch_size=ALIGN_BATCH,
+                         progress=progress and sys.stderr.isatty())  # a bar on a terminal, not in a log file
         out.images = to_pil((x + 1) / 2)
         return out
 
@@ -291,6 +292,9 @@ def cmd_sample(args) -> None:
     if n > args.batch_size:
         why = " (default: bounded by the model's size and the free memory; --batch-size to change)" if chosen else ""
         print(f"sampling {n} images in batches of {args.batch_size}{why}")
+    if getattr(args, "watermark_key", None) is not None and args.watermark_align is None:
+        print("note: without --watermark-align the watermark is in the sampled tokens only; the detector re-tokenises "
+              "the images and finds it in almost none of them on the models measured (docs/watermark.md)")
     t0 = time.perf_counter()
     writers = _Writers(pipe, args)
     batches = iter_sampling(pipe, args, progress=n <= args.batch_size)
