@@ -20,6 +20,7 @@ from arvision.cli.types import int_list
 from arvision.cli.watermark import add_sample_args as add_watermark_args
 from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
+from arvision.sampling.batching import MAX_DEFAULT_BATCH
 
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
@@ -69,9 +70,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="FlexVAR: guidance rule, the ramp (var, default) or constant (llamagen)")
     add_policy_args(p)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward batch (default: as many as fit in half the free memory, at most 128; "
-                        "printed when there is more than one batch). With one --seed the images depend on it: give "
-                        "it to repeat a run exactly")
+                   help="images per forward batch (default: as many as fit in half the free memory, at most "
+                        f"{MAX_DEFAULT_BATCH}; printed when there is more than one batch). With one --seed the images "
+                        "depend on it: give it to repeat a run exactly")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
     p.add_argument("--weights", choices=["full", "int8"], default="full",
