@@ -23,11 +23,13 @@ MODES = {"default": [], "one-batch": ["--batch-size", "1000000"]}
 
 
 def run(count: int, mode: str, model: str | None, seed: int) -> dict:
-    """One `arvision sample` child: peak RSS (MiB), seconds, files written, and its 'batches of' line."""
+    """One `arvision sample` child: peak RSS (MiB), seconds, files written, and its 'batches of' line.  ``mode``: a
+    key of MODES, or "batch-N" (``--batch-size N``)."""
+    flags = MODES[mode] if mode in MODES else ["--batch-size", mode.removeprefix("batch-")]
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp) / "imgs"
         cmd = [sys.executable, "-m", "arvision", "sample", *([model] if model else []), "--classes",
-               *[str(i % 10) for i in range(count)], "--seed", str(seed), "--out-dir", str(out_dir), *MODES[mode]]
+               *[str(i % 10) for i in range(count)], "--seed", str(seed), "--out-dir", str(out_dir), *flags]
         t0 = time.perf_counter()
         with open(Path(tmp) / "out.txt", "w") as fo, open(Path(tmp) / "err.txt", "w") as fe:
             proc = subprocess.Popen(cmd, stdout=fo, stderr=fe)
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="+", default=[1000, 3000], help="images per run (default 1000 3000)")
     ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
                     help="default: the bounded default batch; one-batch: --batch-size 1000000 (default both)")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                    help="also these explicit --batch-size values (default: none)")
     ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--json", default=None, help="also write the rows here (default: none)")
@@ -55,7 +59,7 @@ def main() -> None:
     print("| images | batch | exit | peak RSS (MiB) | seconds | PNGs written |")
     print("|---|---|---|---|---|---|")
     for count in args.counts:
-        for mode in args.modes:
+        for mode in [*args.modes, *(f"batch-{b}" for b in args.batch_sizes)]:
             r = run(count, mode, args.model, args.seed)
             rows.append(r)
             print(f"| {count} | {mode} | {r['returncode']} | {r['peak_rss_mib']} | {r['seconds']} | {r['files']} |",

@@ -260,7 +260,7 @@ class ARPipeline:
         top_k=0 / top_p=0 turn the filter off.  ``generator`` is consumed exactly as the official sampler consumes
         its own, so the same seed gives the official tokens (in fp32).  ``batch_size`` splits the labels into
         batches that run one after another on the same generator; None takes :meth:`default_batch_size` (bounded
-        by the model's size and the free memory, at most 128), reported in ``stats["batch_size"]``.  With one
+        by the model's size and the free memory, at most 64), reported in ``stats["batch_size"]``.  With one
         generator the images depend on the batch size: pass it explicitly to reproduce a call exactly.  A list of
         generators, one per label, makes every image depend only on its own generator (not on its batch or
         position): what evaluation and search use.  For a very large request, :meth:`iter_batches` hands the

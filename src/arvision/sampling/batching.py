@@ -20,7 +20,9 @@ import torch
 
 __all__ = ["MAX_DEFAULT_BATCH", "available_memory", "default_batch_size", "per_image_bytes"]
 
-MAX_DEFAULT_BATCH = 128  # images: on the bundled model 128 samples faster than 32 or 64 and as fast as 256 (CPU)
+# images: bench/sample_memory.py, 1,000 bundled-model images on a 2-core CPU: batches of 16 / 64 / 128 / 512 / 1,000
+# took 19.5 / 21.3 / 20.6 / 23.5 / 29.7 s and 0.36 / 0.54 / 0.86 / 2.1 / 3.8 GB; bigger batches buy nothing here
+MAX_DEFAULT_BATCH = 64
 MEMORY_SHARE = 0.5  # of the free memory a default batch may plan to use (the rest: the model, outputs, others)
 _FALLBACK_FREE = 4 << 30  # bytes assumed free where the platform does not say (no /proc/meminfo)
 
