@@ -11,7 +11,7 @@ A model folder holds ``config.json``, ``tokenizer.safetensors`` and ``transforme
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -22,8 +22,10 @@ from arvision.config import ModelConfig
 from arvision.errors import ArvisionError
 from arvision.families import get_family
 from arvision.images import to_pil
+from arvision.model_folder import resolve_model_folder
 from arvision.models.transformer import ARTransformer, upgrade_legacy_keys
 from arvision.precision import resolve_precision
+from arvision.sampling.batching import default_batch_size
 from arvision.sampling.loop import SamplingOptions, generate
 from arvision.sampling.output import GenerationOutput  # defined below the pipeline; still importable from here
 from arvision.sampling.processors import Generators
@@ -53,17 +55,10 @@ class ARPipeline:
     # -- persistence -------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> ARPipeline:
-        """Load a model folder (config.json + safetensors).  A name that is not a local folder is looked up on
-        the Hugging Face Hub (needs network)."""
-        folder = Path(path)
-        if not folder.exists():
-            if "/" in str(path) and not str(path).startswith((".", "/")):
-                folder = _download(str(path))
-            else:
-                raise ArvisionError(f"model folder not found: {path}")
-        if not folder.is_dir():
-            raise ArvisionError(f"{path} is a file; expected a model folder with config.json "
-                                "(use `arvision convert` for official .pth checkpoints)")
+        """Load a model folder (config.json + safetensors).  A name of the Hugging Face Hub form ``org/name`` that
+        is not a local folder is looked up on the Hub (needs network; not when ``HF_HUB_OFFLINE`` is set).  A
+        folder that is not a model (a tokenizer, an unfinished training run) is named as such, with what to do."""
+        folder = resolve_model_folder(path)
         config = ModelConfig.load(folder / "config.json")
         pipe = cls(config)
         load_strict(pipe.tokenizer, read_safetensors(folder / "tokenizer.safetensors"),
@@ -186,6 +181,12 @@ class ARPipeline:
         """The schedule of one call: the model's, or (families with ``capabilities.scale_lists``) another list."""
         return self.schedule if patch_nums is None else self.family.schedule(self.config, patch_nums)
 
+    def sampling_defaults(self) -> dict:
+        """What a call that leaves a setting out samples with: the model's stored ``config.sampling``, else the
+        family's published default (temperature: 1), keyed like ``sampling_options``' arguments."""
+        merged = {**self.family.defaults, **(self.config.sampling or {})}
+        return {**merged, "temperature": merged.get("temperature", 1.0)}
+
     def sampling_options(self, guidance_scale=None, top_k=None, top_p=None, temperature=None, *,
                          more_smooth: bool = False, precision: str = "fp32", schedule=None, processors=(),
                          override=None, kv_policy=None, decoding=None, **family_options) -> SamplingOptions:
@@ -194,7 +195,7 @@ class ARPipeline:
         ``family_options``: the family's extra sampling options (``family.sampling_options``, e.g. FlexVAR's
         ``max_pn`` and ``cfg_mode``)."""
         schedule = self.schedule if schedule is None else schedule
-        fam = {**self.family.defaults, **(self.config.sampling or {})}
+        fam = self.sampling_defaults()
         V = self.config.transformer.vocab_size
         given = {k: v for k, v in family_options.items() if v is not None}
         family_options = {**{k: fam[k] for k in self.family.sampling_options if k in fam}, **given}
@@ -259,8 +260,12 @@ class ARPipeline:
         guidance_scale, top_k, top_p: None takes the model's stored defaults, else the family's published ones;
         top_k=0 / top_p=0 turn the filter off.  ``generator`` is consumed exactly as the official sampler consumes
         its own, so the same seed gives the official tokens (in fp32).  ``batch_size`` splits the labels into
-        batches that run one after another on the same generator.  A list of generators, one per label, makes every
-        image depend only on its own generator (not on its batch or position): what evaluation and search use.
+        batches that run one after another on the same generator; None takes :meth:`default_batch_size` (bounded
+        by the model's size and the free memory, at most 64), reported in ``stats["batch_size"]``.  With one
+        generator the images depend on the batch size: pass it explicitly to reproduce a call exactly.  A list of
+        generators, one per label, makes every image depend only on its own generator (not on its batch or
+        position): what evaluation and search use.  For a very large request, :meth:`iter_batches` hands the
+        batches over one at a time instead of holding every image.
         ``precision``: "fp32" (exact), "bf16", or "auto" (by hardware).
         ``return_progression`` (families with ``capabilities.progression``): also decode the state after every
         step.  ``time_steps``: record each step's seconds in ``stats["step_seconds"]`` (summed over batches;
@@ -278,35 +283,69 @@ class ARPipeline:
         ``patch_nums``: sample on another scale list (families with ``capabilities.scale_lists``: FlexVAR).
         ``family_options``: the family's extra sampling options (FlexVAR: ``max_pn``, ``cfg_mode``).
         """
+        batches = self.iter_batches(
+            class_labels, guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature,
+            generator=generator, more_smooth=more_smooth, output_type=output_type, batch_size=batch_size,
+            precision=precision, progress=progress, return_progression=return_progression, time_steps=time_steps,
+            processors=processors, override=override, kv_policy=kv_policy, decoding=decoding, search=search,
+            verifier=verifier, allow_null_class=allow_null_class, patch_nums=patch_nums, **family_options)
+        return GenerationOutput.concat(list(batches))
+
+    def default_batch_size(self, n_images: int | None = None, schedule=None) -> int:
+        """The batch a call without ``batch_size`` uses for ``n_images`` images on ``schedule`` (default: the
+        model's): bounded by the model's per-image memory and the free memory (``arvision.sampling.batching``)."""
+        return default_batch_size(self.config, self.schedule if schedule is None else schedule, self.device,
+                                  n_images)
+
+    def iter_batches(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+                     generator: Generators = None, more_smooth: bool = False,
+                     output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
+                     progress: bool = False, return_progression: bool = False,
+                     time_steps: bool = False, processors=(), override=None, kv_policy=None,
+                     decoding=None, search=None, verifier=None, allow_null_class: bool = False,
+                     patch_nums=None, **family_options) -> Iterator[GenerationOutput]:
+        """The batches of ``self(...)`` (same options), one :class:`GenerationOutput` per batch as it finishes, so
+        that a caller can write each batch out and drop it: any number of images in bounded memory.  Every
+        argument is checked here, before the first batch runs; the generator is consumed batch after batch exactly
+        as ``self(...)`` consumes it.  Each output's ``stats`` is the running total of the call so far."""
         condition = self.condition(class_labels, allow_null=allow_null_class)
-        labels = condition.keys()
         schedule = self.sampling_schedule(patch_nums)
         options = self.sampling_options(guidance_scale, top_k, top_p, temperature, more_smooth=more_smooth,
                                         precision=precision, schedule=schedule, processors=processors,
                                         override=override, kv_policy=kv_policy, decoding=decoding, **family_options)
-        inputs = self.inputs if schedule == self.schedule else self.family.input_builder(self.tokenizer, schedule)
         if output_type not in OUTPUT_TYPES:
             raise ArvisionError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if return_progression and not self.family.capabilities.progression:
             raise ArvisionError(f"the coarse-to-fine progression does not exist for {self.family.description} models")
-        dtype = options.dtype
         sample = generate
         if search is not None or verifier is not None:
             from arvision.sampling.search import SearchSampler
 
             sample = SearchSampler.for_pipeline(self, search, verifier, options, return_progression)
-        if self.weight_dtype != torch.float32 and dtype != self.weight_dtype:
+        if self.weight_dtype != torch.float32 and options.dtype != self.weight_dtype:
             raise ArvisionError(f"this pipeline's transformer weights are {self.weight_dtype}; it cannot sample in "
-                                f"{dtype} (reload the model for exact fp32 sampling)")
-        bs = len(labels) if batch_size is None else batch_size
-        if bs < 1:
-            raise ArvisionError(f"batch size must be >= 1, got {batch_size}")
+                                f"{options.dtype} (reload the model for exact fp32 sampling)")
+        n = len(condition.keys())
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ArvisionError(f"batch size must be an integer >= 1, got {batch_size!r}")
+        bs = self.default_batch_size(n, schedule) if batch_size is None else batch_size
+        if isinstance(generator, (list, tuple)) and len(generator) != n:
+            raise ArvisionError(f"got {len(generator)} generators for {n} class labels; give one per image")
+        return self._batches(condition, schedule, options, sample, generator, bs, output_type, progress,
+                             return_progression, time_steps, search is not None)
+
+    def _batches(self, condition, schedule, options, sample, generator, bs: int, output_type: str, progress: bool,
+                 return_progression: bool, time_steps: bool, searching: bool) -> Iterator[GenerationOutput]:
+        """The loop of :meth:`iter_batches`, after its checks."""
+        labels = condition.keys()
+        inputs = self.inputs if schedule == self.schedule else self.family.input_builder(self.tokenizer, schedule)
+        dtype = options.dtype
         per_image = isinstance(generator, (list, tuple))
-        if per_image and len(generator) != len(labels):
-            raise ArvisionError(f"got {len(generator)} generators for {len(labels)} class labels; give one per image")
-        tokens, images, steps = [], [], []
         stats = {"transformer_seconds": 0.0, "decode_seconds": 0.0, "kv_cache_bytes": 0, "kv_transient_bytes": 0,
-                 "forwards": 0, "token_forwards": 0, "precision": str(dtype).removeprefix("torch.")}
+                 "forwards": 0, "token_forwards": 0, "precision": str(dtype).removeprefix("torch."),
+                 "batch_size": bs}
         for i in range(0, len(labels), bs):
             rows = condition.select(torch.arange(i, min(i + bs, len(labels)), device=condition.device))
             previews, marks = [], []
@@ -321,7 +360,7 @@ class ARPipeline:
             t0 = _clock(self.device)
             res = sample(self.transformer, inputs, rows, options, gen, progress,
                          hook if (return_progression or time_steps) else None)
-            if search is not None:
+            if searching:
                 sample.record(stats, res)
             t1 = _clock(self.device)
             stats["transformer_seconds"] += t1 - t0
@@ -333,21 +372,18 @@ class ARPipeline:
             stats["kv_transient_bytes"] = max(stats["kv_transient_bytes"], res.kv_transient_bytes)
             stats["forwards"] += res.forwards
             stats["token_forwards"] += res.token_forwards
+            progression = None
             if return_progression:
-                steps.append([self._decode(inputs.preview, args, dtype).add(1).mul(0.5).cpu() for args in previews])
-            tokens.append(res.tokens)
+                progression = [self._decode(inputs.preview, args, dtype).add(1).mul(0.5).cpu() for args in previews]
+            images = None
             if output_type != "tokens":
                 t2 = _clock(self.device)
-                images.append(self._decode(inputs.finish, (res.state, res.tokens), dtype).float().add(1).mul(0.5).cpu())
+                images = self._decode(inputs.finish, (res.state, res.tokens), dtype).float().add(1).mul(0.5).cpu()
                 stats["decode_seconds"] += _clock(self.device) - t2
-        tokens = torch.cat(tokens)
-        out_images = None
-        if output_type != "tokens":
-            out_images = torch.cat(images)
-            if output_type == "pil":
-                out_images = to_pil(out_images)
-        progression = [torch.cat(per_step) for per_step in zip(*steps)] if return_progression else None
-        return GenerationOutput(out_images, tokens, inputs.split(tokens), labels, progression, stats, schedule)
+                if output_type == "pil":
+                    images = to_pil(images)
+            yield GenerationOutput(images, res.tokens, inputs.split(res.tokens), labels[i:i + bs], progression, stats,
+                                   schedule)
 
     def policies(self, kv_policy, decoding):
         """Specs ("scalekv:0.1", "gsd:3", ...) -> policy objects; objects and None pass through."""
@@ -389,12 +425,3 @@ def _clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def _download(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors"]))
-    except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one message for the user
-        raise ArvisionError(f"{repo_id!r} is not a local folder and could not be fetched from the Hub: {e}") from None

@@ -22,6 +22,7 @@ Mistakes in the input (files, arguments) print one ``error:`` line and exit with
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from arvision.errors import ArvisionError
@@ -49,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     from arvision import __version__
     from arvision.cli import bench, calibrate_kv, convert, edit, evaluate, sample, train, watermark
 
-    parser = OneLineParser(prog="arvision", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    examples = __doc__.split("\n", 1)[1].replace("``", "").strip("\n")  # the docstring's body, as plain text
+    parser = OneLineParser(
+        prog="arvision", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Autoregressive image generation (the VAR, LlamaGen and FlexVAR families) from the command "
+                    "line.\n`arvision COMMAND --help` describes a command and its options.",
+        epilog="examples:\n" + examples)
     parser.add_argument("--version", action="version", version=f"arvision {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sample.add_sample_parser(sub)
@@ -63,12 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_kv.add_parser(sub)
     sample.add_info_parser(sub)
     sample.add_demo_parser(sub)
+    _values_may_start_with_minus(parser)
     return parser
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """Warnings as the CLI prints them: one ``warning: ...`` line (no category, file or source line)."""
     return f"warning: {message}\n"
+def _values_may_start_with_minus(parser: argparse.ArgumentParser) -> None:
+    """Let values such as ``--box -0.1,0,0.5,0.5`` or ``--patch-nums -1,2`` reach their option (and its check)
+    instead of being read as an unknown option: argparse < 3.13 takes only plain numbers (``-1``, ``-.5``) for
+    values, 3.13 any ``-<digit>...``; this applies the newer rule (no option of ours starts with a digit)."""
+    parser._negative_number_matcher = re.compile(r"^-\.?\d")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _values_may_start_with_minus(child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,32 +6,36 @@
 from __future__ import annotations
 
 from arvision.cli import types
-from arvision.cli.sample import add_policy_args, apply_weights, check_sampling_args
+from arvision.cli.sample import STORED, add_policy_args, apply_weights, check_sampling_args
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure sampling speed and memory of a model")
     p.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
-    p.add_argument("--classes", type=types.class_id, nargs="+", default=[0])
+    p.add_argument("--classes", type=types.class_id, nargs="+", default=[0],
+                   help="class ids, repeated to fill the batch (default 0)")
     p.add_argument("--batch-size", type=types.positive_int, default=None,
                    help="images per batch (default: one per class)")
-    p.add_argument("--seed", type=types.seed, default=0)
-    p.add_argument("--cfg", type=types.guidance, default=None)
-    p.add_argument("--top-k", type=types.top_k, default=None)
-    p.add_argument("--top-p", type=types.top_p, default=None)
-    p.add_argument("--temperature", type=types.temperature, default=None)
+    p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
+    p.add_argument("--cfg", type=types.guidance, default=None, help=f"guidance scale ({STORED})")
+    p.add_argument("--top-k", type=types.top_k, default=None, help=f"0 = off ({STORED})")
+    p.add_argument("--top-p", type=types.top_p, default=None, help=f"0 = off ({STORED})")
+    p.add_argument("--temperature", type=types.temperature, default=None,
+                   help=f"sampling temperature ({STORED}, else 1)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, else fp32 (exact)")
+                   help="auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, else fp32 (exact) (default "
+                        "auto)")
     p.add_argument("--weights", choices=["full", "int8"], default="full",
-                   help="int8: weight-only int8 linear layers with bf16 activations (half of bf16's bytes; lossy)")
-    p.add_argument("--warmup", type=types.nonneg_int, default=1)
-    p.add_argument("--repeat", type=types.positive_int, default=3)
+                   help="int8: weight-only int8 linear layers with bf16 activations (half of bf16's bytes; lossy; "
+                        "default full)")
+    p.add_argument("--warmup", type=types.nonneg_int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--repeat", type=types.positive_int, default=3, help="timed runs (default 3)")
     p.add_argument("--threads", type=types.threads, default=None,
                    help="CPU threads (default: torch's, one per core)")
     p.add_argument("--no-decode", action="store_true", help="time the tokens only")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the step function (compiles during the warm-up runs: use --warmup >= 1)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of every number")
     add_policy_args(p)
     p.set_defaults(func=cmd_bench)

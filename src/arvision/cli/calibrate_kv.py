@@ -15,9 +15,11 @@ from arvision.sampling.kv_calibration import CALIBRATION_FILE, DEFAULT_ALPHA, ca
 def add_parser(sub) -> None:
     p = sub.add_parser("calibrate-kv", help="classify layers (ScaleKV drafters) and heads (HACK) of a VAR model")
     p.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
-    p.add_argument("--samples", type=types.positive_int, default=4)
-    p.add_argument("--seed", type=types.seed, default=0)
-    p.add_argument("--alpha", type=types.fraction, default=DEFAULT_ALPHA, help="fraction of contextual heads (HACK)")
+    p.add_argument("--samples", type=types.positive_int, default=4,
+                   help="images sampled to measure the layers and heads (default 4)")
+    p.add_argument("--seed", type=types.seed, default=0, help="seed of those images (default 0)")
+    p.add_argument("--alpha", type=types.fraction, default=DEFAULT_ALPHA,
+                   help=f"fraction of contextual heads (HACK) (default {DEFAULT_ALPHA})")
     p.add_argument("--drafters", type=types.positive_int, default=None,
                    help="drafter layers per step (default max(1, depth/16))")
     p.add_argument("--out", default=None, help=f"output file (default: MODEL/{CALIBRATION_FILE})")

@@ -48,10 +48,11 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=types.temperature, default=None,
                    help="default 1 (or the model's own setting)")
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="fp32 = exact (default); auto = bf16 where the hardware is fast at it")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", required=True, help="write the edited image (PNG, the model's size) here")
-    p.add_argument("--compare", help="also write a source | mask | edit strip here")
+    p.add_argument("--compare", help="also write a source | mask | edit strip here (default: none)")
     p.set_defaults(func=cmd_edit)
 
 

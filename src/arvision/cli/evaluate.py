@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from arvision.cli import types
+from arvision.cli.sample import STORED
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
 
@@ -30,23 +31,25 @@ def add_parsers(sub) -> None:
     e.add_argument("--sfid", action="store_true", help="also sFID (spatial mixed_6/conv features, as ADM)")
     e.add_argument("--pr", action="store_true", help="also improved precision/recall (k=3)")
     e.add_argument("--kid", action="store_true", help="also KID (polynomial kernel, 100 subsets)")
-    e.add_argument("--batch-size", type=types.positive_int, default=50)
-    e.add_argument("--cache-dir", default=None, help="cache features of folders here as .npz")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--batch-size", type=types.positive_int, default=50, help="images per Inception batch (default 50)")
+    e.add_argument("--cache-dir", default=None, help="cache features of folders here as .npz (default: no cache)")
+    e.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     e.set_defaults(func=cmd_fid)
 
     e = esub.add_parser("sample", help="N images per class with per-image seeds, resumable, torchrun-shardable")
     e.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
     e.add_argument("--out", required=True, help="output folder: {i:06d}_class{k}.png, spec.json, samples.npz")
-    e.add_argument("--per-class", type=types.positive_int, default=50)
+    e.add_argument("--per-class", type=types.positive_int, default=50, help="images per class (default 50)")
     e.add_argument("--classes", type=types.class_id, nargs="+", default=None, help="default: every class")
-    e.add_argument("--seed", type=types.seed, default=0)
-    e.add_argument("--cfg", type=types.guidance, default=None)
-    e.add_argument("--top-k", type=types.top_k, default=None)
-    e.add_argument("--top-p", type=types.top_p, default=None)
-    e.add_argument("--temperature", type=types.temperature, default=None)
-    e.add_argument("--batch-size", type=types.positive_int, default=25)
-    e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
+    e.add_argument("--seed", type=types.seed, default=0, help="image i is seeded with SEED + i (default 0)")
+    e.add_argument("--cfg", type=types.guidance, default=None, help=f"guidance scale ({STORED})")
+    e.add_argument("--top-k", type=types.top_k, default=None, help=f"0 = off ({STORED})")
+    e.add_argument("--top-p", type=types.top_p, default=None, help=f"0 = off ({STORED})")
+    e.add_argument("--temperature", type=types.temperature, default=None,
+                   help=f"sampling temperature ({STORED}, else 1)")
+    e.add_argument("--batch-size", type=types.positive_int, default=25, help="images per forward batch (default 25)")
+    e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.set_defaults(func=cmd_sample)
 
@@ -135,12 +138,12 @@ def add_tokenizer_parser(esub) -> argparse.ArgumentParser:
     p.add_argument("--data", default=",".join(tb.DATASETS),
                    help=f"comma-separated datasets among {', '.join(tb.DATASETS)} (default: all)")
     p.add_argument("--n", type=types.positive_int, default=16, help="images per dataset (default 16)")
-    p.add_argument("--seed", type=types.seed, default=0)
-    p.add_argument("--batch-size", type=types.positive_int, default=32)
+    p.add_argument("--seed", type=types.seed, default=0, help="which images of each dataset are taken (default 0)")
+    p.add_argument("--batch-size", type=types.positive_int, default=32, help="images per batch (default 32)")
     p.add_argument("--out-png", help="write original | reconstruction pairs here (one row per dataset)")
     p.add_argument("--json", help="write the results (without images) as JSON here")
     p.add_argument("--no-inception", action="store_true", help="skip the perceptual distance and rFID (fast)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_tokenizer)
     return p
 

@@ -20,6 +20,7 @@ from arvision.cli.loading import load_pipeline
 from arvision.cli.watermark import add_sample_args as add_watermark_args
 from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
+from arvision.sampling.batching import MAX_DEFAULT_BATCH
 
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
@@ -40,16 +41,28 @@ def apply_weights(pipe, args) -> None:
         pipe.quantize_weights("int8")
 
 
+def _family_defaults(key: str) -> str:
+    """Each family's published default of a sampling setting, for help texts (from the registry)."""
+    from arvision.families import all_families
+
+    return ", ".join(f"{f.description} {f.defaults.get(key, 1.0)}" for f in all_families())
+
+
+STORED = "default: the model's stored setting (`arvision info MODEL` shows it), else the family's"
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=types.class_id, nargs="+",
-                   help="class ids, one image each (default: 0..7 or all)")
+                   help="class ids, one image each (default: the first 8 classes, 0..7, or all if fewer)")
     p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
     p.add_argument("--cfg", type=types.guidance, default=None,
-                   help="guidance scale (default: the family's, VAR 1.5, LlamaGen 2.0)")
-    p.add_argument("--top-k", type=types.top_k, default=None, help="0 = off (default: VAR 900, LlamaGen 0)")
-    p.add_argument("--top-p", type=types.top_p, default=None, help="0 = off (default: VAR 0.96, LlamaGen 0)")
+                   help=f"guidance scale ({STORED}: {_family_defaults('guidance_scale')})")
+    p.add_argument("--top-k", type=types.top_k, default=None,
+                   help=f"0 = off ({STORED}: {_family_defaults('top_k')})")
+    p.add_argument("--top-p", type=types.top_p, default=None,
+                   help=f"0 = off ({STORED}: {_family_defaults('top_p')})")
     p.add_argument("--temperature", type=types.temperature, default=None,
-                   help="default 1 (or the model's own setting)")
+                   help=f"sampling temperature ({STORED}: 1)")
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
     p.add_argument("--patch-nums", type=types.positive_int_list, default=None, metavar="LIST",
                    help="sample on another scale list, e.g. 1,2,3,4,5,6,8,10,12 (models whose family supports it: "
@@ -59,12 +72,16 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-mode", choices=["var", "llamagen"], default=None,
                    help="FlexVAR: guidance rule, the ramp (var, default) or constant (llamagen)")
     add_policy_args(p)
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward batch (default: all)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward batch (default: as many as fit in half the free memory, at most "
+                        f"{MAX_DEFAULT_BATCH}; printed when there is more than one batch). With one --seed the images "
+                        "depend on it: give it to repeat a run exactly")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
     p.add_argument("--weights", choices=["full", "int8"], default="full",
-                   help="int8: weight-only int8 linear layers, computing in bf16 (needs --precision bf16 or auto)")
-    p.add_argument("--device", default="cpu")
+                   help="int8: weight-only int8 linear layers, computing in bf16 (needs --precision bf16 or auto; "
+                        "default full)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
 
 def add_sample_parser(sub) -> None:
@@ -72,32 +89,41 @@ def add_sample_parser(sub) -> None:
     p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
     _add_sampling_args(p)
     p.add_argument("--search", default=None,
-                   help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md)")
+                   help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md; "
+                        "default: none)")
     p.add_argument("--verifier", default=None,
                    help="with --search: classifier weights (.safetensors) to score with (default: the bundled one)")
-    p.add_argument("--out", help="write a labelled PNG grid here")
-    p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png")
-    p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens)")
+    p.add_argument("--out", help=f"write a labelled PNG grid here (up to {GRID_MAX_IMAGES} images; default: none)")
+    p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png, each batch as "
+                                     "it finishes (any number of images; default: none)")
+    p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens; "
+                                         "default: none)")
     p.add_argument("--progression",
-                   help="scale-wise models: write a PNG of each image after every scale (coarse to fine)")
+                   help="scale-wise models: write a PNG of each image after every scale (coarse to fine; up to "
+                        f"{PROGRESSION_MAX_IMAGES} images; default: none)")
     add_watermark_args(p)
     p.set_defaults(func=cmd_sample)
 
 
 def add_info_parser(sub) -> None:
-    p = sub.add_parser("info", help="describe a model folder")
-    p.add_argument("model", nargs="?")
+    p = sub.add_parser("info", help="describe a model folder (family, sizes, stored sampling defaults)")
+    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
     p.set_defaults(func=cmd_info)
 
 
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="sample a labelled grid from the bundled model into the current folder")
-    p.add_argument("--seed", type=types.seed, default=0)
-    p.add_argument("--out", default="arvision_demo.png")
+    p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
+    p.add_argument("--out", default="arvision_demo.png", help="the grid to write (default arvision_demo.png)")
     p.set_defaults(func=cmd_demo)
 
 
 # -- commands -----------------------------------------------------------------------------------------
+
+GRID_MAX_IMAGES = 1024  # a labelled grid holds every image until it is written; past this it is no picture anyway
+PROGRESSION_MAX_IMAGES = 64  # a progression picture has one row per image and one cell per step
+ALIGN_BATCH = 256  # images aligned together by --watermark-align (align_images' own batch, kept for exactness)
+
 
 def _check_outputs(args) -> None:
     from arvision.images import check_output_dir, check_output_file
@@ -115,6 +141,14 @@ def _check_outputs(args) -> None:
     paths = [Path(p).resolve() for p in (args.out, args.progression, args.save_tokens) if p]
     if len(set(paths)) < len(paths):
         raise ArvisionError("--out, --progression and --save-tokens must name different files")
+
+    n = len(args.classes) if args.classes is not None else 0  # the default is a handful of classes
+    if args.out and n > GRID_MAX_IMAGES:
+        raise ArvisionError(f"--out writes one grid picture of every image; {n} images is more than it takes "
+                            f"({GRID_MAX_IMAGES}): use --out-dir DIR (one PNG per image, any number)")
+    if args.progression and n > PROGRESSION_MAX_IMAGES:
+        raise ArvisionError(f"--progression writes one row per image; {n} images is more than it takes "
+                            f"({PROGRESSION_MAX_IMAGES}): sample fewer classes for the progression picture")
 
 
 def check_sampling_args(args) -> None:
@@ -142,33 +176,69 @@ def check_sampling_args(args) -> None:
         parse_decoding(args.decoding)  # the spec's form; whether the model can use it is checked after loading
 
 
-def run_sampling(pipe, args, progress: bool = True):
-    """Sample ``pipe`` with ``sample``'s options in ``args`` (a watermark too, aligned if asked); returns the
-    pipeline's output, with PIL images."""
+def sampled_classes(pipe, args, say: bool = False) -> list[int]:
+    """``--classes``, or the first (up to) 8 classes of the model; ``say``: print a line when defaulted."""
+    if args.classes is not None:
+        return list(args.classes)
+    classes = list(range(min(pipe.config.num_classes, 8)))
+    if say:
+        which = f"classes 0..{classes[-1]}" if len(classes) > 1 else "class 0"
+        print(f"no --classes given: sampling {which}, one image each")
+    return classes
+
+
+def iter_sampling(pipe, args, progress: bool = True):
+    """Sample ``pipe`` with ``sample``'s options in ``args`` (a watermark too, aligned if asked), batch after
+    batch (``args.batch_size``; None: the pipeline's bounded default): an iterator of outputs with PIL images, so
+    that a caller can write and drop each one."""
     import torch
 
-    n = pipe.config.num_classes
-    classes = args.classes if args.classes is not None else list(range(min(n, 8)))
+    classes = sampled_classes(pipe, args)
     generator = torch.Generator().manual_seed(args.seed)
     watermark = spec_from_args(args)
     processors = [watermark.processor(pipe)] if watermark is not None else []
     aligned = watermark is not None and watermark.align is not None
-    out = pipe(classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-               temperature=args.temperature, generator=generator, more_smooth=args.smooth,
-               output_type="pt" if aligned else "pil", batch_size=args.batch_size, precision=args.precision,
-               progress=progress, return_progression=bool(getattr(args, "progression", None)),
-               kv_policy=args.kv_policy, decoding=args.decoding, search=getattr(args, "search", None),
-               verifier=getattr(args, "verifier", None), processors=processors,
-               patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
-               cfg_mode=getattr(args, "cfg_mode", None))
-    if aligned:  # every image of the call comes from the one --seed generator
-        from arvision.images import to_pil
-        from arvision.sampling.watermark import align_images
+    batches = pipe.iter_batches(
+        classes, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+        generator=generator, more_smooth=args.smooth, output_type="pt" if aligned else "pil",
+        batch_size=args.batch_size, precision=args.precision, progress=progress,
+        return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
+        decoding=args.decoding, search=getattr(args, "search", None), verifier=getattr(args, "verifier", None),
+        processors=processors, patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
+        cfg_mode=getattr(args, "cfg_mode", None))
+    return _aligned(pipe, batches, watermark, args.seed, progress) if aligned else batches
 
-        lists = [watermark.list_for(args.seed, k) for k in out.class_labels]
-        x = align_images(pipe, out.images * 2 - 1, watermark, lists, progress=progress)
+
+def _aligned(pipe, batches, watermark, seed: int, progress: bool):
+    """``--watermark-align``: align the sampled images ``ALIGN_BATCH`` at a time, whatever the sampling batch, as
+    one call of ``align_images`` over every image would (so the images do not depend on how they were streamed)."""
+    from arvision.images import to_pil
+    from arvision.sampling.output import GenerationOutput
+    from arvision.sampling.watermark import align_images
+
+    def align(out):
+        lists = [watermark.list_for(seed, k) for k in out.class_labels]  # one --seed generator for every image
+        x = align_images(pipe, out.images * 2 - 1, watermark, lists, batch_size=ALIGN_BATCH,
+                         progress=progress and sys.stderr.isatty())  # a bar on a terminal, not in a log file
         out.images = to_pil((x + 1) / 2)
-    return out
+        return out
+
+    pending = None
+    for out in batches:
+        pending = out if pending is None else GenerationOutput.concat([pending, out])
+        while pending is not None and len(pending.class_labels) >= ALIGN_BATCH:
+            rest = len(pending.class_labels)
+            yield align(pending.rows(0, ALIGN_BATCH))
+            pending = pending.rows(ALIGN_BATCH, rest) if rest > ALIGN_BATCH else None
+    if pending is not None:
+        yield align(pending)
+
+
+def run_sampling(pipe, args, progress: bool = True):
+    """Every image of :func:`iter_sampling` in one output (for a handful of images: ``demo``)."""
+    from arvision.sampling.output import GenerationOutput
+
+    return GenerationOutput.concat(list(iter_sampling(pipe, args, progress)))
 
 
 def caption(pipe, k: int) -> str:
@@ -177,49 +247,106 @@ def caption(pipe, k: int) -> str:
     return names[k] if names else f"class {k}"
 
 
+class _Writers:
+    """``sample``'s outputs, fed batch after batch: PNGs go to --out-dir as each batch finishes (each written
+    under a temporary name and renamed, so an interrupted run leaves only whole files); the grid, the progression
+    picture (both capped in size by ``_check_outputs``) and the tokens (small integers) are written at the end."""
+
+    def __init__(self, pipe, args):
+        self.pipe, self.args = pipe, args
+        self.count = 0
+        self.grid, self.captions = [], []
+        self.cells, self.cell_captions, self.ncol = [], [], 0
+        self.tokens, self.labels, self.schedule, self.stats = [], [], None, {}
+
+    def add(self, out) -> None:
+        import os
+
+        args, pipe = self.args, self.pipe
+        if args.out_dir:
+            folder = Path(args.out_dir)
+            folder.mkdir(exist_ok=True)
+            for j, (im, k) in enumerate(zip(out.images, out.class_labels)):
+                name = folder / f"{self.count + j:05d}_class{k}.png"
+                tmp = name.with_name(f".{name.name}.tmp")
+                im.save(tmp, format="PNG")
+                os.replace(tmp, name)
+        if args.out:
+            self.grid += out.images
+            self.captions += [caption(pipe, k) for k in out.class_labels]
+        if args.progression:
+            from arvision.images import to_pil
+
+            steps = out.schedule.step_grids
+            self.ncol = len(out.progression)
+            for b, k in enumerate(out.class_labels):  # one row per image, one column per scale
+                for s, stage in enumerate(out.progression):
+                    self.cells += to_pil(stage[b:b + 1])
+                    self.cell_captions.append(caption(pipe, k) if s == 0 else f"{steps[s][0]}x{steps[s][1]}")
+        if args.save_tokens:
+            self.tokens.append(out.tokens.cpu())
+        self.labels += out.class_labels
+        self.schedule, self.stats = out.schedule, out.stats
+        self.count += len(out.class_labels)
+
+    def finish(self) -> None:
+        args = self.args
+        if args.out:
+            from arvision.images import make_grid
+
+            make_grid(self.grid, self.captions).save(args.out)
+            print(f"wrote {args.out}")
+        if args.out_dir:
+            print(f"wrote {self.count} images to {args.out_dir}")
+        if args.progression:
+            from arvision.images import make_grid
+
+            make_grid(self.cells, self.cell_captions, ncol=self.ncol).save(args.progression)
+            print(f"wrote {args.progression}")
+        if args.save_tokens:
+            import torch
+            from safetensors.torch import save_file
+
+            tensors = self.schedule.named_tokens(torch.cat(self.tokens))  # step.{s} per scale, or tokens (B, L)
+            save_file(tensors, args.save_tokens, metadata={"class_labels": ",".join(map(str, self.labels)),
+                                                           "seed": str(args.seed)})
+            print(f"wrote {args.save_tokens}")
+
+
 def cmd_sample(args) -> None:
     _check_outputs(args)
     check_sampling_args(args)
     pipe = load_pipeline(args.model, args.device)
     apply_weights(pipe, args)
+    classes = sampled_classes(pipe, args, say=True)
+    args.classes = classes
+    n, chosen = len(classes), args.batch_size is None
+    if chosen:
+        args.batch_size = pipe.default_batch_size(n, pipe.sampling_schedule(getattr(args, "patch_nums", None)))
+    if n > args.batch_size:
+        why = " (default: bounded by the model's size and the free memory; --batch-size to change)" if chosen else ""
+        print(f"sampling {n} images in batches of {args.batch_size}{why}")
+    if getattr(args, "watermark_key", None) is not None and args.watermark_align is None:
+        print("note: without --watermark-align the watermark is in the sampled tokens only; the detector re-tokenises "
+              "the images and finds it in almost none of them on the models measured (docs/watermark.md)")
     t0 = time.perf_counter()
-    out = run_sampling(pipe, args)
+    writers = _Writers(pipe, args)
+    batches = iter_sampling(pipe, args, progress=n <= args.batch_size)
+    from arvision.progress import progress
+
+    # one bar (or, in a log, a plain line every 10 s) over the images of a multi-batch run
+    with progress(total=n, desc="images", unit="img", disable=n <= args.batch_size, every_s=10.0) as bar:
+        for out in batches:
+            writers.add(out)
+            bar.update(len(out.class_labels))
     dt = time.perf_counter() - t0
-    if args.out:
-        from arvision.images import make_grid
-
-        make_grid(out.images, [caption(pipe, k) for k in out.class_labels]).save(args.out)
-        print(f"wrote {args.out}")
-    if args.out_dir:
-        folder = Path(args.out_dir)
-        folder.mkdir(exist_ok=True)
-        for i, (im, k) in enumerate(zip(out.images, out.class_labels)):
-            im.save(folder / f"{i:05d}_class{k}.png")
-        print(f"wrote {len(out.images)} images to {folder}")
-    if args.progression:
-        from arvision.images import make_grid, to_pil
-
-        steps = out.schedule.step_grids
-        cells, captions = [], []
-        for b, k in enumerate(out.class_labels):  # one row per image, one column per scale
-            for s, stage in enumerate(out.progression):
-                cells += to_pil(stage[b:b + 1])
-                captions.append(caption(pipe, k) if s == 0 else f"{steps[s][0]}x{steps[s][1]}")
-        make_grid(cells, captions, ncol=len(out.progression)).save(args.progression)
-        print(f"wrote {args.progression}")
-    if args.save_tokens:
-        from safetensors.torch import save_file
-
-        tensors = out.schedule.named_tokens(out.tokens)  # step.{s} per scale, or tokens (B, L)
-        save_file(tensors, args.save_tokens, metadata={"class_labels": ",".join(map(str, out.class_labels)),
-                                                       "seed": str(args.seed)})
-        print(f"wrote {args.save_tokens}")
-    if "search" in out.stats:
-        cost = out.stats["search"]
+    writers.finish()
+    if "search" in writers.stats:
+        cost = writers.stats["search"]
         print(f"search {cost['spec']}: {cost['token_forwards']} token forwards ({cost['plain_equivalents']:.2f}x "
               f"plain sampling), {cost['verifier_calls']} verifier calls, {cost['decoder_calls']} decoder calls; "
-              f"verifier scores " + " ".join(f"{x:.3f}" for x in out.stats["search_scores"]))
-    print(f"{len(out.class_labels)} image(s) in {dt:.2f} s")
+              f"verifier scores " + " ".join(f"{x:.3f}" for x in writers.stats["search_scores"]))
+    print(f"{writers.count} image(s) in {dt:.2f} s")
 
 
 def describe(pipe) -> str:
@@ -234,8 +361,37 @@ def describe(pipe) -> str:
             f"{n_tok / 1e6:.1f}M params")
 
 
+_SETTING_NAMES = {"guidance_scale": "cfg", "top_k": "top-k", "top_p": "top-p", "temperature": "temperature"}
+
+
+def describe_sampling(pipe) -> str:
+    """One line: the settings ``sample`` uses when none is given, and where each comes from."""
+    stored = pipe.config.sampling or {}
+    parts = [f"{_SETTING_NAMES.get(k, k.replace('_', '-'))} {v}" for k, v in pipe.sampling_defaults().items()]
+    if stored:
+        mine = ", ".join(_SETTING_NAMES.get(k, k) for k in stored)
+        source = f"stored in the model: {mine}; the rest: the {pipe.family.description} family's"
+    else:
+        source = f"the {pipe.family.description} family's published defaults"
+    return f"  sampling defaults: {', '.join(parts)} ({source})"
+
+
+def _is_bundled(model: str | None) -> bool:
+    """``model`` (a command's MODEL argument) names the model bundled with arvision (or is left out)."""
+    from arvision.bundled import bundled_model_dir
+
+    try:
+        return not model or Path(model).resolve() == bundled_model_dir().resolve()
+    except ArvisionError:  # no bundled model in this build
+        return False
+
+
 def cmd_info(args) -> None:
-    print(describe(load_pipeline(args.model)))
+    pipe = load_pipeline(args.model)
+    if _is_bundled(args.model):
+        print(f"the model bundled with arvision, in {pipe.folder}")
+    print(describe(pipe))
+    print(describe_sampling(pipe))
 
 
 def cmd_demo(args) -> None:

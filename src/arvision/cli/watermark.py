@@ -62,7 +62,7 @@ def spec_from_args(args) -> WatermarkSpec | None:
 
 
 def add_sample_args(p) -> None:
-    p.add_argument("--watermark-key", default=None, help="embed an LBW watermark with this secret key")
+    p.add_argument("--watermark-key", default=None, help="embed an LBW watermark with this secret key (default: none)")
     p.add_argument("--watermark-delta", default=str(DEFAULT_DELTA),
                    help=f"green-list logit bias, or 'hard' (only green codes) (default {DEFAULT_DELTA})")
     add_spec_args(p, "watermark-")
@@ -85,7 +85,7 @@ def add_parser(sub) -> None:
                    help=f"declare watermarked when z > this (default {DEFAULT_THRESHOLD})")
     d.add_argument("--all-tokens", action="store_true",
                    help="score every token (default: each distinct code once, robust to repeated background codes)")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     d.set_defaults(func=cmd_detect)
 
 
