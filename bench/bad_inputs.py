@@ -120,8 +120,12 @@ def _corrupt_checkpoints(run: Path) -> None:
 
 
 def _truncate_tokens(run: Path) -> None:
+    """An interrupted run (its last checkpoint and final model gone) whose token cache was cut in half."""
     path = run / "tokens.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    shutil.rmtree(sorted((run / "checkpoints").iterdir())[-1])
+    for name in ("config.json", "transformer.safetensors", "tokenizer.safetensors"):
+        (run / name).unlink(missing_ok=True)
 
 
 def _has_cuda() -> str | None:
@@ -131,7 +135,7 @@ def _has_cuda() -> str | None:
 
 
 TRAIN = "train --tokenizer {w}/tok --data {w}/data --family var --preset tiny --steps 2 --batch-size 4"
-RESUME = "train --tokenizer {w}/tok --data {w}/data --family var --preset tiny --steps 4 --batch-size 4 " \
+RESUME = "train --tokenizer {w}/tok --data {w}/data --family var --preset tiny --steps 2 --batch-size 4 " \
          "--ckpt-every 1 --sample-every 100 --seed 0 --resume"
 EDIT = "edit {w}/model --image {w}/img.png --mask {w}/mask.png"
 
@@ -184,7 +188,7 @@ CASES = [
     Case("train --resume, every checkpoint corrupt", 5, RESUME + " --out {w}/r-corrupt", "{w}/r-corrupt/checkpoints",
          "resum|checkpoint", setup=_copy_run("r-corrupt", _corrupt_checkpoints)),
     Case("train again without --resume on a finished run", 5,
-         RESUME.replace(" --resume", "").replace("--steps 4", "--steps 2") + " --out {w}/r-again", "{w}/r-again",
+         RESUME.replace(" --resume", "") + " --out {w}/r-again", "{w}/r-again",
          "resume|exists|finished", setup=_copy_run("r-again")),
     Case("train --resume, truncated tokens.safetensors (recovered)", 5, RESUME + " --out {w}/r-tokens", None, "",
          code=0, kind="ok", setup=_copy_run("r-tokens", _truncate_tokens)),
