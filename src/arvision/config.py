@@ -19,7 +19,7 @@ from typing import Any
 from arvision.errors import ArvisionError
 
 
-def _fail(what: str, value: Any, allowed: str) -> None:
+def fail(what: str, value: Any, allowed: str) -> None:
     value = list(value) if isinstance(value, tuple) else value  # shown as config.json writes it
     raise ArvisionError(f"invalid {what}: {value!r} ({allowed})")
 
@@ -74,24 +74,25 @@ def _describe(hint) -> str:
             str: "a string", dict: "an object"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def _check_types(obj, prefix: str) -> None:
-    """Check (and normalise: lists -> tuples, numpy ints -> int) every field of dataclass ``obj``."""
+def check_types(obj, prefix: str = "") -> None:
+    """Check (and normalise: lists -> tuples, numpy ints -> int) every field of dataclass ``obj`` against its
+    annotation (the model configs here, the training configs of ``arvision.training``)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         ok, normal = _conform(value, hints[f.name])
         if not ok:
-            _fail(f"{prefix}{f.name}", value, f"expected {_describe(hints[f.name])}")
+            fail(f"{prefix}{f.name}", value, f"expected {_describe(hints[f.name])}")
         setattr(obj, f.name, normal)
 
 
-def _check_range(what: str, value, lo: float, hi: float = math.inf, lo_open: bool = False,
+def check_range(what: str, value, lo: float, hi: float = math.inf, lo_open: bool = False,
                  hi_open: bool = False) -> None:
     if value is None:
         return
     if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
         left, right = "(" if lo_open else "[", ")" if hi_open or hi == math.inf else "]"
-        _fail(what, value, f"in {left}{lo:g}, {hi:g}{right}")
+        fail(what, value, f"in {left}{lo:g}, {hi:g}{right}")
 
 
 def _from_dict(cls, data: dict, where: str):
@@ -134,32 +135,32 @@ class TokenizerConfig:
     def __post_init__(self):
         from arvision.tokenizers.models import TOKENIZERS
 
-        _check_types(self, "tokenizer ")
+        check_types(self, "tokenizer ")
         if self.kind not in TOKENIZERS:
-            _fail("tokenizer kind", self.kind, f"use one of {', '.join(map(repr, TOKENIZERS))}")
+            fail("tokenizer kind", self.kind, f"use one of {', '.join(map(repr, TOKENIZERS))}")
         for name in ("vocab_size", "embed_dim", "z_channels", "ch", "num_res_blocks"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                _fail(f"tokenizer {name}", getattr(self, name), "a positive integer")
+                fail(f"tokenizer {name}", getattr(self, name), "a positive integer")
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         if self.decoder_ch_mult is not None:
             self.decoder_ch_mult = tuple(int(m) for m in self.decoder_ch_mult)
             if len(self.decoder_ch_mult) != len(self.ch_mult):
-                _fail("decoder_ch_mult", self.decoder_ch_mult, "the same length as ch_mult")
+                fail("decoder_ch_mult", self.decoder_ch_mult, "the same length as ch_mult")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
-            _fail("ch_mult", self.ch_mult, "a non-empty list of positive integers")
+            fail("ch_mult", self.ch_mult, "a non-empty list of positive integers")
         for m in self.ch_mult + (self.decoder_ch_mult or ()):
             if (self.ch * m) % 32:
-                _fail("ch * ch_mult", self.ch * m, "a multiple of 32 (GroupNorm uses 32 groups)")
+                fail("ch * ch_mult", self.ch * m, "a multiple of 32 (GroupNorm uses 32 groups)")
         if self.attn_style not in ("fused", "split"):
-            _fail("attn_style", self.attn_style, "'fused' or 'split'")
+            fail("attn_style", self.attn_style, "'fused' or 'split'")
         if self.quant_conv_ks not in (1, 3):
-            _fail("quant_conv_ks", self.quant_conv_ks, "1 or 3")
+            fail("quant_conv_ks", self.quant_conv_ks, "1 or 3")
         if not self.patch_nums or any(p < 1 for p in self.patch_nums):
-            _fail("tokenizer patch_nums", self.patch_nums, "a non-empty list of positive integers")
-        _check_range("tokenizer share_quant_resi", self.share_quant_resi, 0)
-        _check_range("tokenizer quant_resi", self.quant_resi, 0.0, 1.0)  # a mixing weight: (1-r) x + r phi(x)
-        _check_range("tokenizer dropout", self.dropout, 0.0, 1.0, hi_open=True)
-        _check_range("tokenizer beta", self.beta, 0.0)
+            fail("tokenizer patch_nums", self.patch_nums, "a non-empty list of positive integers")
+        check_range("tokenizer share_quant_resi", self.share_quant_resi, 0)
+        check_range("tokenizer quant_resi", self.quant_resi, 0.0, 1.0)  # a mixing weight: (1-r) x + r phi(x)
+        check_range("tokenizer dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        check_range("tokenizer beta", self.beta, 0.0)
         TOKENIZERS[self.kind].check_config(self)
 
     @property
@@ -199,26 +200,26 @@ class TransformerConfig:
     def __post_init__(self):
         from arvision.models.blocks import BLOCKS
 
-        _check_types(self, "transformer ")
+        check_types(self, "transformer ")
         if self.block not in BLOCKS:
-            _fail("block", self.block, f"one of {', '.join(map(repr, BLOCKS))}")
+            fail("block", self.block, f"one of {', '.join(map(repr, BLOCKS))}")
         for name in ("width", "depth", "num_heads", "vocab_size", "num_classes", "in_channels"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                _fail(f"transformer {name}", v, "a positive integer")
+                fail(f"transformer {name}", v, "a positive integer")
         if self.width % self.num_heads:
-            _fail("width", self.width, f"divisible by num_heads={self.num_heads}")
+            fail("width", self.width, f"divisible by num_heads={self.num_heads}")
         if not isinstance(self.pos_grid, int) or self.pos_grid < 1:
-            _fail("pos_grid", self.pos_grid, "a positive integer")
-        _check_range("transformer mlp_ratio", self.mlp_ratio, 0.0, lo_open=True)
-        _check_range("transformer ffn_hidden", self.ffn_hidden, 1)
-        _check_range("transformer norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)
-        _check_range("transformer rope_base", self.rope_base, 0.0, lo_open=True)
+            fail("pos_grid", self.pos_grid, "a positive integer")
+        check_range("transformer mlp_ratio", self.mlp_ratio, 0.0, lo_open=True)
+        check_range("transformer ffn_hidden", self.ffn_hidden, 1)
+        check_range("transformer norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)
+        check_range("transformer rope_base", self.rope_base, 0.0, lo_open=True)
         if self.norm_eps is None:
             self.norm_eps = BLOCKS[self.block].default_norm_eps
         BLOCKS[self.block].configure(self)
         if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.dropout < 1.0:
-            _fail("dropout rates", (self.drop_path_rate, self.dropout), "in [0, 1)")
+            fail("dropout rates", (self.drop_path_rate, self.dropout), "in [0, 1)")
 
     @property
     def head_dim(self) -> int:
@@ -249,30 +250,30 @@ class ModelConfig:
         if isinstance(self.class_names, (list, tuple)):  # names may be written as numbers (digits)
             self.class_names = tuple(str(c) if isinstance(c, (str, int)) and not isinstance(c, bool) else c
                                      for c in self.class_names)
-        _check_types(self, "")
-        _check_range("image_size", self.image_size, 1)
+        check_types(self, "")
+        check_range("image_size", self.image_size, 1)
         family = get_family(self.family)
         tok, tr = self.tokenizer, self.transformer
         if self.image_size % tok.downsample:
-            _fail("image_size", self.image_size, f"a multiple of the tokenizer downsample {tok.downsample}")
+            fail("image_size", self.image_size, f"a multiple of the tokenizer downsample {tok.downsample}")
         if tok.vocab_size != tr.vocab_size:
-            _fail("vocab sizes", (tok.vocab_size, tr.vocab_size), "tokenizer and transformer must agree")
+            fail("vocab sizes", (tok.vocab_size, tr.vocab_size), "tokenizer and transformer must agree")
         family.check_config(self)
         if self.class_names is not None:
             self.class_names = tuple(str(c) for c in self.class_names)
             if len(self.class_names) != tr.num_classes:
-                _fail("class_names", len(self.class_names), f"one name per class ({tr.num_classes})")
+                fail("class_names", len(self.class_names), f"one name per class ({tr.num_classes})")
         allowed = {"guidance_scale", "top_k", "top_p", "temperature"} | set(family.sampling_options)
         if self.sampling is not None and (not isinstance(self.sampling, dict) or set(self.sampling) - allowed):
-            _fail("sampling defaults", self.sampling, f"a dict with keys among {sorted(allowed)}")
+            fail("sampling defaults", self.sampling, f"a dict with keys among {sorted(allowed)}")
         for key, (hint, lo, hi, lo_open) in _SAMPLING_RANGES.items():
             if self.sampling and key in self.sampling:
                 ok, value = _conform(self.sampling[key], hint)
                 if not ok:
-                    _fail(f"sampling {key}", self.sampling[key], f"expected {_describe(hint)}")
-                _check_range(f"sampling {key}", value, lo, hi, lo_open=lo_open)
+                    fail(f"sampling {key}", self.sampling[key], f"expected {_describe(hint)}")
+                check_range(f"sampling {key}", value, lo, hi, lo_open=lo_open)
         if self.sampling and "top_k" in self.sampling and self.sampling["top_k"] > tr.vocab_size:
-            _fail("sampling top_k", self.sampling["top_k"], f"at most the vocabulary size {tr.vocab_size}")
+            fail("sampling top_k", self.sampling["top_k"], f"at most the vocabulary size {tr.vocab_size}")
 
     @property
     def latent_size(self) -> int:

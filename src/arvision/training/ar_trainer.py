@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from arvision.conditions import ClassCondition
+from arvision.config import check_range
 from arvision.errors import ArvisionError
 from arvision.progress import progress as progress_of
 from arvision.training.checkpoint import (
@@ -33,7 +34,7 @@ from arvision.training.checkpoint import (
     save_checkpoint,
 )
 from arvision.training.distributed import DistInfo, global_batch, shard
-from arvision.training.fields import check_common, check_counts, is_number, need
+from arvision.training.fields import check_common
 from arvision.training.monitor import Monitor
 from arvision.training.optim import LRSchedule, make_adamw, set_lr
 from arvision.training.run_folder import warn_changed_config
@@ -61,13 +62,9 @@ class ARTrainConfig:
 
     def __post_init__(self):
         # every field, on construction: the CLI builds this config before it reads or tokenises any data
-        check_counts(self, ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"),
+        check_common(self, ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"),
                      ("warmup_steps", "keep_last", "seed"))
-        check_common(self)
-        need(self, "label_drop", is_number(self.label_drop) and 0 <= self.label_drop < 1, "in [0, 1)")
-        need(self, "sample_cfg", self.sample_cfg is None or is_number(self.sample_cfg),
-             "a finite number, or None for the family's default")
-        need(self, "student_forcing", isinstance(self.student_forcing, bool), "True or False")
+        check_range("label_drop", self.label_drop, 0.0, 1.0, hi_open=True)
 
 
 def trains_on_latents(pipe) -> bool:

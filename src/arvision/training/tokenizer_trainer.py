@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from arvision.config import TokenizerConfig, _from_dict
+from arvision.config import TokenizerConfig, _from_dict, check_range
 from arvision.errors import ArvisionError
 from arvision.training.checkpoint import (
     load_checkpoint,
@@ -39,7 +39,7 @@ from arvision.training.checkpoint import (
 )
 from arvision.training.discriminator import Adversary
 from arvision.training.distributed import DistInfo, all_reduce_mean, barrier, global_batch, shard
-from arvision.training.fields import check_common, check_counts, is_number, need
+from arvision.training.fields import check_choice, check_common
 from arvision.training.monitor import Monitor
 from arvision.training.optim import LRSchedule, make_adamw, set_lr
 from arvision.training.run_folder import warn_changed_config
@@ -78,16 +78,13 @@ class TokenizerTrainConfig:
 
     def __post_init__(self):
         # every field, on construction: the CLI builds this config before it reads any data
-        check_counts(self, ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "num_samples",
+        check_common(self, ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "num_samples",
                             "disc_layers", "disc_ch"),
                      ("warmup_steps", "disc_start", "dead_code_every", "keep_last", "seed"))
-        check_common(self)
-        for name in ("perceptual_weight", "disc_weight", "dead_code_threshold"):
-            need(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a finite number >= 0")
-        need(self, "beta", self.beta is None or (is_number(self.beta) and self.beta >= 0),
-             ">= 0, or None for the tokenizer's")
-        need(self, "recon", self.recon in ("l1", "l2"), "'l1' or 'l2'")
-        need(self, "usage_decay", is_number(self.usage_decay) and 0 <= self.usage_decay < 1, "in [0, 1)")
+        for name in ("perceptual_weight", "disc_weight", "dead_code_threshold", "beta"):
+            check_range(name, getattr(self, name), 0.0)  # beta None: the tokenizer config's
+        check_choice(self, "recon", ("l1", "l2"))
+        check_range("usage_decay", self.usage_decay, 0.0, 1.0, hi_open=True)
 
 
 # -- the tokenizer folder ---------------------------------------------------------------------------------------
