@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from arvision.cli import types
-from arvision.cli.sample import STORED, add_policy_args, apply_weights, check_sampling_args
+from arvision.cli.sample import add_knob_args, add_policy_args, apply_weights, check_sampling_args
 
 
 def add_parser(sub) -> None:
@@ -17,11 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=types.positive_int, default=None,
                    help="images per batch (default: one per class)")
     p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
-    p.add_argument("--cfg", type=types.guidance, default=None, help=f"guidance scale ({STORED})")
-    p.add_argument("--top-k", type=types.top_k, default=None, help=f"0 = off ({STORED})")
-    p.add_argument("--top-p", type=types.top_p, default=None, help=f"0 = off ({STORED})")
-    p.add_argument("--temperature", type=types.temperature, default=None,
-                   help=f"sampling temperature ({STORED}, else 1)")
+    add_knob_args(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, else fp32 (exact) (default "
                         "auto)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from arvision.cli import types
-from arvision.cli.sample import STORED
+from arvision.cli.sample import add_knob_args
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
 
@@ -42,11 +42,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--per-class", type=types.positive_int, default=50, help="images per class (default 50)")
     e.add_argument("--classes", type=types.class_id, nargs="+", default=None, help="default: every class")
     e.add_argument("--seed", type=types.seed, default=0, help="image i is seeded with SEED + i (default 0)")
-    e.add_argument("--cfg", type=types.guidance, default=None, help=f"guidance scale ({STORED})")
-    e.add_argument("--top-k", type=types.top_k, default=None, help=f"0 = off ({STORED})")
-    e.add_argument("--top-p", type=types.top_p, default=None, help=f"0 = off ({STORED})")
-    e.add_argument("--temperature", type=types.temperature, default=None,
-                   help=f"sampling temperature ({STORED}, else 1)")
+    add_knob_args(e)
     e.add_argument("--batch-size", type=types.positive_int, default=25, help="images per forward batch (default 25)")
     e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")

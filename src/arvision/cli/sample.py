@@ -51,10 +51,9 @@ def _family_defaults(key: str) -> str:
 STORED = "default: the model's stored setting (`arvision info MODEL` shows it), else the family's"
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--classes", type=types.class_id, nargs="+",
-                   help="class ids, one image each (default: the first 8 classes, 0..7, or all if fewer)")
-    p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
+def add_knob_args(p: argparse.ArgumentParser) -> None:
+    """Guidance, top-k, top-p and temperature, each defaulting to the model's stored setting (``sample``, ``bench``,
+    ``eval sample``)."""
     p.add_argument("--cfg", type=types.guidance, default=None,
                    help=f"guidance scale ({STORED}: {_family_defaults('guidance_scale')})")
     p.add_argument("--top-k", type=types.top_k, default=None,
@@ -63,6 +62,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help=f"0 = off ({STORED}: {_family_defaults('top_p')})")
     p.add_argument("--temperature", type=types.temperature, default=None,
                    help=f"sampling temperature ({STORED}: 1)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", type=types.class_id, nargs="+",
+                   help="class ids, one image each (default: the first 8 classes, 0..7, or all if fewer)")
+    p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
+    add_knob_args(p)
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
     p.add_argument("--patch-nums", type=types.positive_int_list, default=None, metavar="LIST",
                    help="sample on another scale list, e.g. 1,2,3,4,5,6,8,10,12 (models whose family supports it: "
