@@ -14,6 +14,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small random VAR model folder (10 classes, 64 codes), written once per test module."""
+    from arvision.bundled import tiny_random_pipeline
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_random_pipeline(seed=1).save_pretrained(folder)
+    return folder
+
+
 def _setting(name: str, default: Path) -> Path:
     value = os.environ.get(name, "").strip()
     return Path(value).expanduser() if value else default

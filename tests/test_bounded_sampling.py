@@ -18,15 +18,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from arvision.bundled import tiny_random_pipeline
-
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_random_pipeline(seed=1).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def pipe(tiny_model):
     from arvision.pipeline import ARPipeline
 

@@ -16,16 +16,6 @@ from arvision.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A small random VAR model folder (10 classes, 64 codes)."""
-    from arvision.bundled import tiny_random_pipeline
-
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_random_pipeline(seed=1).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def official_var(tmp_path_factory, tiny_model):
     """The tiny model exported in the official VAR checkpoint layout."""
     from arvision.pipeline import ARPipeline

@@ -15,15 +15,6 @@ from arvision.cli import build_parser, main
 from arvision.errors import ArvisionError
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from arvision.bundled import tiny_random_pipeline
-
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_random_pipeline(seed=1).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture
 def no_hub(monkeypatch):
     """Fail the test if the Hugging Face Hub is tried."""
