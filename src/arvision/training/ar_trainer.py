@@ -198,7 +198,7 @@ class ARTrainer:
         ckpt = resumable_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
-        state = load_checkpoint(ckpt, {"transformer": self.model})
+        state = load_checkpoint(ckpt, {"transformer": self.model}, verified=True)
         warn_changed_config(ckpt, json.loads(state["config"]), self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"], {"label_drop": self.gen, "schedules": self.schedule_gen})

@@ -100,9 +100,10 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module]) -> dict:
-    """Load weights into ``modules`` (strictly) and return the training state dict."""
-    problem = verify_checkpoint(path)
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], verified: bool = False) -> dict:
+    """Load weights into ``modules`` (strictly) and return the training state dict.  ``verified``: the caller has
+    just checked ``path`` against its manifest (``resumable_checkpoint``), so its files are not hashed again."""
+    problem = None if verified else verify_checkpoint(path)
     if problem:
         raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
     weights = load_file(str(path / WEIGHTS))

@@ -357,7 +357,7 @@ class TokenizerTrainer:
         ckpt = resumable_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
-        state = load_checkpoint(ckpt, self._modules())
+        state = load_checkpoint(ckpt, self._modules(), verified=True)
         warn_changed_config(ckpt, json.loads(state["config"]), self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.adversary is not None:
