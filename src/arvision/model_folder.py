@@ -60,9 +60,11 @@ def explain_non_model(folder: Path) -> str:
         return (f"{folder} is a tokenizer folder (written by `arvision train-tokenizer`), not a model: train a "
                 f"transformer on it with `arvision train --tokenizer {folder} --data DATA --out MODEL`, then sample "
                 "MODEL")
-    steps = sorted((folder / "checkpoints").glob("step-???????"))
+    from arvision.training.checkpoint import WEIGHTS, list_checkpoints
+
+    steps = list_checkpoints(folder / "checkpoints")
     if steps:
-        command = _trainer_of(steps[-1] / "weights.safetensors")
+        command = _trainer_of(steps[-1] / WEIGHTS)
         return (f"{folder} is a training run that has not finished (checkpoints up to {steps[-1].name}, no final "
                 f"model yet): finish it with `arvision {command} ... --out {folder} --resume` (the arguments of the "
                 "first run), or sample a finished model folder")
