@@ -266,17 +266,14 @@ class _Writers:
         self.tokens, self.labels, self.schedule, self.stats = [], [], None, {}
 
     def add(self, out) -> None:
-        import os
+        from arvision.images import save_image
 
         args, pipe = self.args, self.pipe
         if args.out_dir:
             folder = Path(args.out_dir)
             folder.mkdir(exist_ok=True)
             for j, (im, k) in enumerate(zip(out.images, out.class_labels)):
-                name = folder / f"{self.count + j:05d}_class{k}.png"
-                tmp = name.with_name(f".{name.name}.tmp")
-                im.save(tmp, format="PNG")
-                os.replace(tmp, name)
+                save_image(im, folder / f"{self.count + j:05d}_class{k}.png")
         if args.out:
             self.grid += out.images
             self.captions += [caption(pipe, k) for k in out.class_labels]
@@ -298,16 +295,16 @@ class _Writers:
     def finish(self) -> None:
         args = self.args
         if args.out:
-            from arvision.images import make_grid
+            from arvision.images import make_grid, save_image
 
-            make_grid(self.grid, self.captions).save(args.out)
+            save_image(make_grid(self.grid, self.captions), args.out)
             print(f"wrote {args.out}")
         if args.out_dir:
             print(f"wrote {self.count} images to {args.out_dir}")
         if args.progression:
-            from arvision.images import make_grid
+            from arvision.images import make_grid, save_image
 
-            make_grid(self.cells, self.cell_captions, ncol=self.ncol).save(args.progression)
+            save_image(make_grid(self.cells, self.cell_captions, ncol=self.ncol), args.progression)
             print(f"wrote {args.progression}")
         if args.save_tokens:
             import torch
