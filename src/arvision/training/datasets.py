@@ -38,13 +38,14 @@ __all__ = [
     "ImageFolderDataset",
     "Mnist5k",
     "Photos",
+    "Shapes",
     "build_dataset",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 """File name endings (compared case-insensitively) that :class:`ImageFolderDataset` reads; other files are ignored."""
 
-BUILTIN_DATASETS = ("mnist-5k", "photos")
+BUILTIN_DATASETS = ("mnist-5k", "photos", "shapes")
 """Names :func:`build_dataset` resolves to a built-in dataset instead of a folder."""
 
 # skimage.data photographs that ship inside the scikit-image wheel (checked with scikit-image 0.26): loader name ->
@@ -460,9 +461,55 @@ class Photos(Dataset):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# procedural scenes of coloured shapes (arvision.scenes), for text-to-image
+
+
+class Shapes(Dataset):
+    """``num_scenes`` procedural 64x64 scenes of 1-4 coloured shapes (``arvision.scenes``), scene ``i`` drawn from
+    the generator seeded ``(seed, i)``: fully deterministic, nothing stored.
+
+    Items are ``(image float32 (3, 64, 64) in [-1, 1], 0)`` (one class, "all": a text model's conditions are the
+    captions, ``captions(i)``); ``scene(i)`` is the scene graph.  Only 64 px is drawn (the world's conventions).
+    """
+
+    def __init__(self, image_size: int = 64, *, num_scenes: int = 20000, seed: int = 0):
+        from arvision import scenes
+
+        if image_size != scenes.SIZE:
+            raise ArvisionError(f"the shapes dataset is drawn at {scenes.SIZE} px, not {image_size} (use "
+                                f"--image-size {scenes.SIZE})")
+        self.image_size = scenes.SIZE
+        self.num_scenes = _check_size("num_scenes", num_scenes)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ArvisionError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        self.num_classes = 1
+        self.class_names = ("all",)
+        self.labels = torch.zeros(self.num_scenes, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.num_scenes
+
+    def scene(self, index):
+        """Scene ``index`` -> ``arvision.scenes.Scene``."""
+        from arvision import scenes
+
+        index = _check_index(index, self.num_scenes)
+        return scenes.sample_scene(np.random.default_rng([self.seed, index]))
+
+    def __getitem__(self, index) -> tuple[torch.Tensor, int]:
+        from arvision import scenes
+
+        return _to_tensor(scenes.render(self.scene(index))), 0
+
+    def __repr__(self) -> str:
+        return f"Shapes({self.num_scenes} scenes, seed={self.seed})"
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # spec -> dataset
 
-_BUILTIN_CLASSES = {"mnist-5k": Mnist5k, "photos": Photos}
+_BUILTIN_CLASSES = {"mnist-5k": Mnist5k, "photos": Photos, "shapes": Shapes}
 
 
 def build_dataset(spec: str | os.PathLike, image_size: int, **kw) -> Dataset:
