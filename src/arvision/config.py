@@ -196,6 +196,10 @@ class TransformerConfig:
     drop_path_rate: float = 0.0
     dropout: float = 0.0
     pos_grid: int = 32  # FlexVAR: side of the learned 2-D position grid resized to every scale
+    condition: str = "class"  # "class": class ids; "text": prompts (text encoder + cross-attention in every block)
+    text_vocab: tuple[str, ...] | None = None  # text: the closed vocabulary of the jointly trained encoder
+    text_len: int = 32  # text: most words per prompt
+    text_depth: int = 2  # text: layers of the encoder
 
     def __post_init__(self):
         from arvision.models.blocks import BLOCKS
@@ -211,6 +215,13 @@ class TransformerConfig:
             fail("width", self.width, f"divisible by num_heads={self.num_heads}")
         if not isinstance(self.pos_grid, int) or self.pos_grid < 1:
             fail("pos_grid", self.pos_grid, "a positive integer")
+        if self.condition not in ("class", "text"):
+            fail("transformer condition", self.condition, "'class' or 'text'")
+        if self.condition == "text":
+            if not self.text_vocab or len(set(self.text_vocab)) != len(self.text_vocab):
+                fail("text_vocab", self.text_vocab, "a non-empty list of distinct words for a text model")
+            check_range("text_len", self.text_len, 1)
+            check_range("text_depth", self.text_depth, 1)
         check_range("transformer mlp_ratio", self.mlp_ratio, 0.0, lo_open=True)
         check_range("transformer ffn_hidden", self.ffn_hidden, 1)
         check_range("transformer norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from arvision.checkpoints import load_strict, read_safetensors, read_torch_checkpoint
-from arvision.conditions import ClassCondition
+from arvision.conditions import ClassCondition, Condition, TextCondition
 from arvision.config import ModelConfig
 from arvision.errors import ArvisionError
 from arvision.families import get_family
@@ -166,11 +166,11 @@ class ARPipeline:
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        return self.transformer.class_emb.weight.dtype
+        return self.transformer.reference_weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.class_emb.weight.device
+        return self.transformer.reference_weight.device
 
     # -- sampling ------------------------------------------------------------------------------------
     def layout(self, schedule=None):
@@ -243,19 +243,43 @@ class ARPipeline:
             raise ArvisionError(f"class id(s) {bad} out of range: this model has {n} classes (0..{n - 1}{extra})")
         return labels
 
-    def condition(self, class_labels, allow_null: bool = False) -> ClassCondition:
-        """Class ids -> the condition the loop takes (checked as ``check_labels``)."""
+    @property
+    def takes_text(self) -> bool:
+        """Whether this model is conditioned on prompts (else on class ids)."""
+        return self.transformer.text_encoder is not None
+
+    def condition(self, class_labels=None, allow_null: bool = False, prompts=None) -> Condition:
+        """Class ids (class models; checked as ``check_labels``) or prompts (text models: a string or a list;
+        "" = the null text) -> the condition the loop takes.  A ready ``Condition`` passes through."""
+        if isinstance(class_labels, Condition):
+            return class_labels.to(self.device)
+        if self.takes_text:
+            if class_labels is not None:
+                raise ArvisionError("this model is conditioned on text, not class labels: give prompts")
+            if prompts is None or (not isinstance(prompts, str) and len(prompts) == 0):
+                raise ArvisionError("no prompts given")
+            texts = [prompts] if isinstance(prompts, str) else list(prompts)
+            empty = [i for i, t in enumerate(texts) if isinstance(t, str) and not t.strip()]
+            if empty and not allow_null:
+                raise ArvisionError(f"empty prompt (at position {empty[0]}); describe the image, e.g. "
+                                    "'a photo of a red circle'")
+            return TextCondition.of(texts, self.transformer.text_encoder.tokenizer, self.device)
+        if prompts is not None:
+            raise ArvisionError("this model is conditioned on class labels, not text: give class ids, not prompts")
+        if class_labels is None:
+            raise ArvisionError("no class labels given")
         return ClassCondition.of(self.check_labels(class_labels, allow_null), self.config.num_classes, self.device)
 
-    def __call__(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
+    def __call__(self, class_labels: int | Sequence[int] | None = None, guidance_scale: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                  generator: Generators = None, more_smooth: bool = False,
                  output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                  progress: bool = False, return_progression: bool = False,
                  time_steps: bool = False, processors=(), override=None, kv_policy=None,
                  decoding=None, search=None, verifier=None, allow_null_class: bool = False,
-                 patch_nums=None, **family_options) -> GenerationOutput:
-        """Generate one image per class label.
+                 patch_nums=None, prompts: str | Sequence[str] | None = None,
+                 **family_options) -> GenerationOutput:
+        """Generate one image per class label (class models) or per prompt (text models: ``prompts``).
 
         guidance_scale, top_k, top_p: None takes the model's stored defaults, else the family's published ones;
         top_k=0 / top_p=0 turn the filter off.  ``generator`` is consumed exactly as the official sampler consumes
@@ -288,7 +312,8 @@ class ARPipeline:
             generator=generator, more_smooth=more_smooth, output_type=output_type, batch_size=batch_size,
             precision=precision, progress=progress, return_progression=return_progression, time_steps=time_steps,
             processors=processors, override=override, kv_policy=kv_policy, decoding=decoding, search=search,
-            verifier=verifier, allow_null_class=allow_null_class, patch_nums=patch_nums, **family_options)
+            verifier=verifier, allow_null_class=allow_null_class, patch_nums=patch_nums, prompts=prompts,
+            **family_options)
         return GenerationOutput.concat(list(batches))
 
     def default_batch_size(self, n_images: int | None = None, schedule=None) -> int:
@@ -297,19 +322,20 @@ class ARPipeline:
         return default_batch_size(self.config, self.schedule if schedule is None else schedule, self.device,
                                   n_images)
 
-    def iter_batches(self, class_labels: int | Sequence[int], guidance_scale: float | None = None,
+    def iter_batches(self, class_labels: int | Sequence[int] | None = None, guidance_scale: float | None = None,
                      top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                      generator: Generators = None, more_smooth: bool = False,
                      output_type: str = "pil", batch_size: int | None = None, precision: str = "fp32",
                      progress: bool = False, return_progression: bool = False,
                      time_steps: bool = False, processors=(), override=None, kv_policy=None,
                      decoding=None, search=None, verifier=None, allow_null_class: bool = False,
-                     patch_nums=None, **family_options) -> Iterator[GenerationOutput]:
+                     patch_nums=None, prompts: str | Sequence[str] | None = None,
+                     **family_options) -> Iterator[GenerationOutput]:
         """The batches of ``self(...)`` (same options), one :class:`GenerationOutput` per batch as it finishes, so
         that a caller can write each batch out and drop it: any number of images in bounded memory.  Every
         argument is checked here, before the first batch runs; the generator is consumed batch after batch exactly
         as ``self(...)`` consumes it.  Each output's ``stats`` is the running total of the call so far."""
-        condition = self.condition(class_labels, allow_null=allow_null_class)
+        condition = self.condition(class_labels, allow_null=allow_null_class, prompts=prompts)
         schedule = self.sampling_schedule(patch_nums)
         options = self.sampling_options(guidance_scale, top_k, top_p, temperature, more_smooth=more_smooth,
                                         precision=precision, schedule=schedule, processors=processors,
@@ -332,7 +358,7 @@ class ARPipeline:
             raise ArvisionError(f"batch size must be an integer >= 1, got {batch_size!r}")
         bs = self.default_batch_size(n, schedule) if batch_size is None else batch_size
         if isinstance(generator, (list, tuple)) and len(generator) != n:
-            raise ArvisionError(f"got {len(generator)} generators for {n} class labels; give one per image")
+            raise ArvisionError(f"got {len(generator)} generators for {n} images; give one per image")
         return self._batches(condition, schedule, options, sample, generator, bs, output_type, progress,
                              return_progression, time_steps, search is not None)
 

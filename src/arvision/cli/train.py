@@ -110,6 +110,11 @@ def add_parsers(sub) -> None:
                         f"{ARTrainConfig.label_drop})")
     p.add_argument("--student-forcing", action="store_true",
                    help="SAR: add a pass on inputs built from the model's own predictions (scale-wise families)")
+    p.add_argument("--condition", choices=["auto", "class", "text"], default="auto",
+                   help="what the model is conditioned on: text (prompts; datasets with captions: shapes) or class "
+                        "ids; auto: text when the data has captions (default: %(default)s)")
+    p.add_argument("--captions-per-image", type=int, default=8,
+                   help="text models: captions drawn per image up front; each step picks one (default: %(default)s)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from this model folder's transformer (same configuration) instead of random "
                         "weights: post-training, e.g. SAR on a trained FlexVAR")
@@ -252,6 +257,8 @@ def cmd_train(args) -> None:
     family = args.family or family_for_tokenizer(tok_cfg.kind).name
     if args.heads is not None and args.heads < 1:
         raise ArvisionError(f"--heads must be >= 1, got {args.heads}")
+    if args.captions_per_image < 1:
+        raise ArvisionError(f"--captions-per-image must be >= 1, got {args.captions_per_image}")
     latent = image_size // tok_cfg.downsample
     # the preset and heads, checked (and the head count resolved) with a stand-in class count
     heads = transformer_config(family, args.preset, tok_cfg.vocab_size, 1, tok_cfg.embed_dim, args.heads,
@@ -261,6 +268,7 @@ def cmd_train(args) -> None:
                             "`arvision train`")
     info = init_distributed(args.device)
     settings = {"command": "train", "--data": data, "--family": family, "--preset": args.preset, "--heads": heads,
+                "--condition": args.condition, "--captions-per-image": args.captions_per_image,
                 "--tokenizer (weights sha256)": _sha256(Path(args.tokenizer) / TOKENIZER_WEIGHTS)[:16],
                 "--init": str(Path(args.init).resolve()) if args.init else None, "device": info.device.type,
                 **_named(dataclasses.asdict(cfg), FLAGS)}
@@ -272,8 +280,12 @@ def cmd_train(args) -> None:
     torch_seed(args.seed)
     tr_cfg = transformer_config(family, args.preset, tok_cfg.vocab_size, dataset.num_classes, tok_cfg.embed_dim,
                                 args.heads, latent_side=latent)
+    text = _takes_text(args.condition, dataset, args.data)
+    if text:
+        tr_cfg = dataclasses.replace(tr_cfg, condition="text", text_vocab=tuple(dataset.text_vocab), num_classes=1,
+                                     text_len=dataset.text_len)
     config = ModelConfig(family=family, image_size=image_size, tokenizer=tok_cfg, transformer=tr_cfg,
-                         class_names=tuple(dataset.class_names))
+                         class_names=None if text else tuple(dataset.class_names))
     pipe = ARPipeline(config, tokenizer=tokenizer).to(info.device)
     if args.init:
         _init_from(pipe, args.init)
@@ -283,9 +295,33 @@ def cmd_train(args) -> None:
         start_run_folder(args.out, settings, outputs=outputs, overwrite=args.overwrite, resume=args.resume)
     barrier(info)
     tokens, labels = _token_cache(args, pipe, dataset, info)
+    if text:
+        labels = _captions(dataset, args.captions_per_image, args.seed, pipe.transformer.text_encoder.tokenizer)
     ARTrainer(pipe, tokens, labels, cfg, args.out, info).train(resume=args.resume)
     if info.is_main:
         print(f"model saved to {args.out} (sample it with: arvision sample {args.out})")
+
+
+def _takes_text(condition: str, dataset, spec: str) -> bool:
+    has_captions = getattr(dataset, "text_vocab", None) is not None
+    if condition == "text" and not has_captions:
+        raise ArvisionError(f"--condition text: the data {spec} has no captions (the shapes dataset has)")
+    return has_captions and condition != "class"
+
+
+def _captions(dataset, k: int, seed: int, tokenizer):
+    """K captions per image drawn up front (image i from the generator seeded (seed, i), so a resume draws the
+    same ones), as word ids of the model's tokenizer."""
+    import numpy as np
+
+    from arvision.progress import progress
+    from arvision.training.condition_data import Captions
+
+    texts = []
+    for i in progress(range(len(dataset)), desc="captions", unit="images", leave=False):
+        rng = np.random.default_rng([seed, i])
+        texts.append([dataset.caption(i, rng) for _ in range(k)])
+    return Captions.of(texts, tokenizer)
 
 
 def _init_from(pipe, folder) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from arvision.errors import ArvisionError
 from arvision.models.attention import Attention
+from arvision.models.text import CrossAttention
 
 
 class RMSNorm(nn.Module):
@@ -81,7 +82,7 @@ class AdaLNBlock(nn.Module):
     @classmethod
     def build(cls, cfg, drop_path: float) -> AdaLNBlock:
         return cls(cfg.width, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.shared_adaln, cfg.attn_l2_norm,
-                   drop_path, cfg.dropout)
+                   drop_path, cfg.dropout, cross=cfg.condition == "text")
 
     @staticmethod
     def shared_modulation(cfg) -> nn.Module | None:
@@ -89,7 +90,7 @@ class AdaLNBlock(nn.Module):
         return nn.Linear(cfg.width, 6 * cfg.width) if cfg.shared_adaln else None
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, eps: float, shared: bool, l2_norm: bool,
-                 drop_path: float = 0.0, dropout: float = 0.0):
+                 drop_path: float = 0.0, dropout: float = 0.0, cross: bool = False):
         super().__init__()
         self.width = width
         # without the l2 norm VAR's attention scales logits by 0.25/sqrt(hd), not 1/sqrt(hd) (its basic_var.py)
@@ -102,6 +103,9 @@ class AdaLNBlock(nn.Module):
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, width) / width**0.5)
         else:
             self.ada_lin = nn.Linear(width, 6 * width)
+        # text models: x += cross(LN(x), text) between attention and MLP (Infinity's CrossAttnBlock order)
+        self.cross_norm = nn.LayerNorm(width, eps=eps) if cross else None
+        self.cross = CrossAttention(width, heads) if cross else None
         self.drop_path = DropPath(drop_path)
 
     def modulation(self, cond: torch.Tensor) -> torch.Tensor:
@@ -110,11 +114,14 @@ class AdaLNBlock(nn.Module):
             return self.ada_gss + cond
         return self.ada_lin(F.silu(cond)).view(-1, 1, 6, self.width)
 
-    def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
-        """x (B, n, C); mod = ``modulation(cond)`` (B, 1, 6C), computed once per sequence by the caller."""
+    def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0, ctx=None):
+        """x (B, n, C); mod = ``modulation(cond)`` (B, 1, 6C), computed once per sequence by the caller; ctx: the
+        text's keys/values for the cross-attention (``CrossAttention.context``), text models only."""
         g1, g2, s1, s2, b1, b2 = mod.unbind(2)
         ln = F.layer_norm(x, (self.width,), eps=self.eps)
         x = x + self.drop_path(self.attn(ln.mul(s1.add(1)).add_(b1), rope, attn_bias, cache, layer, begin).mul_(g1))
+        if self.cross is not None:
+            x = x + self.drop_path(self.cross(self.cross_norm(x), ctx))
         ln = F.layer_norm(x, (self.width,), eps=self.eps)
         return x + self.drop_path(self.mlp(ln.mul(s2.add(1)).add_(b2)).mul(g2))
 
@@ -134,7 +141,8 @@ class LlamaBlock(nn.Module):
 
     @classmethod
     def build(cls, cfg, drop_path: float) -> LlamaBlock:
-        return cls(cfg.width, cfg.num_heads, cfg.ffn_hidden, cfg.norm_eps, drop_path, cfg.dropout)
+        return cls(cfg.width, cfg.num_heads, cfg.ffn_hidden, cfg.norm_eps, drop_path, cfg.dropout,
+                   cross=cfg.condition == "text")
 
     @staticmethod
     def shared_modulation(cfg) -> None:
@@ -144,17 +152,21 @@ class LlamaBlock(nn.Module):
         return None
 
     def __init__(self, width: int, heads: int, ffn_hidden: int, eps: float, drop_path: float = 0.0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, cross: bool = False):
         super().__init__()
         self.attn_norm = RMSNorm(width, eps)
         self.attn = Attention(width, heads, qv_bias=False, l2_norm=False, proj_bias=False, dropout=0.0)
+        self.cross_norm = RMSNorm(width, eps) if cross else None
+        self.cross = CrossAttention(width, heads) if cross else None
         self.mlp_norm = RMSNorm(width, eps)
         self.mlp = SwiGLU(width, ffn_hidden, dropout)
         self.resid_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0):
+    def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0, ctx=None):
         h = x + self.drop_path(self.resid_drop(self.attn(self.attn_norm(x), rope, attn_bias, cache, layer, begin)))
+        if self.cross is not None:
+            h = h + self.drop_path(self.cross(self.cross_norm(h), ctx))
         return h + self.drop_path(self.mlp(self.mlp_norm(h)))
 
 

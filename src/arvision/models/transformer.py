@@ -3,11 +3,13 @@
 ``forward``            the whole sequence of a schedule under its attention mask (training, parity checks);
 ``forward_positions``  some positions against a KV cache (sampling; ``forward_step`` = one schedule step).
 
-Parts, all from the model's family (``arvision.families``): ``class_emb`` encodes class conditions (row
-``num_classes`` = null); ``embed`` turns step inputs and positions into hidden states (``arvision.models.embeddings``);
-``blocks`` (by default ``TransformerConfig.block``'s kind of ``arvision.models.blocks.BLOCKS``), with
-``shared_ada_lin`` when the blocks share one AdaLN projection; ``head`` turns hidden states into logits and owns the
-token choice and the loss (``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout`
+Parts, all from the model's family (``arvision.families``) but the condition's encoder: ``class_emb`` encodes
+class conditions (row ``num_classes`` = null), or, for text models, ``text_encoder`` encodes prompts
+(``arvision.models.text``; its per-word states reach every block through cross-attention); ``embed`` turns step
+inputs and positions into hidden states (``arvision.models.embeddings``); ``blocks`` (by default
+``TransformerConfig.block``'s kind of ``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the blocks
+share one AdaLN projection; ``head`` turns hidden states into logits and owns the token choice and the loss
+(``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout`
 (``layout(schedule)``): nothing about the token order is baked into the weights' shapes beyond what a family
 learns (VAR's per-position table).
 """
@@ -49,11 +51,16 @@ class Conditioning(NamedTuple):
     emb: torch.Tensor  # (B, C) the condition embedding (prefix token / AdaLN input)
     blocks: list  # per block: its modulation (AdaLN: (B, 1, 6, C)), or None
     head: torch.Tensor | None  # the head's modulation (AdaLN: (B, 1, 2, C)), or None
+    context: list | None = None  # text models, per block: the text's (k, v, bias) for its cross-attention
 
     def select(self, rows: torch.Tensor) -> Conditioning:
         """Keep batch rows ``rows`` (repeats allowed)."""
         return Conditioning(self.emb[rows], [None if m is None else m[rows] for m in self.blocks],
-                            None if self.head is None else self.head[rows])
+                            None if self.head is None else self.head[rows],
+                            None if self.context is None else [tuple(t[rows] for t in c) for c in self.context])
+
+    def ctx(self, i: int):
+        return None if self.context is None else self.context[i]
 
 
 class ARTransformer(nn.Module):
@@ -66,7 +73,14 @@ class ARTransformer(nn.Module):
         self.cfg, self.family = cfg, get_family(config.family)
         self.static_steps = False  # raster sampling through forward_token (set by ARPipeline.compile)
         # registration order = initialisation order (init_weights walks self.modules())
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.width)  # row num_classes = null class
+        self.class_emb = self.text_encoder = None
+        if cfg.condition == "text":
+            from arvision.models.text import ClosedVocabEncoder
+
+            self.text_encoder = ClosedVocabEncoder(cfg.text_vocab, cfg.text_len, cfg.width, cfg.text_depth,
+                                                   cfg.num_heads)
+        else:
+            self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.width)  # row num_classes = null class
         self.embed = self.family.embedder(config)
         self.shared_ada_lin, self.blocks = self.family.blocks(config)
         self.head = self.family.head(config)
@@ -78,11 +92,20 @@ class ARTransformer(nn.Module):
 
         The AdaLN modulations depend only on the condition, so they are computed once per sequence, not once per
         step: at batch 1 their weights (a third of a VAR model's) would otherwise be read again at every scale."""
-        cond = condition.encode(self)
-        mod_in = cond
+        enc = condition.encode(self)
+        cond = mod_in = enc.emb
         if self.shared_ada_lin is not None:
             mod_in = self.shared_ada_lin(F.silu(cond)).view(-1, 1, 6, self.cfg.width)
-        return Conditioning(cond, [blk.modulation(mod_in) for blk in self.blocks], self.head.modulation(cond))
+        context = None
+        if enc.states is not None:  # text: every block's keys/values of the prompt, projected once
+            context = [blk.cross.context(enc.states, enc.valid) for blk in self.blocks]
+        return Conditioning(cond, [blk.modulation(mod_in) for blk in self.blocks], self.head.modulation(cond),
+                            context)
+
+    @property
+    def reference_weight(self) -> torch.Tensor:
+        """A weight whose device and dtype are the model's (the condition encoder's first table)."""
+        return self.class_emb.weight if self.class_emb is not None else self.text_encoder.words.weight
 
     def layout(self, schedule: Schedule) -> Layout:
         """What ``schedule`` means to this trunk (positions of every step), built once per call."""
@@ -111,7 +134,7 @@ class ARTransformer(nn.Module):
         h = self.embed(cond.emb, x_in, 0, L, layout)
         bias = self._mask(layout.schedule, h.device)
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, layout.rope, bias, None, i, 0)
+            h = blk(h, mod, layout.rope, bias, None, i, 0, cond.ctx(i))
         return self.head(h, cond.head)
 
     def forward_step(self, s: int, cond: Conditioning, x_in: torch.Tensor | None, cache: KVCache,
@@ -128,7 +151,7 @@ class ARTransformer(nn.Module):
         h = self.embed(cond.emb, x_in, begin, end, layout)
         rope = None if layout.rope is None else layout.rope[begin:end]
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, rope, mask, cache, i, begin)
+            h = blk(h, mod, rope, mask, cache, i, begin, cond.ctx(i))
         return self.head(h, cond.head)
 
     def forward_token(self, pos: torch.Tensor, cond: Conditioning, x_in: torch.Tensor, cache: KVCache,
@@ -142,13 +165,13 @@ class ARTransformer(nn.Module):
         keys = torch.arange(layout.schedule.length, device=pos.device)
         mask = torch.zeros((), device=pos.device).masked_fill(keys > pos, float("-inf"))[None]  # (1, L)
         for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, rope, mask, cache, i, pos)
+            h = blk(h, mod, rope, mask, cache, i, pos, cond.ctx(i))
         return self.head(h, cond.head)
 
     def new_cache(self, batch: int, schedule: Schedule, dtype=torch.float32, device=None, policy=None) -> KVCache:
         """A full static cache for ``schedule``, or the one ``policy`` (``arvision.sampling.kv_policies``) builds."""
         cfg = self.cfg
-        device = device or self.class_emb.weight.device
+        device = device or self.reference_weight.device
         if policy is not None:
             return policy.new_cache(self, schedule, batch, dtype, device)
         cache = KVCache(cfg.depth, batch, cfg.num_heads, schedule.length, cfg.head_dim, dtype, device)

@@ -98,7 +98,7 @@ class SamplingRun:
         # Weights already in the sampling dtype (``pipe.to(dtype=...)``) need no autocast, which would only add
         # a dispatch layer to every small op of every step.
         self.dtype = options.dtype
-        self.mixed = self.dtype != torch.float32 and transformer.class_emb.weight.dtype != self.dtype
+        self.mixed = self.dtype != torch.float32 and transformer.reference_weight.dtype != self.dtype
         self.forwards = self.token_forwards = 0
         self.s = 0  # the next step
         self.plugins: dict = {}  # per-run state of options (``slot``)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from arvision.conditions import ClassCondition
 from arvision.config import check_range
 from arvision.errors import ArvisionError
 from arvision.progress import progress as progress_of
@@ -33,6 +32,7 @@ from arvision.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from arvision.training.condition_data import Captions, ClassLabels
 from arvision.training.distributed import DistInfo, global_batch, shard
 from arvision.training.fields import check_common
 from arvision.training.monitor import Monitor
@@ -50,7 +50,7 @@ class ARTrainConfig:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.05
     grad_clip: float = 2.0
-    label_drop: float = 0.1  # probability of the null class, for classifier-free guidance
+    label_drop: float = 0.1  # probability of the null class / null text, for classifier-free guidance
     precision: str = "auto"
     seed: int = 0
     log_every: int = 10
@@ -94,19 +94,23 @@ def per_step_mean(values: torch.Tensor, sizes: tuple[int, ...]) -> list[float]:
 
 class ARTrainer:
     """Trains ``pipe.transformer`` (the tokenizer stays frozen) on pre-extracted data (``tokenize_dataset``): tokens
-    (N, L), or latents (N, D, h, w) for families that draw a schedule per step."""
+    (N, L), or latents (N, D, h, w) for families that draw a schedule per step.  ``labels``: class ids (N,) int64,
+    or, for text models, :class:`~arvision.training.condition_data.Captions` (K captions per image, one drawn per
+    step)."""
 
-    def __init__(self, pipe, tokens: torch.Tensor, labels: torch.Tensor, cfg: ARTrainConfig, out_dir: str | Path,
-                 dist_info: DistInfo | None = None, progress: bool = True):
+    def __init__(self, pipe, tokens: torch.Tensor, labels: torch.Tensor | Captions, cfg: ARTrainConfig,
+                 out_dir: str | Path, dist_info: DistInfo | None = None, progress: bool = True):
         from arvision.precision import resolve_precision
 
         self.pipe, self.cfg = pipe, cfg
         self.info = dist_info or DistInfo()
         self.out = Path(out_dir)
-        self.tokens, self.labels = tokens, labels
-        n_cls = pipe.config.num_classes
-        if labels.numel() and (labels.min() < 0 or labels.max() >= n_cls):
-            raise ArvisionError(f"labels must be in [0, {n_cls}), got [{labels.min()}, {labels.max()}]")
+        self.tokens = tokens
+        self.conditions = labels if isinstance(labels, Captions) else ClassLabels(labels, pipe.config.num_classes)
+        if isinstance(self.conditions, Captions) != pipe.takes_text:
+            raise ArvisionError("a text model trains on captions and a class model on class labels")
+        if len(self.conditions) != tokens.shape[0]:
+            raise ArvisionError(f"{len(self.conditions)} conditions for {tokens.shape[0]} images")
         self.latents = trains_on_latents(pipe)
         if self.latents and tokens.ndim != 4:
             raise ArvisionError(f"{pipe.family.description} trains on latents (N, D, h, w), got shape "
@@ -147,9 +151,12 @@ class ARTrainer:
         cfg, device = self.cfg, self.info.device
         idx = global_batch(self.tokens.shape[0], self.step, cfg.batch_size, cfg.seed)
         drop = torch.rand(cfg.batch_size, generator=self.gen) < cfg.label_drop  # same draw on every rank
+        choice = None
+        if self.conditions.draws:  # which caption of each image (class labels draw nothing)
+            choice = shard(torch.randint(1 << 30, (cfg.batch_size,), generator=self.gen), self.info)
         idx, drop = shard(idx, self.info), shard(drop, self.info)
         schedule, inputs, tok = self.batch(idx)
-        cond = ClassCondition(self.labels[idx].to(device), self.pipe.config.num_classes).with_null(drop)
+        cond = self.conditions.batch(idx, drop, choice, device)
         head = self.model.head
         with torch.no_grad():
             x_in = inputs.teacher(tok)
@@ -240,19 +247,21 @@ class ARTrainer:
         return self.out
 
     @torch.no_grad()
-    def sample_grid(self, path: Path, per_class: int = 1, max_classes: int = 10) -> None:
-        """A labelled grid from the current weights (fixed seed, so grids are comparable across steps)."""
+    def sample_grid(self, path: Path, max_rows: int = 10) -> None:
+        """A labelled grid from the current weights (fixed seed, so grids are comparable across steps): one image
+        per class (the first ``max_rows``), or per caption of the first images."""
         from arvision.images import make_grid
 
         path.parent.mkdir(parents=True, exist_ok=True)
         was_training = self.model.training
         self.model.eval()
         try:
-            classes = [k for k in range(min(self.pipe.config.num_classes, max_classes)) for _ in range(per_class)]
-            out = self.pipe(classes, guidance_scale=self.cfg.sample_cfg,
+            cond = self.conditions.preview(max_rows)
+            out = self.pipe(cond, guidance_scale=self.cfg.sample_cfg,
                             generator=torch.Generator().manual_seed(0), precision="fp32")
             names = self.pipe.config.class_names
-            make_grid(out.images, [names[k] if names else str(k) for k in classes],
-                      ncol=min(len(classes), 10)).save(path)
+            keys = cond.keys()
+            labels = [names[k] if names and isinstance(k, int) else str(k) for k in keys]
+            make_grid(out.images, labels, ncol=min(len(keys), 10)).save(path)
         finally:
             self.model.train(was_training)

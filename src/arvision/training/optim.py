@@ -14,7 +14,8 @@ from torch import nn
 from arvision.errors import ArvisionError
 
 # Parameters that are never weight-decayed: 1-D tensors (norms, biases) and these embeddings/gains (VAR's list).
-NO_DECAY_NAMES = ("pos_embed", "pos_start", "lvl_embed", "scale_mul", "ada_gss", "class_emb", "k_bias")
+NO_DECAY_NAMES = ("pos_embed", "pos_start", "lvl_embed", "scale_mul", "ada_gss", "class_emb", "k_bias",
+                  "text_encoder.words", "text_encoder.pos")
 
 
 @dataclass
