@@ -153,7 +153,7 @@ def test_clauses_are_judged_as_genevals():
     # colour: only the most confident circle counts (GenEval takes the top `count` detections of the class)
     assert G.judge([red, blue, sq], cap.prompt_meta("a photo of a blue circle")) == (True, "")
     ok, why = G.judge([red, blue, sq], cap.prompt_meta("a photo of a red circle"))
-    assert not ok and why == "expected a red circle, the most confident is blue circle"
+    assert not ok and why == "expected a red circle, the most confident circle is blue"
     # counting: at least n, and not n + 1
     three = [red, blue, _det("circle", "red", (0, 40, 16, 56))]
     assert G.judge(three, cap.prompt_meta("a photo of three circles"))[0]
@@ -216,6 +216,14 @@ def test_score_folder_reads_line_times_per_prompt_plus_j(tmp_path, prompts):
     pic = G.task_picture([np.asarray(Image.open(tmp_path / r["file"])) for r in results], [metas[0]] * 2 +
                          [metas[1]] * 2 + [metas[2]] * 2, per_task=2)
     assert pic.mode == "RGB" and pic.size[0] > 2 * 128 and pic.size[1] >= 3 * 128
+
+
+def test_prompt_files_round_trip(tmp_path, prompts):
+    path = G.write_jsonl(prompts, tmp_path / "evaluation_metadata.jsonl")
+    assert G.read_jsonl(path) == prompts and [p.name for p in tmp_path.iterdir()] == [path.name]
+    (tmp_path / "bad.jsonl").write_text('{"tag": "colors", "include": []}\n\nnot json\n')
+    with pytest.raises(ArvisionError, match="bad.jsonl:3: not JSON"):
+        G.read_jsonl(tmp_path / "bad.jsonl")
 
 
 def test_make_data_writes_what_it_says(tmp_path, capsys):

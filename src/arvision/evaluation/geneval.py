@@ -8,7 +8,8 @@ judges each image with an object detector plus a colour classifier.  Here the wo
 * :func:`check` -- image + a metadata dict in GenEval's ``evaluation_metadata.jsonl`` format -> (correct, reason);
 * :func:`prompt_set` -- the fixed 553-prompt set (GenEval's task sizes), each with ``heldout``;
 * :func:`scene_for` / :func:`wrong_scenes` -- scenes that satisfy a prompt, and deliberately wrong ones;
-* :func:`score_folder`, :func:`summarize`, :func:`task_picture` -- score a folder of generated PNGs and report.
+* :func:`score_folder`, :func:`summarize`, :func:`task_picture` -- score a folder of generated PNGs and report;
+  :func:`write_jsonl` / :func:`read_jsonl` -- prompt files in GenEval's ``evaluation_metadata.jsonl`` layout.
 
 Detection (thresholds are the module constants):
 
@@ -58,7 +59,8 @@ from arvision import scenes
 from arvision.errors import ArvisionError
 
 __all__ = ["ALPHA_CUT", "MIN_AREA", "MIN_IOU", "TASK_SIZES", "Detection", "check", "detect", "judge", "project",
-           "prompt_set", "scene_for", "score_folder", "summarize", "task_picture", "write_jsonl", "wrong_scenes"]
+           "prompt_set", "read_jsonl", "scene_for", "score_folder", "summarize", "task_picture", "write_jsonl",
+           "wrong_scenes"]
 
 ALPHA_CUT = 0.5  # a pixel belongs to a colour when it is at least half that colour (else background)
 MIN_AREA = 40.0  # components with less coverage (px) are noise
@@ -218,11 +220,13 @@ def judge(detections: Sequence[Detection], meta: dict) -> tuple[bool, str]:
         else:
             if "color" in clause:
                 colors = [d.color for d in found]
-                if colors.count(clause["color"]) < n:
+                color = clause["color"]
+                if colors.count(color) < n:
                     met = False
-                    what = " and ".join(f"{c} {cls}" for c in colors)
-                    reasons.append(f"expected {'a' if n == 1 else n} {clause['color']} {_noun(cls, n)}, the most "
-                                   f"confident {'is' if n == 1 else 'are'} {what}")
+                    want = f"{'an' if color[0] in 'aeiou' else 'a'} {color} {cls}" if n == 1 else \
+                        f"{n} {color} {_noun(cls, n)}"
+                    top = f"the most confident {cls} is" if n == 1 else f"the {n} most confident {_noun(cls, n)} are"
+                    reasons.append(f"expected {want}, {top} {' and '.join(colors)}")
             if "position" in clause and met:
                 rel, target = clause["position"]
                 group = matched[target] if target < len(matched) else None
@@ -557,7 +561,38 @@ def task_picture(images: Sequence[np.ndarray], metas: Sequence[dict], per_task: 
 
 
 def write_jsonl(metas: Sequence[dict], path: str | Path) -> Path:
-    """Write metadata dicts one JSON object a line (GenEval's ``evaluation_metadata.jsonl`` layout)."""
+    """Write metadata dicts one JSON object a line (GenEval's ``evaluation_metadata.jsonl`` layout), whole or not at
+    all (a temporary file in the same folder, renamed)."""
+    import os
+    import tempfile
+
     path = Path(path)
-    path.write_text("".join(json.dumps(m) + "\n" for m in metas))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(json.dumps(m) + "\n" for m in metas))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Metadata dicts from a JSON-lines file (GenEval's layout; blank lines skipped); a bad line is an error naming
+    it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArvisionError(f"prompt file not found: {path}")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            meta = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ArvisionError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(meta, dict) or "tag" not in meta or "include" not in meta:
+            raise ArvisionError(f"{path}:{n}: expected an object with 'tag' and 'include' (GenEval's metadata)")
+        out.append(meta)
+    return out
