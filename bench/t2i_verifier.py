@@ -56,9 +56,13 @@ def judge_all(images: np.ndarray, metas: list[dict], lines: list[int]) -> list[d
 
 def load_tokenizer(folder: str, device: str):
     """The tokenizer of a ``train-tokenizer`` folder, in eval mode on ``device``; it must be a 64 px one."""
+    from arvision.errors import ArvisionError
     from arvision.training.tokenizer_trainer import load_tokenizer_folder
 
-    tok, size, _ = load_tokenizer_folder(folder, device)
+    try:
+        tok, size, _ = load_tokenizer_folder(folder, device)
+    except ArvisionError as e:
+        sys.exit(f"error: {e}")
     if size != scenes.SIZE:
         sys.exit(f"error: the tokenizer in {folder} is for {size} px images, the shapes world is {scenes.SIZE} px")
     return tok
