@@ -108,6 +108,17 @@ def polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float
     return None
 
 
+def bbox(obj: Obj) -> tuple[float, float, float, float]:
+    """The exact bounding box (x0, y0, x1, y1) of the drawn shape, in pixels (x right, y down; a pixel i spans
+    [i, i + 1))."""
+    pts = polygon(obj.shape, obj.x, obj.y, obj.r)
+    if pts is None:
+        h = obj.r * (_RING_OUTER if obj.shape == "ring" else 1.0)
+        return (obj.x - h, obj.y - h, obj.x + h, obj.y + h)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
 def _draw(draw: ImageDraw.ImageDraw, obj: Obj, fill, k: int) -> None:
     x, y, r = obj.x * k, obj.y * k, obj.r * k
     if obj.shape == "circle":

@@ -502,6 +502,20 @@ class Shapes(Dataset):
 
         return _to_tensor(scenes.render(self.scene(index))), 0
 
+    def captions(self, index) -> list[str]:
+        """Every true caption of scene ``index`` (``arvision.captions.training_captions``: the full description
+        first, then the forms of GenEval's six templates; held-out (shape, colour) pairs never bound)."""
+        from arvision.captions import training_captions
+
+        return training_captions(self.scene(index))
+
+    def caption(self, index, rng: np.random.Generator) -> str:
+        """One caption of scene ``index`` drawn from ``rng`` (``arvision.captions.sample_caption``: the full
+        description 40% of the time, else a task form)."""
+        from arvision.captions import sample_caption
+
+        return sample_caption(self.scene(index), rng)
+
     def __repr__(self) -> str:
         return f"Shapes({self.num_scenes} scenes, seed={self.seed})"
 
