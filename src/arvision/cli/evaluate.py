@@ -4,6 +4,7 @@
     arvision eval sample [MODEL] --per-class 50 --out DIR   # torchrun-shardable, resumable; DIR/samples.npz
     arvision eval tokenizer [MODEL] --data photos,text      # PSNR / SSIM / perceptual / rFID / usage table
     arvision eval classify DIR [--fid-real mnist-5k]        # digit accuracy (labels from *_classK.png names)
+    arvision eval geneval shapes --per-prompt 4 --seed 0   # the text-to-image benchmark (arvision.cli.geneval)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from arvision.evaluation import tokenizer_bench as tb
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate: fid, sample, tokenizer, classify")
+    p = sub.add_parser("eval", help="evaluate: fid, sample, tokenizer, classify, geneval")
     esub = p.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
 
     e = esub.add_parser("fid", help="FID between two image sets (folders of PNG/JPG, or .npz files)")
@@ -50,6 +51,9 @@ def add_parsers(sub) -> None:
     e.set_defaults(func=cmd_sample)
 
     add_tokenizer_parser(esub)
+    from arvision.cli import geneval
+
+    geneval.add_parser(esub)
 
     e = esub.add_parser("classify", help="classify digit images with the shipped mnist-5k classifier")
     e.add_argument("folder", help="folder of PNG/JPG digits; labels are read from names like 000012_class7.png")

@@ -596,3 +596,25 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise ArvisionError(f"{path}:{n}: expected an object with 'tag' and 'include' (GenEval's metadata)")
         out.append(meta)
     return out
+
+
+class OracleVerifier:
+    """The exact verifier as a search reward (``arvision.sampling.verifiers`` protocol): 1.0 when the image passes
+    its prompt's check, else 0.0.  An oracle: a search ranked by it is an upper bound, and best-of-N with it must
+    score the empirical pass@N.  ``images`` (B, 3, 64, 64) in [-1, 1]; ``prompts`` B strings of the scene language
+    (parsed by :func:`arvision.captions.prompt_meta`)."""
+
+    def __init__(self):
+        self._metas: dict[str, dict] = {}
+
+    def meta(self, prompt: str) -> dict:
+        if prompt not in self._metas:
+            self._metas[prompt] = cap.prompt_meta(prompt)
+        return self._metas[prompt]
+
+    def __call__(self, images, prompts):
+        import torch
+
+        arr = images.detach().float().add(1).mul(127.5).add_(0.5).clamp_(0, 255).to(torch.uint8)
+        arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+        return torch.tensor([float(check(a, self.meta(p))[0]) for a, p in zip(arr, prompts)])

@@ -486,6 +486,10 @@ class Shapes(Dataset):
         self.num_classes = 1
         self.class_names = ("all",)
         self.labels = torch.zeros(self.num_scenes, dtype=torch.long)
+        from arvision.captions import VOCAB
+
+        self.text_vocab = VOCAB  # what a text model trained on it reads (the closed scene language)
+        self.text_len = 24  # words: the longest caption (four objects described) has 16
 
     def __len__(self) -> int:
         return self.num_scenes
