@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from arvision.cli import types
-from arvision.cli.loading import load_pipeline
+from arvision.cli.loading import load_pipeline, model_help
 from arvision.cli.watermark import add_sample_args as add_watermark_args
 from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
@@ -92,7 +92,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def add_sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate images (and tokens) from a model folder")
-    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
+    p.add_argument("model", nargs="?", help=model_help())
     _add_sampling_args(p)
     p.add_argument("--search", default=None,
                    help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md; "
@@ -112,8 +112,9 @@ def add_sample_parser(sub) -> None:
 
 
 def add_info_parser(sub) -> None:
-    p = sub.add_parser("info", help="describe a model folder (family, sizes, stored sampling defaults)")
-    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
+    p = sub.add_parser("info", help="describe a model folder (family, sizes, stored sampling defaults); without "
+                                    "MODEL, also list the bundled models")
+    p.add_argument("model", nargs="?", help=model_help())
     p.set_defaults(func=cmd_info)
 
 
@@ -379,20 +380,31 @@ def describe_sampling(pipe) -> str:
     return f"  sampling defaults: {', '.join(parts)} ({source})"
 
 
-def _is_bundled(model: str | None) -> bool:
-    """``model`` (a command's MODEL argument) names the model bundled with arvision (or is left out)."""
-    from arvision.bundled import bundled_model_dir
+def _bundled_name_of(model: str | None) -> str | None:
+    """The bundled model ``model`` (a command's MODEL argument) is, if any: a bundled name (or nothing: the
+    default), or the folder of a bundled model."""
+    from arvision.bundled import bundled_model_dir, bundled_name, bundled_names
 
-    try:
-        return not model or Path(model).resolve() == bundled_model_dir().resolve()
-    except ArvisionError:  # no bundled model in this build
-        return False
+    name = bundled_name(model)
+    if name is not None:
+        return name
+    folder = Path(model).resolve()
+    return next((n for n in bundled_names() if bundled_model_dir(n).resolve() == folder), None)
 
 
 def cmd_info(args) -> None:
+    from arvision.bundled import DEFAULT_BUNDLED, bundled_names
+
+    if not args.model:
+        names = bundled_names()
+        if names:
+            listed = ", ".join(f"{n} (the default)" if n == DEFAULT_BUNDLED else n for n in names)
+            print(f"bundled models: {listed}; `arvision info NAME` describes one, `arvision sample NAME ...` "
+                  "samples it")
     pipe = load_pipeline(args.model)
-    if _is_bundled(args.model):
-        print(f"the model bundled with arvision, in {pipe.folder}")
+    name = _bundled_name_of(args.model)
+    if name is not None:
+        print(f"the model bundled with arvision as {name}, in {pipe.folder}")
     print(describe(pipe))
     print(describe_sampling(pipe))
 
