@@ -139,6 +139,7 @@ OPTIONS = {
     "sample m --out {o}/g.png --watermark-key k": ["--watermark-gamma", "--watermark-pool", "--watermark-delta",
                                                    "--watermark-start-step", "--watermark-align",
                                                    "--watermark-align-steps"],
+    "sample m --out {o}/g.png --prompt x": ["--per-prompt"],
     "edit m --image {d}/img.png --mask {d}/mask.png --out {o}/e.png": ["--cfg", "--top-k", "--top-p",
                                                                       "--temperature", "--seed", "--class"],
     "edit m --image {d}/img.png --out {o}/e.png": ["--box"],

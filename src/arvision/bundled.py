@@ -1,4 +1,11 @@
-"""The model shipped inside the package, and a tiny random stand-in for demos before one is trained."""
+"""The models shipped inside the package, addressable by name, and a tiny random stand-in for demos.
+
+``BUNDLED`` maps each name to its folder under ``assets/``: ``mnist`` (the class-conditional digits model, the
+default of every command that takes a MODEL) and ``shapes`` (the text-to-image model of the shapes world).  A build
+may lack some of them; :func:`bundled_names` lists those present.  Wherever a model folder is accepted (the command
+line, ``ARPipeline.from_pretrained``) a bundled name works too, unless a file or folder of that name exists in the
+working directory: a path that exists always wins.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +16,44 @@ import torch
 from arvision.errors import ArvisionError
 
 ASSETS = Path(__file__).parent / "assets"
+BUNDLED = {"mnist": "model", "shapes": "shapes"}  # name -> folder under ASSETS
+DEFAULT_BUNDLED = "mnist"
 
 
-def bundled_model_dir() -> Path:
-    """Folder of the bundled trained model; an error says so plainly when this build has none."""
-    folder = ASSETS / "model"
-    if not (folder / "config.json").is_file():
-        raise ArvisionError("no trained model is bundled with this version of arvision yet; pass a model folder "
-                            "(make one from official checkpoints with `arvision convert`)")
-    return folder
+def _present(name: str) -> bool:
+    return (ASSETS / BUNDLED[name] / "config.json").is_file()
+
+
+def bundled_names() -> list[str]:
+    """The names of the bundled models this build holds, the default first."""
+    return [name for name in BUNDLED if _present(name)]
+
+
+def bundled_model_dir(name: str = DEFAULT_BUNDLED) -> Path:
+    """Folder of the bundled model ``name``; an error says so plainly when this build has none of that name."""
+    if name not in BUNDLED or not _present(name):
+        have = bundled_names()
+        which = f"bundled models: {', '.join(have)}" if have else "it has no bundled model"
+        raise ArvisionError(f"no bundled model named {name} in this build ({which}); pass a model folder (make one "
+                            "with `arvision train` or, from official checkpoints, `arvision convert`)")
+    return ASSETS / BUNDLED[name]
+
+
+def bundled_name(model: str | Path | None) -> str | None:
+    """The bundled name a command's MODEL stands for: the default when it is left out (None or ""), the name
+    itself when it is one of ``BUNDLED`` and no file or folder of that name exists here, else None (a path or a
+    Hub id).  Says nothing about whether this build holds that model (:func:`bundled_model_dir` does)."""
+    if model is None or str(model) == "":
+        return DEFAULT_BUNDLED
+    if str(model) in BUNDLED and not Path(model).exists():
+        return str(model)
+    return None
+
+
+def model_location(model: str | Path | None) -> str | Path:
+    """Where MODEL is: a bundled model's folder for a bundled name (see :func:`bundled_name`), else ``model``."""
+    name = bundled_name(model)
+    return bundled_model_dir(name) if name is not None else model
 
 
 def tiny_random_pipeline(seed: int = 0):

@@ -219,5 +219,24 @@ def make_grid(images: Sequence[Image.Image], captions: Sequence[str] | None = No
         x, y = pad + c * (cw + pad), pad + r * (ch + cap_h + pad)
         grid.paste(im.resize((cw, ch), Image.NEAREST) if scale > 1 else im, (x, y))
         if captions:
-            draw.text((x + 2, y + ch + 1), str(captions[i])[: max(4, cw // 6)], fill="black", font=font)
+            draw.text((x + 2, y + ch + 1), fit_caption(draw, str(captions[i]), font, cw - 2), fill="black",
+                      font=font)
     return grid
+
+
+def fit_caption(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text`` as it fits in ``width`` pixels: whole, else its first words that fit followed by "..." (a first
+    word too long on its own is cut inside)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    kept = ""
+    for word in text.split():
+        longer = f"{kept} {word}" if kept else word
+        if draw.textlength(longer + "...", font=font) > width:
+            break
+        kept = longer
+    if not kept:
+        kept = text.strip()
+        while kept and draw.textlength(kept + "...", font=font) > width:
+            kept = kept[:-1]
+    return kept + "..."

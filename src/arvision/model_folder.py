@@ -1,11 +1,13 @@
 """Where a model named on the command line (or to ``ARPipeline.from_pretrained``) lives, and what a folder that is
 not a model is instead.
 
-A name is a local folder when it exists.  Otherwise it is looked up on the Hugging Face Hub only when it has the
-Hub's ``org/name`` form, its ``org`` part is not a local folder, and online use is allowed (``HF_HUB_OFFLINE`` is
-not set): a mistyped relative path gets "no such folder" at once, not a network error seconds later.  A folder
-without ``config.json`` is recognised as a tokenizer folder (``arvision train-tokenizer``) or an unfinished
-training run (checkpoints, no final model), and the message says what to do with it.
+A name is a local folder when it exists.  Otherwise a bundled model's name (``arvision.bundled``: ``mnist``,
+``shapes``) is that model's folder in the package, and any other name is looked up on the Hugging Face Hub only
+when it has the Hub's ``org/name`` form, its ``org`` part is not a local folder, and online use is allowed
+(``HF_HUB_OFFLINE`` is not set): a mistyped relative path gets "no such folder" at once, not a network error
+seconds later.  A folder without ``config.json`` is recognised as a tokenizer folder (``arvision
+train-tokenizer``) or an unfinished training run (checkpoints, no final model), and the message says what to do
+with it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def resolve_model_folder(path: str | Path) -> Path:
     name = str(path)
     folder = Path(path)
     if not folder.exists():
+        from arvision.bundled import bundled_model_dir, bundled_name
+
+        if name and bundled_name(name) == name:  # a bundled model's name (a path that exists wins, above)
+            return bundled_model_dir(name)
         if not looks_like_hub_id(name):
             raise ArvisionError(f"model folder not found: {name} (no such folder; a Hugging Face Hub model is "
                                 "named org/name)")

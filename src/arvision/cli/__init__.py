@@ -1,9 +1,10 @@
 """The ``arvision`` command line.
 
     arvision sample [MODEL] --classes 1 3 7 --seed 42 --out grid.png
+    arvision sample shapes --prompt "a photo of a red circle" --per-prompt 4 --out grid.png
     arvision convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
     arvision convert llamagen --vq vq_ds16_c2i.pt --gpt c2i_B_256.pt --out llamagen-b
-    arvision info MODEL
+    arvision info [MODEL]                                  (no MODEL: also the bundled models' names)
     arvision demo
     arvision train-tokenizer ... / arvision train ...      (arvision.cli.train)
     arvision eval fid|sample|tokenizer|classify ...       (arvision.cli.evaluate)

@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 from arvision.cli import types
+from arvision.cli.loading import model_help
 from arvision.cli.sample import add_knob_args, add_policy_args, apply_weights, check_sampling_args
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure sampling speed and memory of a model")
-    p.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("model", nargs="?", default=None, help=model_help())
     p.add_argument("--classes", type=types.class_id, nargs="+", default=[0],
                    help="class ids, repeated to fill the batch (default 0)")
     p.add_argument("--batch-size", type=types.positive_int, default=None,

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from arvision.cli import types
+from arvision.cli.loading import model_help
 from arvision.sampling.kv_calibration import CALIBRATION_FILE, DEFAULT_ALPHA, calibrate
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("calibrate-kv", help="classify layers (ScaleKV drafters) and heads (HACK) of a VAR model")
-    p.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("model", nargs="?", default=None, help=model_help())
     p.add_argument("--samples", type=types.positive_int, default=4,
                    help="images sampled to measure the layers and heads (default 4)")
     p.add_argument("--seed", type=types.seed, default=0, help="seed of those images (default 0)")
@@ -27,11 +28,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from arvision.bundled import bundled_model_dir
+    from arvision.bundled import model_location
     from arvision.cli.loading import load_pipeline
     from arvision.images import check_output_file
 
-    folder = Path(args.model) if args.model else bundled_model_dir()
+    folder = Path(model_location(args.model))  # a bundled name (or none): that model's folder in the package
     out = Path(args.out) if args.out else folder / CALIBRATION_FILE
     if args.out or folder.is_dir():  # a missing model folder is reported by the loader
         check_output_file(out, suffix=".json")

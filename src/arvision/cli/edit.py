@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from arvision.cli import types
+from arvision.cli.loading import model_help
 from arvision.errors import ArvisionError
 
 
@@ -31,7 +32,7 @@ def add_parser(sub) -> None:
                                    "The image is read as RGB (upright by its EXIF orientation, transparency "
                                    "over white), centre-cropped to a square when it is not one, and resized to the "
                                    "model's image size; the mask gets the same crop.")
-    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
+    p.add_argument("model", nargs="?", help=model_help())
     p.add_argument("--image", required=True, help="the image to edit (any format PIL reads)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--mask", help="mask image of the same size as --image: white = regenerate, black = keep")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from arvision.cli import types
+from arvision.cli.loading import model_help
 from arvision.cli.sample import add_knob_args
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
@@ -38,7 +39,7 @@ def add_parsers(sub) -> None:
     e.set_defaults(func=cmd_fid)
 
     e = esub.add_parser("sample", help="N images per class with per-image seeds, resumable, torchrun-shardable")
-    e.add_argument("model", nargs="?", default=None, help="model folder (default: the bundled model)")
+    e.add_argument("model", nargs="?", default=None, help=model_help())
     e.add_argument("--out", required=True, help="output folder: {i:06d}_class{k}.png, spec.json, samples.npz")
     e.add_argument("--per-class", type=types.positive_int, default=50, help="images per class (default 50)")
     e.add_argument("--classes", type=types.class_id, nargs="+", default=None, help="default: every class")
@@ -134,7 +135,7 @@ def add_tokenizer_parser(esub) -> argparse.ArgumentParser:
                         description="Encode and decode images with a model's tokenizer; print a Markdown table of "
                                     "PSNR, SSIM, an Inception-feature perceptual distance, rFID and per-scale "
                                     "codebook usage / perplexity.")
-    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
+    p.add_argument("model", nargs="?", help=model_help())
     p.add_argument("--data", default=",".join(tb.DATASETS),
                    help=f"comma-separated datasets among {', '.join(tb.DATASETS)} (default: all)")
     p.add_argument("--n", type=types.positive_int, default=16, help="images per dataset (default 16)")

@@ -1,8 +1,13 @@
-"""``arvision sample``, ``info`` and ``demo``: drawing images from a model folder (or the bundled model).
+"""``arvision sample``, ``info`` and ``demo``: drawing images from a model folder (or a bundled model).
 
     arvision sample [MODEL] --classes 1 3 7 --seed 42 --out grid.png
-    arvision info MODEL
+    arvision sample shapes --prompt "a photo of a red circle" --per-prompt 4 --out grid.png
+    arvision sample shapes --prompts-file prompts.txt --per-prompt 2 --out-dir images/
+    arvision info [MODEL]
     arvision demo
+
+Class-conditional models take ``--classes``; text models take ``--prompt`` or ``--prompts-file`` (one prompt per
+line), with ``--per-prompt`` images each.
 
 Also what other commands share with ``sample``: the loop's efficiency options (:func:`add_policy_args`, also
 ``bench``), ``--weights int8`` (:func:`apply_weights`, also ``bench``) and :func:`describe` (also ``convert``).
@@ -16,7 +21,7 @@ import time
 from pathlib import Path
 
 from arvision.cli import types
-from arvision.cli.loading import load_pipeline
+from arvision.cli.loading import load_pipeline, model_help
 from arvision.cli.watermark import add_sample_args as add_watermark_args
 from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
@@ -66,7 +71,17 @@ def add_knob_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=types.class_id, nargs="+",
-                   help="class ids, one image each (default: the first 8 classes, 0..7, or all if fewer)")
+                   help="class-conditional models: class ids, one image each (default: the first 8 classes, 0..7, "
+                        "or all if fewer)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text models: what to draw, e.g. 'a photo of a red circle' (words of the model's closed "
+                        "vocabulary, which `arvision info MODEL` lists)")
+    p.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="text models: a UTF-8 text file of prompts, one per line, in order; every line is a prompt "
+                        "(a blank line is an error, and a line starting with # is a prompt like any other)")
+    p.add_argument("--per-prompt", type=types.positive_int, default=None, metavar="N",
+                   help="with --prompt/--prompts-file: images per prompt (default 1); --out-dir names image j of "
+                        "prompt line i {i*N+j:05d}.png")
     p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
     add_knob_args(p)
     p.add_argument("--smooth", action="store_true", help="VAR's Gumbel `more_smooth` (visualisation only)")
@@ -92,7 +107,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def add_sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate images (and tokens) from a model folder")
-    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
+    p.add_argument("model", nargs="?", help=model_help())
     _add_sampling_args(p)
     p.add_argument("--search", default=None,
                    help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md; "
@@ -100,10 +115,11 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--verifier", default=None,
                    help="with --search: classifier weights (.safetensors) to score with (default: the bundled one)")
     p.add_argument("--out", help=f"write a labelled PNG grid here (up to {GRID_MAX_IMAGES} images; default: none)")
-    p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png, each batch as "
-                                     "it finishes (any number of images; default: none)")
-    p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens; "
-                                         "default: none)")
+    p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png (class models) "
+                                     "or {index:05d}.png (text models: index = line x N + j), each batch as it "
+                                     "finishes (any number of images; default: none)")
+    p.add_argument("--save-tokens", help="write the tokens as safetensors (step.{s} per scale, or tokens; the class "
+                                         "labels or prompts in its metadata; default: none)")
     p.add_argument("--progression",
                    help="scale-wise models: write a PNG of each image after every scale (coarse to fine; up to "
                         f"{PROGRESSION_MAX_IMAGES} images; default: none)")
@@ -112,8 +128,9 @@ def add_sample_parser(sub) -> None:
 
 
 def add_info_parser(sub) -> None:
-    p = sub.add_parser("info", help="describe a model folder (family, sizes, stored sampling defaults)")
-    p.add_argument("model", nargs="?", help="model folder (default: the model bundled with arvision)")
+    p = sub.add_parser("info", help="describe a model folder (family, sizes, stored sampling defaults); without "
+                                    "MODEL, also list the bundled models")
+    p.add_argument("model", nargs="?", help=model_help())
     p.set_defaults(func=cmd_info)
 
 
@@ -127,6 +144,8 @@ def add_demo_parser(sub) -> None:
 # -- commands -----------------------------------------------------------------------------------------
 
 GRID_MAX_IMAGES = 1024  # a labelled grid holds every image until it is written; past this it is no picture anyway
+TEXT_CELL = 128  # text models' grid cells are at least this wide, so that a caption shows a few words of its prompt
+GRID_MAX_COLUMNS = 16  # a grid of several images per prompt has one row per prompt up to this many per row
 PROGRESSION_MAX_IMAGES = 64  # a progression picture has one row per image and one cell per step
 ALIGN_BATCH = 256  # images aligned together by --watermark-align (align_images' own batch, kept for exactness)
 
@@ -148,13 +167,102 @@ def _check_outputs(args) -> None:
     if len(set(paths)) < len(paths):
         raise ArvisionError("--out, --progression and --save-tokens must name different files")
 
-    n = len(args.classes) if args.classes is not None else 0  # the default is a handful of classes
+    n = _requested(args)
     if args.out and n > GRID_MAX_IMAGES:
         raise ArvisionError(f"--out writes one grid picture of every image; {n} images is more than it takes "
                             f"({GRID_MAX_IMAGES}): use --out-dir DIR (one PNG per image, any number)")
     if args.progression and n > PROGRESSION_MAX_IMAGES:
         raise ArvisionError(f"--progression writes one row per image; {n} images is more than it takes "
-                            f"({PROGRESSION_MAX_IMAGES}): sample fewer classes for the progression picture")
+                            f"({PROGRESSION_MAX_IMAGES}): sample fewer images for the progression picture")
+
+
+def read_prompts_file(path: str) -> list[str]:
+    """The prompts of ``--prompts-file``: one per line, in order, surrounding spaces dropped.  Every line is a
+    prompt (no comment syntax); a blank line, an empty file and a file that is not UTF-8 text are errors."""
+    file = Path(path)
+    if not file.exists():
+        raise ArvisionError(f"--prompts-file {path}: file not found")
+    if file.is_dir():
+        raise ArvisionError(f"--prompts-file {path} is a folder; expected a text file with one prompt per line")
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise ArvisionError(f"--prompts-file {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark some editors write is not part of the first prompt
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ArvisionError(f"--prompts-file {path} is not UTF-8 text (line {line}: byte 0x{data[e.start]:02x}); "
+                            "save it as UTF-8") from None
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    lines = [line.removesuffix("\r") for line in lines]  # Windows line ends
+    if not any(line.strip() for line in lines):
+        raise ArvisionError(f"--prompts-file {path} is empty: write one prompt per line")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ArvisionError(f"--prompts-file {path}, line {i} is blank: write one prompt per line, with no "
+                                "blank lines")
+    return [line.strip() for line in lines]
+
+
+def check_condition_args(args) -> None:
+    """``--classes``, ``--prompt``, ``--prompts-file`` and ``--per-prompt`` as far as they can be judged without the
+    model (the file is read here); sets ``args.prompts``: the prompts in order, or None when none is given."""
+    prompt, path = getattr(args, "prompt", None), getattr(args, "prompts_file", None)
+    if prompt is not None and path is not None:
+        raise ArvisionError("give --prompt or --prompts-file, not both")
+    if (prompt is not None or path is not None) and args.classes is not None:
+        raise ArvisionError("give --classes (class-conditional models) or --prompt / --prompts-file (text models), "
+                            "not both")
+    if prompt is not None:
+        if not prompt.strip():
+            raise ArvisionError("--prompt is empty: describe the image in words the model knows (`arvision info "
+                                "MODEL` lists them)")
+        args.prompts = [prompt.strip()]
+    elif path is not None:
+        args.prompts = read_prompts_file(path)
+    else:
+        args.prompts = None
+        if getattr(args, "per_prompt", None) is not None:
+            raise ArvisionError("--per-prompt goes with --prompt or --prompts-file (text models)")
+
+
+def check_condition(pipe, args) -> None:
+    """What depends on the loaded model: prompts (all in its vocabulary) for a text model, no prompts for a
+    class-conditional one (its class ids are checked by the pipeline)."""
+    prompts = getattr(args, "prompts", None)
+    if pipe.takes_text:
+        if args.classes is not None:
+            raise ArvisionError("this model takes prompts: use --prompt or --prompts-file")
+        if prompts is None:
+            raise ArvisionError("this model takes prompts: give --prompt TEXT or --prompts-file FILE (one prompt per "
+                                "line; `arvision info MODEL` lists the words it knows)")
+        path, seen = getattr(args, "prompts_file", None), set()
+        for i, text in enumerate(prompts):
+            if text in seen:
+                continue
+            seen.add(text)
+            try:
+                pipe.condition(prompts=[text])  # every word known, not too many: the pipeline's own checks
+            except ArvisionError as e:
+                raise ArvisionError(f"--prompts-file {path}, line {i + 1}: {e}" if path else str(e)) from None
+        if getattr(args, "search", None):
+            raise ArvisionError("--search scores its candidates with a verifier of class labels; arvision has none "
+                                "that scores images against prompts yet: sample text models without --search")
+    elif prompts is not None:
+        n = pipe.config.num_classes
+        raise ArvisionError(f"this model is class-conditional ({f'classes 0..{n - 1}' if n > 1 else 'class 0'}): "
+                            "use --classes")
+
+
+def _requested(args) -> int:
+    """The number of images asked for, as far as it is known before loading (the class default: a handful)."""
+    prompts = sampled_prompts(args)
+    if prompts is not None:
+        return len(prompts)
+    return len(args.classes) if args.classes is not None else 0
 
 
 def check_sampling_args(args) -> None:
@@ -182,6 +290,16 @@ def check_sampling_args(args) -> None:
         parse_decoding(args.decoding)  # the spec's form; whether the model can use it is checked after loading
 
 
+def sampled_prompts(args) -> list[str] | None:
+    """The prompt of every image, in order: each of ``args.prompts`` ``--per-prompt`` times in a row (image j of
+    prompt i is image i * N + j); None when no prompt is given (class-conditional sampling)."""
+    prompts = getattr(args, "prompts", None)
+    if prompts is None:
+        return None
+    per = getattr(args, "per_prompt", None) or 1
+    return [p for p in prompts for _ in range(per)]
+
+
 def sampled_classes(pipe, args, say: bool = False) -> list[int]:
     """``--classes``, or the first (up to) 8 classes of the model; ``say``: print a line when defaulted."""
     if args.classes is not None:
@@ -199,7 +317,8 @@ def iter_sampling(pipe, args, progress: bool = True):
     that a caller can write and drop each one."""
     import torch
 
-    classes = sampled_classes(pipe, args)
+    prompts = sampled_prompts(args)
+    classes = sampled_classes(pipe, args) if prompts is None else None
     generator = torch.Generator().manual_seed(args.seed)
     watermark = spec_from_args(args)
     processors = [watermark.processor(pipe)] if watermark is not None else []
@@ -211,7 +330,7 @@ def iter_sampling(pipe, args, progress: bool = True):
         return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
         decoding=args.decoding, search=getattr(args, "search", None), verifier=getattr(args, "verifier", None),
         processors=processors, patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
-        cfg_mode=getattr(args, "cfg_mode", None))
+        cfg_mode=getattr(args, "cfg_mode", None), prompts=prompts)
     return _aligned(pipe, batches, watermark, args.seed, progress) if aligned else batches
 
 
@@ -247,8 +366,10 @@ def run_sampling(pipe, args, progress: bool = True):
     return GenerationOutput.concat(list(iter_sampling(pipe, args, progress)))
 
 
-def caption(pipe, k: int) -> str:
-    """The label of class ``k`` under an image: its name, else "class k"."""
+def caption(pipe, k: int | str) -> str:
+    """The label under an image: its prompt (text models), else the name of class ``k``, else "class k"."""
+    if isinstance(k, str):
+        return k
     names = pipe.config.class_names
     return names[k] if names else f"class {k}"
 
@@ -272,8 +393,9 @@ class _Writers:
         if args.out_dir:
             folder = Path(args.out_dir)
             folder.mkdir(exist_ok=True)
-            for j, (im, k) in enumerate(zip(out.images, out.class_labels)):
-                save_image(im, folder / f"{self.count + j:05d}_class{k}.png")
+            for j, (im, k) in enumerate(zip(out.images, out.class_labels)):  # k: a class id, or a prompt
+                name = f"{self.count + j:05d}.png" if pipe.takes_text else f"{self.count + j:05d}_class{k}.png"
+                save_image(im, folder / name)
         if args.out:
             self.grid += out.images
             self.captions += [caption(pipe, k) for k in out.class_labels]
@@ -294,36 +416,50 @@ class _Writers:
 
     def finish(self) -> None:
         args = self.args
+        text = self.pipe.takes_text
+        cell = {"min_cell": TEXT_CELL} if text else {}  # room for a few words of each prompt
         if args.out:
             from arvision.images import make_grid, save_image
 
-            save_image(make_grid(self.grid, self.captions), args.out)
+            per = getattr(args, "per_prompt", None) or 1
+            ncol = per if text and 1 < per <= GRID_MAX_COLUMNS else None  # one row per prompt
+            save_image(make_grid(self.grid, self.captions, ncol=ncol, **cell), args.out)
             print(f"wrote {args.out}")
         if args.out_dir:
             print(f"wrote {self.count} images to {args.out_dir}")
         if args.progression:
             from arvision.images import make_grid, save_image
 
-            save_image(make_grid(self.cells, self.cell_captions, ncol=self.ncol), args.progression)
+            save_image(make_grid(self.cells, self.cell_captions, ncol=self.ncol, **cell), args.progression)
             print(f"wrote {args.progression}")
         if args.save_tokens:
             import torch
             from safetensors.torch import save_file
 
             tensors = self.schedule.named_tokens(torch.cat(self.tokens))  # step.{s} per scale, or tokens (B, L)
-            save_file(tensors, args.save_tokens, metadata={"class_labels": ",".join(map(str, self.labels)),
-                                                           "seed": str(args.seed)})
+            if text:  # one prompt per image, as a JSON list (a prompt may hold commas)
+                import json
+
+                metadata = {"prompts": json.dumps(self.labels)}
+            else:
+                metadata = {"class_labels": ",".join(map(str, self.labels))}
+            save_file(tensors, args.save_tokens, metadata={**metadata, "seed": str(args.seed)})
             print(f"wrote {args.save_tokens}")
 
 
 def cmd_sample(args) -> None:
+    check_condition_args(args)
     _check_outputs(args)
     check_sampling_args(args)
     pipe = load_pipeline(args.model, args.device)
+    check_condition(pipe, args)
     apply_weights(pipe, args)
-    classes = sampled_classes(pipe, args, say=True)
-    args.classes = classes
-    n, chosen = len(classes), args.batch_size is None
+    if pipe.takes_text:
+        n = len(sampled_prompts(args))
+    else:
+        args.classes = sampled_classes(pipe, args, say=True)
+        n = len(args.classes)
+    chosen = args.batch_size is None
     if chosen:
         args.batch_size = pipe.default_batch_size(n, pipe.sampling_schedule(getattr(args, "patch_nums", None)))
     if n > args.batch_size:
@@ -357,7 +493,9 @@ def describe(pipe) -> str:
     cfg, tr, tok = pipe.config, pipe.config.transformer, pipe.config.tokenizer
     n_tr = sum(p.numel() for p in pipe.transformer.parameters())
     n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
-    return (f"{cfg.family}: {cfg.image_size}px, {cfg.num_classes} classes, {pipe.schedule.describe()}\n"
+    condition = (f"text-conditioned ({len(tr.text_vocab)}-word vocabulary)" if pipe.takes_text
+                 else f"{cfg.num_classes} classes")
+    return (f"{cfg.family}: {cfg.image_size}px, {condition}, {pipe.schedule.describe()}\n"
             f"  transformer: {tr.block} depth {tr.depth}, width {tr.width}, {tr.num_heads} heads, "
             f"{n_tr / 1e6:.1f}M params\n"
             f"  tokenizer: {tok.kind}, {tok.vocab_size} codes x {tok.embed_dim}, /{tok.downsample}, "
@@ -379,22 +517,35 @@ def describe_sampling(pipe) -> str:
     return f"  sampling defaults: {', '.join(parts)} ({source})"
 
 
-def _is_bundled(model: str | None) -> bool:
-    """``model`` (a command's MODEL argument) names the model bundled with arvision (or is left out)."""
-    from arvision.bundled import bundled_model_dir
+def _bundled_name_of(model: str | None) -> str | None:
+    """The bundled model ``model`` (a command's MODEL argument) is, if any: a bundled name (or nothing: the
+    default), or the folder of a bundled model."""
+    from arvision.bundled import bundled_model_dir, bundled_name, bundled_names
 
-    try:
-        return not model or Path(model).resolve() == bundled_model_dir().resolve()
-    except ArvisionError:  # no bundled model in this build
-        return False
+    name = bundled_name(model)
+    if name is not None:
+        return name
+    folder = Path(model).resolve()
+    return next((n for n in bundled_names() if bundled_model_dir(n).resolve() == folder), None)
 
 
 def cmd_info(args) -> None:
+    from arvision.bundled import DEFAULT_BUNDLED, bundled_names
+
+    if not args.model:
+        names = bundled_names()
+        if names:
+            listed = ", ".join(f"{n} (the default)" if n == DEFAULT_BUNDLED else n for n in names)
+            print(f"bundled models: {listed}; `arvision info NAME` describes one, `arvision sample NAME ...` "
+                  "samples it")
     pipe = load_pipeline(args.model)
-    if _is_bundled(args.model):
-        print(f"the model bundled with arvision, in {pipe.folder}")
+    name = _bundled_name_of(args.model)
+    if name is not None:
+        print(f"the model bundled with arvision as {name}, in {pipe.folder}")
     print(describe(pipe))
     print(describe_sampling(pipe))
+    if pipe.takes_text:
+        print(f"  vocabulary: {' '.join(pipe.config.transformer.text_vocab)}")
 
 
 def cmd_demo(args) -> None:

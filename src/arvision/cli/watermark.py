@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from arvision.cli import types
+from arvision.cli.loading import model_help
 from arvision.errors import ArvisionError
 from arvision.images import read_image
 from arvision.sampling.watermark import (
@@ -79,7 +80,7 @@ def add_parser(sub) -> None:
     d = wsub.add_parser("detect", help="re-tokenise images and test them against a key's green lists")
     d.add_argument("images", nargs="+", help="image files (resized to the model's size if needed)")
     d.add_argument("--key", required=True, help="the watermark's secret key")
-    d.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    d.add_argument("--model", default=None, help=model_help())
     add_spec_args(d)
     d.add_argument("--threshold", type=types.finite_float, default=DEFAULT_THRESHOLD,
                    help=f"declare watermarked when z > this (default {DEFAULT_THRESHOLD})")

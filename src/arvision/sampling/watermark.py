@@ -133,8 +133,9 @@ class WatermarkSpec:
         if not isinstance(self.align_steps, int) or self.align_steps < 1:
             raise ArvisionError(f"watermark alignment steps must be an integer >= 1, got {self.align_steps}")
 
-    def list_for(self, seed: int, label: int) -> int:
-        """The pool list of an image sampled from generator seed ``seed`` with class ``label``."""
+    def list_for(self, seed: int, label: int | str) -> int:
+        """The pool list of an image sampled from generator seed ``seed`` with class ``label`` (or, for a text
+        model, prompt ``label``): sha256 of the key, seed and label, the same in every process (never ``hash``)."""
         if self.list_index is not None or self.pool == 1:
             return self.list_index or 0
         return _digest_int("arvision-lbw-choice", self.key, seed, label) % self.pool
