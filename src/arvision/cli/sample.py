@@ -113,7 +113,8 @@ def add_sample_parser(sub) -> None:
                    help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md; "
                         "default: none)")
     p.add_argument("--verifier", default=None,
-                   help="with --search: classifier weights (.safetensors) to score with (default: the bundled one)")
+                   help="with --search: classifier weights (.safetensors) to score with, or for text models an "
+                        "image-caption matcher folder (default: the bundled classifier / matcher)")
     p.add_argument("--out", help=f"write a labelled PNG grid here (up to {GRID_MAX_IMAGES} images; default: none)")
     p.add_argument("--out-dir", help="write one PNG per image here, named {index:05d}_class{k}.png (class models) "
                                      "or {index:05d}.png (text models: index = line x N + j), each batch as it "
@@ -248,9 +249,6 @@ def check_condition(pipe, args) -> None:
                 pipe.condition(prompts=[text])  # every word known, not too many: the pipeline's own checks
             except ArvisionError as e:
                 raise ArvisionError(f"--prompts-file {path}, line {i + 1}: {e}" if path else str(e)) from None
-        if getattr(args, "search", None):
-            raise ArvisionError("--search scores its candidates with a verifier of class labels; arvision has none "
-                                "that scores images against prompts yet: sample text models without --search")
     elif prompts is not None:
         n = pipe.config.num_classes
         raise ArvisionError(f"this model is class-conditional ({f'classes 0..{n - 1}' if n > 1 else 'class 0'}): "
@@ -282,8 +280,9 @@ def check_sampling_args(args) -> None:
     if verifier:
         if not getattr(args, "search", None):
             raise ArvisionError("--verifier goes with --search (it scores the search's candidates)")
-        if not Path(verifier).is_file():
-            raise ArvisionError(f"--verifier {verifier}: file not found")
+        if not Path(verifier).exists():
+            raise ArvisionError(f"--verifier {verifier}: not found (classifier weights, or for text models an "
+                                "image-caption matcher folder)")
     if args.decoding:
         from arvision.sampling.speculative import parse_decoding
 
@@ -328,10 +327,21 @@ def iter_sampling(pipe, args, progress: bool = True):
         generator=generator, more_smooth=args.smooth, output_type="pt" if aligned else "pil",
         batch_size=args.batch_size, precision=args.precision, progress=progress,
         return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
-        decoding=args.decoding, search=getattr(args, "search", None), verifier=getattr(args, "verifier", None),
+        decoding=args.decoding, search=getattr(args, "search", None), verifier=_verifier(pipe, args),
         processors=processors, patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
         cfg_mode=getattr(args, "cfg_mode", None), prompts=prompts)
     return _aligned(pipe, batches, watermark, args.seed, progress) if aligned else batches
+
+
+def _verifier(pipe, args):
+    """What ``--search`` ranks by: for text models the image-caption matcher (``--verifier`` a matcher folder; default:
+    the one bundled with arvision), for class models the classifier weights of ``--verifier`` (default: bundled)."""
+    verifier = getattr(args, "verifier", None)
+    if pipe.takes_text and getattr(args, "search", None):
+        from arvision.evaluation.matcher import load_matcher_verifier
+
+        return load_matcher_verifier(verifier)
+    return verifier
 
 
 def _aligned(pipe, batches, watermark, seed: int, progress: bool):

@@ -5,9 +5,9 @@ it is an oracle (an upper bound).  A fair reward must not see that judgement.  T
 field gives CLIP or ImageReward: it is trained once, on procedural (render, caption) pairs only -- never on a
 generated image, never on a verdict about one -- to say whether a caption describes an image.
 
-Model: a conv encoder turns the 64x64 image into an 8x8 grid of features (+ learned positions); the closed-vocabulary
-text encoder of the generator (``arvision.models.text``, its own weights) turns the caption into word states; a
-two-layer transformer reads [CLS; words; cells] and the CLS state gives the logit of "matches".
+Model: a patch conv encoder turns the 64x64 image into an 8x8 grid of features (+ learned positions); the
+closed-vocabulary text encoder of the generator (``arvision.models.text``, its own weights) turns the caption into
+word states; a two-layer transformer reads [CLS; words; cells] and the CLS state gives the logit of "matches".
 
 Training pairs (``matcher_batch``): a random scene of the ``shapes`` dataset's distribution with one of its true
 captions (label 1), and negatives built from that caption by swapping one word for another of its kind (a colour,
@@ -44,9 +44,8 @@ class SceneMatcher(nn.Module):
         super().__init__()
         self.cfg = cfg
         C = cfg.width
-        self.conv = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(64, 96, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(96, C, 3, stride=2, padding=1))
+        # 4x4 patches, then one 3x3 stride-2 conv: a 64 px image -> 8x8 cells (cheap enough to train on a CPU)
+        self.conv = nn.Sequential(nn.Conv2d(3, 64, 4, stride=4), nn.GELU(), nn.Conv2d(64, C, 3, stride=2, padding=1))
         self.cell_pos = nn.Parameter(torch.randn(64, C) * 0.02)
         self.text = ClosedVocabEncoder(cfg.vocab, cfg.text_len, C, 1, cfg.heads)
         self.cls = nn.Parameter(torch.zeros(1, 1, C))
