@@ -137,3 +137,20 @@ def _first_per_task():
 def test_eval_geneval_refuses_class_models(tiny_model, capsys):
     assert main(["eval", "geneval", str(tiny_model), "--max-prompts", "1"]) == 2
     assert "class-conditional" in capsys.readouterr().err
+
+
+def test_contrastive_training_learns_on_a_fixed_batch():
+    from arvision.evaluation.matcher import contrastive_batch, train_matcher
+
+    images, texts = contrastive_batch(np.random.default_rng(4), 16)
+    distinct = {t: i for i, t in enumerate(texts)}  # repeated captions would make two right answers
+    keep = sorted(distinct.values())
+    images, texts = images[keep], [texts[i] for i in keep]
+    losses = []
+    model = train_matcher(MatcherConfig(vocab=captions.VOCAB, width=32, heads=2, depth=1),
+                          lambda rng, b: (images, texts), steps=60, batch=len(texts), lr=3e-3,
+                          log=lambda step, loss, acc: losses.append(loss))
+    assert losses[-1] < losses[0] - 1.0
+    with torch.no_grad():
+        sims = model.embed_images(images) @ model.embed_texts(model.tokenizer(texts)).T
+    assert (sims.argmax(1) == torch.arange(len(texts))).float().mean() > 0.5

@@ -5,14 +5,17 @@ it is an oracle (an upper bound).  A fair reward must not see that judgement.  T
 field gives CLIP or ImageReward: it is trained once, on procedural (render, caption) pairs only -- never on a
 generated image, never on a verdict about one -- to say whether a caption describes an image.
 
-Model: a patch conv encoder turns the 64x64 image into an 8x8 grid of features (+ learned positions); the
-closed-vocabulary text encoder of the generator (``arvision.models.text``, its own weights) turns the caption into
-word states; a two-layer transformer reads [CLS; words; cells] and the CLS state gives the logit of "matches".
+Model: a dual encoder, as CLIP (the reward the field reaches for, with CLIP's known blind spots on binding and
+counting).  A patch conv turns the 64x64 image into an 8x8 grid of cells (+ learned positions) read by a small
+transformer and mean-pooled; the closed-vocabulary text encoder (``arvision.models.text``, its own weights) gives the
+caption's pooled vector; both are projected and normalised, and the score of a pair is their scaled cosine.
 
-Training pairs (``matcher_batch``): a random scene of the ``shapes`` dataset's distribution with one of its true
-captions (label 1), and negatives built from that caption by swapping one word for another of its kind (a colour,
-a shape, a number, a relation) or swapping the two colours of a binding, labelled by the scene graph's truth
-(``truth(scene, caption)``), plus true captions of other scenes, labelled likewise.
+Training (``contrastive_batch``, ``train_matcher``): a batch of random scenes of the ``shapes`` dataset's
+distribution, one true caption each (a GenEval task form or the full description; never binding a held-out
+(shape, colour) pair), and the symmetric InfoNCE loss over the batch (each image against every caption).
+``matcher_batch`` builds labelled pairs -- true captions and negatives made by swapping one word for another of its
+kind or swapping two colours, labelled by the scene graph's truth -- on which ``bench/train_matcher.py`` reports the
+matcher's ranking quality (AUC) on scenes it never trained on.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class MatcherConfig:
 
 
 class SceneMatcher(nn.Module):
-    """images (B, 3, 64, 64) in [-1, 1] + caption ids (B, T) -> logits (B,) of "the caption describes the image"."""
+    """images (B, 3, 64, 64) in [-1, 1] + caption ids (B, T) -> scores (B,): the scaled cosine of each pair."""
 
     def __init__(self, cfg: MatcherConfig):
         super().__init__()
@@ -47,38 +50,37 @@ class SceneMatcher(nn.Module):
         # 4x4 patches, then one 3x3 stride-2 conv: a 64 px image -> 8x8 cells (cheap enough to train on a CPU)
         self.conv = nn.Sequential(nn.Conv2d(3, 64, 4, stride=4), nn.GELU(), nn.Conv2d(64, C, 3, stride=2, padding=1))
         self.cell_pos = nn.Parameter(torch.randn(64, C) * 0.02)
-        self.text = ClosedVocabEncoder(cfg.vocab, cfg.text_len, C, 1, cfg.heads)
-        self.cls = nn.Parameter(torch.zeros(1, 1, C))
-        self.kind = nn.Parameter(torch.randn(2, C) * 0.02)  # word / cell type embeddings
         layer = nn.TransformerEncoderLayer(C, cfg.heads, 4 * C, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
-        self.joint = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(C)
-        self.out = nn.Linear(C, 1)
+        self.cells_net = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.image_proj = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, C))
+        self.text = ClosedVocabEncoder(cfg.vocab, cfg.text_len, C, cfg.depth, cfg.heads)
+        self.text_proj = nn.Linear(C, C)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     @property
     def tokenizer(self):
         return self.text.tokenizer
 
     def cells(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, 64, 64) -> cell features (B, 64, C)."""
+        """images (B, 3, 64, 64) -> cell states (B, 64, C)."""
         if images.shape[-1] != 64:
             images = F.interpolate(images, size=(64, 64), mode="area")
-        return self.conv(images).flatten(2).transpose(1, 2) + self.cell_pos
+        x = self.conv(images).flatten(2).transpose(1, 2) + self.cell_pos
+        return self.cells_net(x)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_proj(self.cells(images).mean(1)), dim=-1)
+
+    def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.text(ids)[0]), dim=-1)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        _, words, valid = self.text(ids)
-        cells = self.cells(images)
-        B = images.shape[0]
-        x = torch.cat([self.cls.expand(B, -1, -1), words + self.kind[0], cells + self.kind[1]], 1)
-        pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=ids.device), ~valid,
-                         torch.zeros(B, cells.shape[1], dtype=torch.bool, device=ids.device)], 1)
-        h = self.joint(x, src_key_padding_mask=pad)
-        return self.out(self.norm(h[:, 0]))[:, 0]
+        return (self.embed_images(images) * self.embed_texts(ids)).sum(-1) * self.log_scale.exp()
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """images -> (B, C) mean cell features (what TTS-VAR clusters coarse images on)."""
-        return self.cells(images).mean(1)
+        """images -> (B, C) the normalised image embeddings (what TTS-VAR clusters coarse images on)."""
+        return self.embed_images(images)
 
 
 class MatcherVerifier:
@@ -106,23 +108,42 @@ def cosine_lr(step: int, total: int, lr: float, warmup: int = 100) -> float:
 
 def train_matcher(cfg: MatcherConfig, make_batch, steps: int, batch: int, lr: float = 1e-3, seed: int = 0,
                   log=None) -> SceneMatcher:
-    """Train on ``make_batch(rng, batch) -> (images (B, 3, 64, 64) in [-1, 1], captions list[str], labels (B,))``."""
+    """Train on ``make_batch(rng, batch) -> (images (B, 3, 64, 64) in [-1, 1], captions list[str])`` (each image
+    with a true caption) with the symmetric InfoNCE loss over the batch."""
     torch.manual_seed(seed)
     model = SceneMatcher(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
+    target = torch.arange(batch)
     for step in range(steps):
-        images, captions, labels = make_batch(rng, batch)
+        images, captions = make_batch(rng, batch)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr)
-        logits = model(images, model.tokenizer(captions))
-        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        img, txt = model.embed_images(images), model.embed_texts(model.tokenizer(captions))
+        logits = img @ txt.T * model.log_scale.exp()
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        with torch.no_grad():
+            model.log_scale.clamp_(0, math.log(100))
         if log is not None:
-            log(step, loss.item(), ((logits > 0) == labels.bool()).float().mean().item())
+            log(step, loss.item(), (logits.argmax(1) == target).float().mean().item())
     return model.eval()
+
+
+def contrastive_batch(rng: np.random.Generator, batch: int, noise: float = 0.03):
+    """``batch`` random scenes with one true caption each (the full description 40% of the time, else a GenEval task
+    form; ``arvision.captions.sample_caption``: held-out pairs never bound) -> (images (B, 3, 64, 64) in [-1, 1] with
+    Gaussian noise of std ``noise``, captions)."""
+    from arvision import captions as cap
+    from arvision import scenes
+
+    scene_list = [scenes.sample_scene(rng) for _ in range(batch)]
+    texts = [cap.sample_caption(s, rng) for s in scene_list]
+    x = torch.from_numpy(np.stack([scenes.render(s) for s in scene_list])).permute(0, 3, 1, 2).float()
+    x = x.div(127.5).sub(1)
+    return x + noise * torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32)), texts
 
 
 # -- training pairs ----------------------------------------------------------------------------------------------
