@@ -122,13 +122,14 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--pool", type=int, default=8, help="candidates per prompt for the correlations")
     p.add_argument("--batch-size", type=int, default=48, help="prompts per search call")
+    p.add_argument("--matcher", default=None, help="matcher folder (default: the bundled one)")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
 
     pipe = ARPipeline.from_pretrained(args.model)
     metas = prompt_subset(args.per_task)
     prompts = [m["prompt"] for m in metas]
-    matcher, oracle = load_matcher_verifier(), geneval.OracleVerifier()
+    matcher, oracle = load_matcher_verifier(args.matcher), geneval.OracleVerifier()
     sizes = pipe.schedule.step_sizes
     options = pipe.sampling_options()
     runs: dict = {}

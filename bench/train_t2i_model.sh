@@ -49,4 +49,4 @@ PY
 du -sh "$DEST"
 
 # 5. the fair reward of search: the image-caption matcher, trained on procedural pairs only
-time python bench/train_matcher.py --steps ${MATCHER_STEPS:-3000} --batch 64 --out src/arvision/assets/matcher
+time python bench/train_matcher.py --steps ${MATCHER_STEPS:-500} --batch 128 --out src/arvision/assets/matcher
