@@ -14,6 +14,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts and ends with torch's thread count as the session began: a test that changes it (an
+    in-process `arvision bench --threads 400` in the option fuzzer) must not slow every later test."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A small random VAR model folder (10 classes, 64 codes), written once per test module."""

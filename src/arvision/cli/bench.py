@@ -39,6 +39,21 @@ def add_parser(sub) -> None:
 
 
 def cmd_bench(args) -> None:
+
+    import torch
+
+
+    check_sampling_args(args)
+    before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        _bench(args)
+    finally:  # a process-wide setting: an in-process call (tests, notebooks) must not leave it behind
+        torch.set_num_threads(before)
+
+
+def _bench(args) -> None:
     import json
 
     import torch
@@ -47,9 +62,6 @@ def cmd_bench(args) -> None:
     from arvision.cli.loading import load_pipeline
     from arvision.precision import resolve_precision
 
-    check_sampling_args(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, args.device)
     apply_weights(pipe, args)
     dtype = resolve_precision(args.precision, pipe.device)
