@@ -87,6 +87,8 @@ def cmd_geneval(args) -> None:
         from arvision.sampling.search import parse_search
 
         parse_search(args.search)
+    if args.per_prompt > 1000:  # 553 x N prompts are listed in memory
+        raise ArvisionError(f"--per-prompt {args.per_prompt}: at most 1000 images per prompt")
     metas = prompt_metas(args)
     pipe = load_pipeline(args.model, args.device)
     if not pipe.takes_text:

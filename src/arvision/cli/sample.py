@@ -208,6 +208,9 @@ def read_prompts_file(path: str) -> list[str]:
     return [line.strip() for line in lines]
 
 
+MAX_PER_PROMPT = 100_000
+
+
 def check_condition_args(args) -> None:
     """``--classes``, ``--prompt``, ``--prompts-file`` and ``--per-prompt`` as far as they can be judged without the
     model (the file is read here); sets ``args.prompts``: the prompts in order, or None when none is given."""
@@ -228,6 +231,10 @@ def check_condition_args(args) -> None:
         args.prompts = None
         if getattr(args, "per_prompt", None) is not None:
             raise ArvisionError("--per-prompt goes with --prompt or --prompts-file (text models)")
+    per = getattr(args, "per_prompt", None)
+    if per is not None and per > MAX_PER_PROMPT:  # the prompt list is built in memory: 10**18 copies would not fit
+        raise ArvisionError(f"--per-prompt {per} is more than {MAX_PER_PROMPT} images per prompt; run the command "
+                            "again with another --seed for more")
 
 
 def check_condition(pipe, args) -> None:
@@ -257,9 +264,9 @@ def check_condition(pipe, args) -> None:
 
 def _requested(args) -> int:
     """The number of images asked for, as far as it is known before loading (the class default: a handful)."""
-    prompts = sampled_prompts(args)
+    prompts = getattr(args, "prompts", None)
     if prompts is not None:
-        return len(prompts)
+        return len(prompts) * (getattr(args, "per_prompt", None) or 1)
     return len(args.classes) if args.classes is not None else 0
 
 
