@@ -14,21 +14,18 @@ import argparse
 import contextlib
 import io
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from t2i_verifier import cpu_name  # noqa: E402
 
 from arvision.cli import main as cli_main  # noqa: E402
 from arvision.pipeline import ARPipeline  # noqa: E402
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
 
 
 def main() -> int:

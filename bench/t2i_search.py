@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -38,6 +36,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from search_eval import methods_for, t_interval  # noqa: E402
+from t2i_verifier import cpu_name  # noqa: E402
 
 from arvision.captions import TASKS  # noqa: E402
 from arvision.evaluation import geneval  # noqa: E402
@@ -46,21 +45,6 @@ from arvision.images import to_uint8  # noqa: E402
 from arvision.pipeline import ARPipeline  # noqa: E402
 from arvision.sampling.loop import SamplingRun  # noqa: E402
 from arvision.sampling.search import BestOfN, candidate_generators, partial_decode  # noqa: E402
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
-                platform.processor())
-
-
-def prompt_subset(per_task: int) -> list[dict]:
-    seen, out = {}, []
-    for m in geneval.prompt_set():
-        seen[m["tag"]] = seen.get(m["tag"], 0) + 1
-        if seen[m["tag"]] <= per_task:
-            out.append(m)
-    return out
 
 
 def prompt_generator(seed: int, j: int) -> torch.Generator:
@@ -127,7 +111,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     pipe = ARPipeline.from_pretrained(args.model)
-    metas = prompt_subset(args.per_task)
+    metas = geneval.first_per_task(geneval.prompt_set(), args.per_task)
     prompts = [m["prompt"] for m in metas]
     matcher, oracle = load_matcher_verifier(args.matcher), geneval.OracleVerifier()
     sizes = pipe.schedule.step_sizes

@@ -120,18 +120,9 @@ def test_eval_geneval_cli(tmp_path, capsys):
     summary, results = report["summary"], report["results"]
     assert set(summary["tasks"]) == set(captions.TASKS) and summary["images"] == 12 and len(results) == 12
     assert summary["overall"] == pytest.approx(np.mean([t["accuracy"] for t in summary["tasks"].values()]))
-    rescored = geneval.score_folder(tmp_path / "imgs", _first_per_task(), 2)
+    rescored = geneval.score_folder(tmp_path / "imgs", geneval.first_per_task(geneval.prompt_set(), 1), 2)
     assert [r["correct"] for r in rescored] == [r["correct"] for r in results]  # the files are what was judged
     assert (tmp_path / "tasks.png").is_file()
-
-
-def _first_per_task():
-    seen, out = set(), []
-    for m in geneval.prompt_set():
-        if m["tag"] not in seen:
-            seen.add(m["tag"])
-            out.append(m)
-    return out
 
 
 def test_eval_geneval_refuses_class_models(tiny_model, capsys):

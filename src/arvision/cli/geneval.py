@@ -48,15 +48,7 @@ def prompt_metas(args) -> list[dict]:
     from arvision.evaluation import geneval
 
     metas = geneval.read_jsonl(args.prompts_file) if args.prompts_file else geneval.prompt_set()
-    if args.max_prompts:
-        seen: dict = {}
-        kept = []
-        for m in metas:
-            seen[m["tag"]] = seen.get(m["tag"], 0) + 1
-            if seen[m["tag"]] <= args.max_prompts:
-                kept.append(m)
-        metas = kept
-    return metas
+    return geneval.first_per_task(metas, args.max_prompts) if args.max_prompts else metas
 
 
 def reward_of(kind: str):

@@ -438,6 +438,17 @@ def wrong_scenes(meta: dict, rng: np.random.Generator) -> dict[str, scenes.Scene
 
 # -- scoring a folder and reporting ----------------------------------------------------------------------------------
 
+def first_per_task(metas: Sequence[dict], n: int) -> list[dict]:
+    """The first ``n`` prompts of each task of ``metas``, in their order (quick subsets of the prompt set)."""
+    seen: dict[str, int] = {}
+    kept = []
+    for m in metas:
+        seen[m["tag"]] = seen.get(m["tag"], 0) + 1
+        if seen[m["tag"]] <= n:
+            kept.append(m)
+    return kept
+
+
 def score_folder(folder: str | Path, metas: Sequence[dict], per_prompt: int) -> list[dict]:
     """Judge the images of ``folder``: image ``{index:05d}.png`` with ``index = line * per_prompt + j`` is sample
     ``j`` of prompt ``metas[line]``.  Every expected file must exist (a missing one is an error naming it).
@@ -615,6 +626,7 @@ class OracleVerifier:
     def __call__(self, images, prompts):
         import torch
 
-        arr = images.detach().float().add(1).mul(127.5).add_(0.5).clamp_(0, 255).to(torch.uint8)
-        arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+        from arvision.images import to_uint8
+
+        arr = to_uint8((images.detach().float() + 1) / 2)
         return torch.tensor([float(check(a, self.meta(p))[0]) for a, p in zip(arr, prompts)])
