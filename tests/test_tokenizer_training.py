@@ -343,3 +343,41 @@ def test_inception_perceptual_loss_is_differentiable():
     loss.backward()
     assert loss.item() > 0 and recon.grad is not None and recon.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in loss_fn.parameters())
+
+
+# -- decoder-only fine-tuning ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["multiscale", "vq"])
+def test_decoder_training_keeps_every_token_id_and_improves_reconstruction(tmp_path, kind):
+    """--train-part decoder: the encoder, codebook and quantiser convs do not move (so a transformer trained on the
+    ids stays valid), the decoder does, and the reconstruction loss falls."""
+    tok = make_tok(kind)
+    x = torch.stack([im for im, _ in images(4, seed=7)])
+    ids_before = tok.encode(x)
+    frozen = {k: v.clone() for k, v in tok.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
+    cfg = train_cfg(steps=30, batch_size=8, lr=2e-3, train_part="decoder", dead_code_every=1,
+                    dead_code_threshold=0.5)  # restarts asked for: decoder training must still skip them
+    TokenizerTrainer(tok, images(8), cfg, tmp_path, progress=False).train()
+    after = tok.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())
+    assert not torch.equal(tok.decoder.conv_out.weight, make_tok(kind).decoder.conv_out.weight)
+    ids_after = tok.encode(x)
+    same = (zip(ids_before, ids_after) if isinstance(ids_before, list) else [(ids_before, ids_after)])
+    assert all(torch.equal(a, b) for a, b in same)
+    log = log_of(tmp_path)
+    assert log[-1]["recon"] < 0.7 * log[0]["recon"]
+    assert "restarted_codes" not in {k for row in log for k in row}
+
+
+def test_train_tokenizer_init_and_decoder_part_from_the_cli(tmp_path, capsys):
+    from arvision.cli import main
+
+    src = tmp_path / "tok"
+    save_tokenizer_folder(src, make_tok(), SIZE)
+    assert main(["train-tokenizer", "--data", "mnist-5k", "--out", str(tmp_path / "a"), "--train-part",
+                 "decoder"]) == 2
+    assert "--train-part decoder needs --init" in capsys.readouterr().err
+    assert main(["train-tokenizer", "--data", "mnist-5k", "--out", str(tmp_path / "b"), "--init", str(src),
+                 "--vocab", "64", "--ch", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "fixes the architecture" in err and "--vocab 64 (the folder has 32)" in err and "--ch" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

