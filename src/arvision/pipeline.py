@@ -277,7 +277,7 @@ class ARPipeline:
                  progress: bool = False, return_progression: bool = False,
                  time_steps: bool = False, processors=(), override=None, kv_policy=None,
                  decoding=None, search=None, verifier=None, allow_null_class: bool = False,
-                 patch_nums=None, prompts: str | Sequence[str] | None = None,
+                 patch_nums=None, prompts: str | Sequence[str] | None = None, step_callback=None,
                  **family_options) -> GenerationOutput:
         """Generate one image per class label (class models) or per prompt (text models: ``prompts``).
 
@@ -306,6 +306,12 @@ class ARPipeline:
         digit classifier).  Its cost goes to ``stats["search"]``.
         ``patch_nums``: sample on another scale list (families with ``capabilities.scale_lists``: FlexVAR).
         ``family_options``: the family's extra sampling options (FlexVAR: ``max_pn``, ``cfg_mode``).
+        ``step_callback(s, num_steps, preview)``: an observer called after every step of every batch, as it is
+        computed (what a page streams); ``preview()`` decodes the batch's images so far (scale-wise: the canvas
+        after step s; raster: the known tokens, the rest padded by repetition) as (B, 3, H, W) in [0, 1] on the
+        CPU; call it during the callback (the state changes in place at the next step).  It draws no randomness, so
+        the images are those of a call without it; its time counts in the step timings.  Not with a search (its
+        batch changes between steps).
         """
         batches = self.iter_batches(
             class_labels, guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature,
@@ -313,7 +319,7 @@ class ARPipeline:
             precision=precision, progress=progress, return_progression=return_progression, time_steps=time_steps,
             processors=processors, override=override, kv_policy=kv_policy, decoding=decoding, search=search,
             verifier=verifier, allow_null_class=allow_null_class, patch_nums=patch_nums, prompts=prompts,
-            **family_options)
+            step_callback=step_callback, **family_options)
         return GenerationOutput.concat(list(batches))
 
     def default_batch_size(self, n_images: int | None = None, schedule=None) -> int:
@@ -329,7 +335,7 @@ class ARPipeline:
                      progress: bool = False, return_progression: bool = False,
                      time_steps: bool = False, processors=(), override=None, kv_policy=None,
                      decoding=None, search=None, verifier=None, allow_null_class: bool = False,
-                     patch_nums=None, prompts: str | Sequence[str] | None = None,
+                     patch_nums=None, prompts: str | Sequence[str] | None = None, step_callback=None,
                      **family_options) -> Iterator[GenerationOutput]:
         """The batches of ``self(...)`` (same options), one :class:`GenerationOutput` per batch as it finishes, so
         that a caller can write each batch out and drop it: any number of images in bounded memory.  Every
@@ -344,6 +350,8 @@ class ARPipeline:
             raise ArvisionError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if return_progression and not self.family.capabilities.progression:
             raise ArvisionError(f"the coarse-to-fine progression does not exist for {self.family.description} models")
+        if step_callback is not None and search is not None:
+            raise ArvisionError("a step callback cannot follow a search (its batch changes between steps)")
         sample = generate
         if search is not None or verifier is not None:
             from arvision.sampling.search import SearchSampler
@@ -360,10 +368,11 @@ class ARPipeline:
         if isinstance(generator, (list, tuple)) and len(generator) != n:
             raise ArvisionError(f"got {len(generator)} generators for {n} images; give one per image")
         return self._batches(condition, schedule, options, sample, generator, bs, output_type, progress,
-                             return_progression, time_steps, search is not None)
+                             return_progression, time_steps, search is not None, step_callback)
 
     def _batches(self, condition, schedule, options, sample, generator, bs: int, output_type: str, progress: bool,
-                 return_progression: bool, time_steps: bool, searching: bool) -> Iterator[GenerationOutput]:
+                 return_progression: bool, time_steps: bool, searching: bool,
+                 step_callback=None) -> Iterator[GenerationOutput]:
         """The loop of :meth:`iter_batches`, after its checks."""
         labels = condition.keys()
         inputs = self.inputs if schedule == self.schedule else self.family.input_builder(self.tokenizer, schedule)
@@ -381,11 +390,15 @@ class ARPipeline:
                     keep.append((state.clone() if isinstance(state, torch.Tensor) else state, toks.clone(), s + 1))
                 if time_steps:
                     marks.append(_clock(self.device))
+                if step_callback is not None:  # the state changes in place at the next step: preview now or never
+                    args = (state, toks, s + 1)
+                    step_callback(s, schedule.num_steps,
+                                  lambda: self._decode(inputs.preview, args, dtype).float().add(1).mul(0.5).cpu())
 
             gen = generator[i:i + bs] if per_image else generator
             t0 = _clock(self.device)
-            res = sample(self.transformer, inputs, rows, options, gen, progress,
-                         hook if (return_progression or time_steps) else None)
+            observed = return_progression or time_steps or step_callback is not None
+            res = sample(self.transformer, inputs, rows, options, gen, progress, hook if observed else None)
             if searching:
                 sample.record(stats, res)
             t1 = _clock(self.device)
