@@ -34,6 +34,21 @@ def tiny_model(tmp_path_factory) -> Path:
     return folder
 
 
+def tiny_raster_pipeline(seed: int = 0):
+    """A tiny random LlamaGen-style model: 4x4 tokens (16 raster steps), 8 px images, 3 classes."""
+    from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
+    from arvision.pipeline import ARPipeline
+
+    torch.manual_seed(seed)
+    tok = TokenizerConfig(kind="vq", vocab_size=50, embed_dim=8, z_channels=16, ch=32, ch_mult=(1, 1),
+                          num_res_blocks=1, attn_style="split", quant_conv_ks=1, l2_norm=True)
+    tr = TransformerConfig(block="llama", width=64, depth=2, num_heads=2, vocab_size=50, num_classes=3,
+                           in_channels=8)
+    pipe = ARPipeline(ModelConfig(family="llamagen", image_size=8, tokenizer=tok, transformer=tr))
+    pipe.transformer.init_weights()
+    return pipe
+
+
 def _setting(name: str, default: Path) -> Path:
     value = os.environ.get(name, "").strip()
     return Path(value).expanduser() if value else default

@@ -14,13 +14,13 @@ from PIL import Image
 
 from arvision.bundled import bundled_model_dir
 from arvision.cli import main
-from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
 from arvision.errors import ArvisionError
 from arvision.evaluation.classifier import classify_images
 from arvision.pipeline import ARPipeline
 from arvision.sampling.editing import EditOverride, box_mask, edit, keep_tokens, load_mask, prepare_edit_inputs
 from arvision.sampling.loop import SamplingRun
 from arvision.training.datasets import Mnist5k
+from conftest import tiny_raster_pipeline
 from test_search import select_midway
 
 torch.set_num_threads(1)  # small models: one thread is as fast here and leaves the shared CPU to others
@@ -33,14 +33,8 @@ def bundled() -> ARPipeline:
 
 @functools.cache
 def raster() -> ARPipeline:
-    """A tiny random LlamaGen-style model: 4x4 tokens (16 raster steps), 8 px images, 3 classes."""
-    torch.manual_seed(0)
-    tok = TokenizerConfig(kind="vq", vocab_size=50, embed_dim=8, z_channels=16, ch=32, ch_mult=(1, 1),
-                          num_res_blocks=1, attn_style="split", quant_conv_ks=1, l2_norm=True)
-    tr = TransformerConfig(block="llama", width=64, depth=2, num_heads=2, vocab_size=50, num_classes=3,
-                           in_channels=8)
-    pipe = ARPipeline(ModelConfig(family="llamagen", image_size=8, tokenizer=tok, transformer=tr))
-    pipe.transformer.init_weights()
+    """A tiny random LlamaGen-style model (``conftest.tiny_raster_pipeline``), its weights perturbed."""
+    pipe = tiny_raster_pipeline(0)
     with torch.no_grad():
         for p in pipe.transformer.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -58,13 +58,19 @@ def add_parser(sub) -> None:
 
 
 def cmd_edit(args) -> None:
-    import numpy as np
-    import torch
-    from PIL import Image
-
     from arvision.cli.loading import load_pipeline
-    from arvision.images import check_output_file, make_grid, read_image, save_image, to_pil
-    from arvision.sampling.editing import box_mask, edit, load_mask
+
+    image, mask = read_edit_inputs(args)
+    pipe = load_pipeline(args.model, args.device)
+    for line in edit_with(pipe, args, image, mask):
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
+
+
+def read_edit_inputs(args):
+    """Check ``edit``'s outputs and options and read its inputs (before any model is loaded) -> (the image as RGB
+    PIL, the regenerate mask (H, W) bool at the image's size)."""
+    from arvision.images import check_output_file, read_image
+    from arvision.sampling.editing import box_mask, load_mask
 
     check_output_file(args.out, image=True)
     if args.compare:
@@ -82,26 +88,41 @@ def cmd_edit(args) -> None:
         mask = load_mask(args.mask, size=(W, H))
     else:
         mask = box_mask(H, W, args.box, outpaint=args.outpaint)
-    pipe = load_pipeline(args.model, args.device)
+    return image, mask
+
+
+def edit_with(pipe, args, image, mask) -> list[str]:
+    """Edit ``image`` (from :func:`read_edit_inputs`) with the loaded ``pipe`` as ``args`` say, write ``--out`` (and
+    ``--compare``) -> the lines to report (a line starting with ``warning:`` is a warning)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from arvision.images import make_grid, save_image, to_pil
+    from arvision.sampling.editing import edit
+
+    lines = []
     S = pipe.config.image_size
     if args.klass is not None:
         pipe.check_labels([args.klass])
+    W, H = image.size
     if (W, H) != (S, S):
         crop = " (centre-cropped to a square first)" if W != H else ""
-        print(f"note: {path.name} is {W}x{H}; resized to the model's {S}x{S}{crop}")
+        lines.append(f"note: {Path(args.image).name} is {W}x{H}; resized to the model's {S}x{S}{crop}")
     out = edit(pipe, image, mask, class_labels=args.klass, generator=torch.Generator().manual_seed(args.seed),
                guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                more_smooth=args.smooth, precision=args.precision)
     save_image(out.images[0], args.out)
     kept = out.keep[0].float().mean().item()
-    print(f"wrote {args.out} ({kept:.0%} of the tokens kept from the source)")
+    lines.append(f"wrote {args.out} ({kept:.0%} of the tokens kept from the source)")
     if bool(out.keep[0].all()):  # the region is empty, or smaller than half of every token it touches
-        print(f"warning: the {'box' if args.box is not None else 'mask'} regenerates no token, so every token was "
-              f"kept from the source and {args.out} is the source as the tokenizer reproduces it; make the region "
-              f"to regenerate larger (white = regenerate)", file=sys.stderr)
+        lines.append(f"warning: the {'box' if args.box is not None else 'mask'} regenerates no token, so every token "
+                     f"was kept from the source and {args.out} is the source as the tokenizer reproduces it; make "
+                     "the region to regenerate larger (white = regenerate)")
     if args.compare:
         src = to_pil(out.source_images.add(1).mul(0.5))[0]
         m = Image.fromarray(out.regen_pixels[0].numpy().astype(np.uint8) * 255).convert("RGB")
         what = "inpaint" if args.klass is None else f"class {args.klass}"
         save_image(make_grid([src, m, out.images[0]], ["source", "mask", what], ncol=3), args.compare)
-        print(f"wrote {args.compare}")
+        lines.append(f"wrote {args.compare}")
+    return lines

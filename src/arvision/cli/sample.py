@@ -317,10 +317,11 @@ def sampled_classes(pipe, args, say: bool = False) -> list[int]:
     return classes
 
 
-def iter_sampling(pipe, args, progress: bool = True):
+def iter_sampling(pipe, args, progress: bool = True, step_callback=None):
     """Sample ``pipe`` with ``sample``'s options in ``args`` (a watermark too, aligned if asked), batch after
     batch (``args.batch_size``; None: the pipeline's bounded default): an iterator of outputs with PIL images, so
-    that a caller can write and drop each one."""
+    that a caller can write and drop each one.  ``step_callback``: the pipeline's per-step observer (what
+    ``arvision serve`` streams; it leaves the images unchanged)."""
     import torch
 
     prompts = sampled_prompts(args)
@@ -334,13 +335,13 @@ def iter_sampling(pipe, args, progress: bool = True):
         generator=generator, more_smooth=args.smooth, output_type="pt" if aligned else "pil",
         batch_size=args.batch_size, precision=args.precision, progress=progress,
         return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
-        decoding=args.decoding, search=getattr(args, "search", None), verifier=_verifier(pipe, args),
+        decoding=args.decoding, search=getattr(args, "search", None), verifier=search_verifier(pipe, args),
         processors=processors, patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
-        cfg_mode=getattr(args, "cfg_mode", None), prompts=prompts)
+        cfg_mode=getattr(args, "cfg_mode", None), prompts=prompts, step_callback=step_callback)
     return _aligned(pipe, batches, watermark, args.seed, progress) if aligned else batches
 
 
-def _verifier(pipe, args):
+def search_verifier(pipe, args):
     """What ``--search`` ranks by: for text models the image-caption matcher (``--verifier`` a matcher folder; default:
     the one bundled with arvision), for class models the classifier weights of ``--verifier`` (default: bundled)."""
     verifier = getattr(args, "verifier", None)
@@ -391,6 +392,32 @@ def caption(pipe, k: int | str) -> str:
     return names[k] if names else f"class {k}"
 
 
+def sample_grid(pipe, images, labels, per_prompt: int | None = None):
+    """The labelled grid ``sample --out`` writes: one cell per image captioned by :func:`caption`; text models get
+    wider cells (room for a few words of each prompt) and, with several images per prompt, one row per prompt."""
+    from arvision.images import make_grid
+
+    text = pipe.takes_text
+    cell = {"min_cell": TEXT_CELL} if text else {}
+    per = per_prompt or 1
+    ncol = per if text and 1 < per <= GRID_MAX_COLUMNS else None
+    return make_grid(list(images), [caption(pipe, k) for k in labels], ncol=ncol, **cell)
+
+
+def save_tokens(path, pipe, schedule, tokens, labels, seed: int) -> None:
+    """The safetensors file of ``sample --save-tokens``: ``step.{s}`` per scale (or ``tokens``), with the class
+    labels (or, for text models, the prompts as a JSON list: a prompt may hold commas) and the seed as metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    if pipe.takes_text:
+        metadata = {"prompts": json.dumps(list(labels))}
+    else:
+        metadata = {"class_labels": ",".join(map(str, labels))}
+    save_file(schedule.named_tokens(tokens), str(path), metadata={**metadata, "seed": str(seed)})
+
+
 class _Writers:
     """``sample``'s outputs, fed batch after batch: PNGs go to --out-dir as each batch finishes (each written
     under a temporary name and renamed, so an interrupted run leaves only whole files); the grid, the progression
@@ -399,7 +426,7 @@ class _Writers:
     def __init__(self, pipe, args):
         self.pipe, self.args = pipe, args
         self.count = 0
-        self.grid, self.captions = [], []
+        self.grid = []
         self.cells, self.cell_captions, self.ncol = [], [], 0
         self.tokens, self.labels, self.schedule, self.stats = [], [], None, {}
 
@@ -415,7 +442,6 @@ class _Writers:
                 save_image(im, folder / name)
         if args.out:
             self.grid += out.images
-            self.captions += [caption(pipe, k) for k in out.class_labels]
         if args.progression:
             from arvision.images import to_pil
 
@@ -436,11 +462,9 @@ class _Writers:
         text = self.pipe.takes_text
         cell = {"min_cell": TEXT_CELL} if text else {}  # room for a few words of each prompt
         if args.out:
-            from arvision.images import make_grid, save_image
+            from arvision.images import save_image
 
-            per = getattr(args, "per_prompt", None) or 1
-            ncol = per if text and 1 < per <= GRID_MAX_COLUMNS else None  # one row per prompt
-            save_image(make_grid(self.grid, self.captions, ncol=ncol, **cell), args.out)
+            save_image(sample_grid(self.pipe, self.grid, self.labels, getattr(args, "per_prompt", None)), args.out)
             print(f"wrote {args.out}")
         if args.out_dir:
             print(f"wrote {self.count} images to {args.out_dir}")
@@ -451,16 +475,8 @@ class _Writers:
             print(f"wrote {args.progression}")
         if args.save_tokens:
             import torch
-            from safetensors.torch import save_file
 
-            tensors = self.schedule.named_tokens(torch.cat(self.tokens))  # step.{s} per scale, or tokens (B, L)
-            if text:  # one prompt per image, as a JSON list (a prompt may hold commas)
-                import json
-
-                metadata = {"prompts": json.dumps(self.labels)}
-            else:
-                metadata = {"class_labels": ",".join(map(str, self.labels))}
-            save_file(tensors, args.save_tokens, metadata={**metadata, "seed": str(args.seed)})
+            save_tokens(args.save_tokens, self.pipe, self.schedule, torch.cat(self.tokens), self.labels, args.seed)
             print(f"wrote {args.save_tokens}")
 
 

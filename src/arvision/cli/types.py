@@ -47,6 +47,7 @@ fraction_below_one = _ranged(float, "a number in [0, 1)", lo=0.0, hi=1.0, hi_ope
 open_fraction = _ranged(float, "a number in (0, 1)", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 nonneg_int = _ranged(int, "an integer >= 0", lo=0)
 positive_int = _ranged(int, "an integer >= 1", lo=1)
+port = _ranged(int, "a port in [1, 65535]", lo=1, hi=65535)
 threads = _ranged(int, "a thread count in [1, 4096]", lo=1, hi=4096)  # torch.set_num_threads takes a C int
 class_id = _ranged(int, "a class id: an integer >= 0", lo=0)
 seed = _ranged(int, f"a seed in [{SEED_MIN}, 2**63 - 1]", lo=SEED_MIN, hi=SEED_MAX)

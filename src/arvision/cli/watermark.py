@@ -93,12 +93,22 @@ def add_parser(sub) -> None:
 def cmd_detect(args) -> None:
     from arvision.cli.loading import load_pipeline
 
-    spec = WatermarkSpec(args.key, gamma=args.gamma, pool=args.pool, start_step=args.start_step)
+    detect_spec(args)  # the spec's values, before anything is read
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise ArvisionError(f"image(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     pipe = load_pipeline(args.model, args.device)
-    images = load_images_for(pipe, args.images)
-    for path, res in zip(args.images, detect_images(pipe, images, spec, threshold=args.threshold,
-                                                      unique=not args.all_tokens)):
+    for path, res in detect_with(pipe, args):
         print(f"{path}: {res.line()}")
+
+
+def detect_spec(args) -> WatermarkSpec:
+    """``watermark detect``'s key, gamma, pool and start step as a spec (validated)."""
+    return WatermarkSpec(args.key, gamma=args.gamma, pool=args.pool, start_step=args.start_step)
+
+
+def detect_with(pipe, args) -> list[tuple[str, object]]:
+    """Test ``args.images`` against the key with the loaded ``pipe`` -> (path, ``DetectionResult``) per image."""
+    images = load_images_for(pipe, args.images)
+    results = detect_images(pipe, images, detect_spec(args), threshold=args.threshold, unique=not args.all_tokens)
+    return list(zip(args.images, results))
