@@ -15,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "arvision"
 LOWER_LAYERS = ("sampling", "models", "tokenizers", "families", "evaluation", "training")
-UPPER = ("arvision.cli", "arvision.pipeline", "arvision.bundled")
+UPPER = ("arvision.cli", "arvision.pipeline", "arvision.bundled", "arvision.serve")
 
 
 def _module_name(path: Path) -> str:

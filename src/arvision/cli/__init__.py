@@ -12,13 +12,14 @@
     arvision edit [MODEL] --image IN.png --mask MASK.png [--class K] --seed 0 --out OUT.png
     arvision sample --watermark-key KEY --out-dir imgs; arvision watermark detect imgs/*.png --key KEY
     arvision make-data shapes --out shapes-1k --num 1000 --seed 0
+    arvision serve [MODEL ...] [--port 7860]                (a web page; the demo extra)
 
 Mistakes in the input (files, arguments) print one ``error:`` line and exit with status 2.
 """
 
 # One module per command (or family of commands), each with its parser and its command function: sample.py
 # (sample, info, demo), convert.py, train.py, evaluate.py, bench.py, edit.py, watermark.py, calibrate_kv.py, data.py
-# (make-data); and
+# (make-data), serve.py (the web page of arvision.serve); and
 # loading.py (the model a command names).  Only this package imports the pipeline on behalf of a command: the
 # library layers below (sampling, models, tokenizers, families, evaluation, training) never import it.
 
@@ -51,7 +52,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from arvision import __version__
-    from arvision.cli import bench, calibrate_kv, convert, data, edit, evaluate, sample, train, watermark
+    from arvision.cli import bench, calibrate_kv, convert, data, edit, evaluate, sample, serve, train, watermark
 
     examples = __doc__.split("\n", 1)[1].replace("``", "").strip("\n")  # the docstring's body, as plain text
     parser = OneLineParser(
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     watermark.add_parser(sub)
     calibrate_kv.add_parser(sub)
     data.add_parser(sub)
+    serve.add_parser(sub)
     sample.add_info_parser(sub)
     sample.add_demo_parser(sub)
     _values_may_start_with_minus(parser)
