@@ -22,9 +22,10 @@ def add_parser(sub) -> None:
     """Register ``arvision serve`` on the CLI's sub-parsers."""
     p = sub.add_parser("serve", help="open a web page (Gradio) to generate, edit and watermark images",
                        description="Serve a web page with Generate, Edit and Watermark tabs over the models (loaded "
-                                   "once, shared by every visitor). Requests wait in one queue; when it holds "
-                                   "--queue-size requests, new ones are refused with 'queue is full'. Needs the demo "
-                                   "extra: pip install -e \".[demo]\".")
+                                   "once, shared by every visitor). Requests wait in one queue and run one at a "
+                                   "time; when --queue-size requests wait, new ones are refused at once (Gradio's "
+                                   "queue-full error: 'This application is currently busy. Please try again.'). "
+                                   "Needs the demo extra: pip install -e \".[demo]\". docs/serve.md has more.")
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help=f"model folders or names of bundled models ({', '.join(bundled_names()) or 'none here'}); "
                         "several get a model picker (default: every bundled model)")
@@ -32,8 +33,8 @@ def add_parser(sub) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=types.port, default=7860, help="port to listen on (default 7860)")
     p.add_argument("--queue-size", type=types.positive_int, default=DEFAULT_QUEUE_SIZE,
-                   help="requests that may wait for the model at once; more are refused with 'queue is full' "
-                        f"(default {DEFAULT_QUEUE_SIZE})")
+                   help="requests that may wait for the model at once; more are refused at once with Gradio's "
+                        f"queue-full error (default {DEFAULT_QUEUE_SIZE})")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=cmd_serve)
 

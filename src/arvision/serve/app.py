@@ -3,9 +3,9 @@
 Serving rules: the models are loaded once (``models.load_models``) and shared by every visitor; every request that
 runs a model goes through one queue of bounded size (``queue_size``) and one concurrency group of width 1, so a
 burst waits in line instead of holding several runs in memory, and a request that finds the line full is refused
-with Gradio's "queue is full" message.  A mistake (a class out of range, a bad number, an upload too large or not an
-image) is shown as the command line's one-line message, never a stack trace; anything unexpected is logged on the
-server and shown as one line saying so.
+at once with Gradio's queue-full error ("This application is currently busy. Please try again.").  A mistake (a
+class out of range, a bad number, an upload too large or not an image) is shown as the command line's one-line
+message, never a stack trace; anything unexpected is logged on the server and shown as one line saying so.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ MODEL_GROUP = "model"  # the concurrency group of every event that runs a model:
 SEED_MAX_RANDOM = 2**31  # the random button's range (any seed in [0, 2**63 - 1] may be typed)
 IMAGE_HEIGHT = 240  # pixels of the page an image takes; the bundled models' 32-64 px images are enlarged to it
 # tiny images shown large: keep their pixels sharp instead of smoothing them into a blur
-CSS = ("#preview img, #result img, #edit-result img, #wm-gallery img {image-rendering: pixelated; "
-       "width: 100%; height: 100%; object-fit: contain;}")
+CSS = ("#preview img, #result img, #edit-result img {image-rendering: pixelated; width: 100%; height: 100%; "
+       "object-fit: contain;} #wm-gallery img {image-rendering: pixelated;}")
 
 
 def _one_line(error: BaseException) -> gr.Error:
@@ -288,7 +288,9 @@ def build_app(models: list[ServedModel], workspace: Workspace, queue_size: int =
                     align = gr.Number(0.1, label="Alignment strength (empty = none: the detector rarely finds an "
                                                  "unaligned watermark)", elem_id="wm-align")
                     wm_go = gr.Button("Generate watermarked", variant="primary", elem_id="wm-button")
-                    wm_gallery = gr.Gallery(label="Watermarked images", columns=4, height=200, elem_id="wm-gallery")
+                    wm_gallery = gr.Gallery(label="Watermarked images", columns=4, height=200, object_fit="contain",
+                                            fit_columns=False, preview=False, allow_preview=False, interactive=False,
+                                            elem_id="wm-gallery")
                     wm_status = gr.Markdown(elem_id="wm-status")
                     wm_command = gr.Markdown()
                 with gr.Column():
