@@ -364,3 +364,27 @@ def test_the_page_shows_errors_as_one_line_and_bounds_its_queue():
         assert {"generate", "edit", "watermark", "detect"} <= {fn.api_name for fn in demo.fns.values()}
     finally:
         workspace.close()
+
+
+def test_the_page_edits_the_picture_it_took_and_no_other(tmp_path):
+    pytest.importorskip("gradio")
+    from arvision.serve.app import Page
+    from arvision.serve.workspace import Workspace
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "in.png")
+    workspace = Workspace()
+    try:
+        page = Page([mnist()], workspace)
+        editor, source, status = page.take_upload(str(tmp_path / "in.png"))
+        assert editor["background"].size == (256, 256) and "paint the region" in status
+        layer = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+        layer.paste((255, 0, 0, 255), (64, 64, 192, 192))
+        compare, *_ = page.edit("mnist", source, {**editor, "layers": [layer]}, "in-paint", None, "0")
+        assert Image.open(compare).size == (200, 82)  # source | mask | edit, 32 px cells enlarged to 64
+        other = {"background": Image.new("RGB", (100, 80)), "layers": [layer]}
+        with pytest.raises(ArvisionError, match="the editor shows another picture"):
+            page.edit("mnist", source, other, "in-paint", None, "0")
+        with pytest.raises(ArvisionError, match="no sample yet"):
+            page.take_sample([])
+    finally:
+        workspace.close()

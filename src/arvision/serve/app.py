@@ -167,7 +167,11 @@ class Page:
         if not source:
             raise ArvisionError("no image to edit: upload one, or take the Generate tab's sample")
         with Image.open(source) as im:
-            size = im.size
+            size, shown_size = im.size, editor_view(im).size
+        background = (editor or {}).get("background")
+        if background is not None and background.size != shown_size:  # another picture got into the editor
+            raise ArvisionError("the editor shows another picture than the one taken: upload the image with the "
+                                "upload box (or take the Generate tab's sample) again")
         painted = painted_mask((editor or {}).get("layers"), size)
         result = handlers.edit(self.model(name), Path(source), painted, EditForm(mode, klass, seed))
         return (str(result.compare), gr.update(value=str(result.edited), interactive=True), result.info,
