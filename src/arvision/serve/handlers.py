@@ -13,7 +13,7 @@ import math
 import shlex
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,7 @@ def sample_argv(model: ServedModel, form: SampleForm, folder: Path) -> list[str]
         raise ArvisionError(f"{n} images is more than this page makes at once ({MAX_IMAGES}); `arvision sample "
                             "--out-dir DIR` makes any number")
     if _text(form.seed) is None:
-        raise ArvisionError("seed: give a seed (an integer >= 0), or press the dice for a random one")
+        raise ArvisionError("seed: give a seed (an integer >= 0), or press Random seed")
     _option(argv, "--seed", form.seed)
     for option, value in (("--cfg", form.cfg), ("--top-k", form.top_k), ("--top-p", form.top_p),
                           ("--temperature", form.temperature), ("--precision", form.precision),
@@ -166,7 +166,6 @@ class SampleResult:
     images: list[Path]  # one PNG per image, named as `--out-dir` names them
     info: str  # time per image, search cost
     command: str  # the equivalent command
-    labels: list = field(default_factory=list)
 
 
 def generate(model: ServedModel, form: SampleForm, folder: Path,
@@ -231,7 +230,7 @@ def _sample(model: ServedModel, args, argv: list[str], folder: Path, emit) -> Sa
         cost = stats["search"]
         info += (f"; search {cost['spec']}: {cost['plain_equivalents']:.2f}x the forwards of plain sampling, "
                  "no progression shown (the candidates change between steps)")
-    return SampleResult(Path(args.out), Path(args.save_tokens), files, info, command_line(argv, folder), labels)
+    return SampleResult(Path(args.out), Path(args.save_tokens), files, info, command_line(argv, folder))
 
 
 def _grey_unknown_rows(x, schedule, known: int):
