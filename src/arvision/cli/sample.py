@@ -510,7 +510,8 @@ def describe(pipe) -> str:
     cfg, tr, tok = pipe.config, pipe.config.transformer, pipe.config.tokenizer
     n_tr = sum(p.numel() for p in pipe.transformer.parameters())
     n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
-    condition = (f"text-conditioned ({len(tr.text_vocab)}-word vocabulary)" if pipe.takes_text
+    reads = {"cross": "by cross-attention", "prefix": "as a prefix"}[tr.text_mode]
+    condition = (f"text-conditioned ({len(tr.text_vocab)}-word vocabulary) {reads}" if pipe.takes_text
                  else f"{cfg.num_classes} classes")
     return (f"{cfg.family}: {cfg.image_size}px, {condition}, {pipe.schedule.describe()}\n"
             f"  transformer: {tr.block} depth {tr.depth}, width {tr.width}, {tr.num_heads} heads, "
