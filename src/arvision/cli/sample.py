@@ -110,8 +110,8 @@ def add_sample_parser(sub) -> None:
     p.add_argument("model", nargs="?", help=model_help())
     _add_sampling_args(p)
     p.add_argument("--search", default=None,
-                   help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md; "
-                        "default: none)")
+                   help="test-time search: bon:N, beam:W, lookahead:W, tts-var[:N] or (raster models) gridar[:N] "
+                        "(options: docs/search.md; default: none)")
     p.add_argument("--verifier", default=None,
                    help="with --search: classifier weights (.safetensors) to score with, or for text models an "
                         "image-caption matcher folder (default: the bundled classifier / matcher)")
