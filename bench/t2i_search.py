@@ -9,7 +9,9 @@ plain samples; TTS-VAR gets the largest batch whose planned token forwards do no
 ranked by the FAIR reward: the image-caption matcher (``arvision.evaluation.matcher``; trained on procedural pairs
 only, it never sees a verdict of the exact verifier).  Best-of-N is also run with the ORACLE reward (the exact
 verifier): an upper bound, and a check of the code -- its verdicts must equal pass@N of the same N candidates
-sampled plainly (``candidate_generators``: the very generators best-of-N draws its candidates from).
+sampled plainly (``candidate_generators``: the very generators best-of-N draws its candidates from).  On a raster
+model (a family with ``capabilities.row_prefixes``) GridAR (``gridar:N``: the token forwards of best-of-N) runs
+too, at the budgets that are multiples of 4, ranked by the matcher.
 
 Reported per method and budget: GenEval overall (mean of the six task accuracies), the measured cost (token
 forwards in plain-sample units, guidance doubling and roll-outs included; decoder calls and reward calls per
@@ -44,7 +46,7 @@ from arvision.evaluation.matcher import load_matcher_verifier  # noqa: E402
 from arvision.images import to_uint8  # noqa: E402
 from arvision.pipeline import ARPipeline  # noqa: E402
 from arvision.sampling.loop import SamplingRun  # noqa: E402
-from arvision.sampling.search import BestOfN, candidate_generators, partial_decode  # noqa: E402
+from arvision.sampling.search import BestOfN, GridAR, candidate_generators, partial_decode  # noqa: E402
 
 
 def prompt_generator(seed: int, j: int) -> torch.Generator:
@@ -121,6 +123,8 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for budget in args.budgets:
             plan = [(name, ctl, "matcher") for name, ctl in methods_for(budget, sizes) if not name.startswith("look")]
+            if pipe.family.capabilities.row_prefixes and budget % 4 == 0:  # GridAR: raster models only
+                plan.append((GridAR(budget).spec(), GridAR(budget), "matcher"))
             plan.append((f"bon:{budget}", BestOfN(budget), "oracle"))
             for name, ctl, reward in plan:
                 key = f"{budget}|{name}|{reward}"

@@ -280,6 +280,14 @@ def test_classifier_verifier_scores_real_digits_by_their_label():
     ("greedy:3", "unknown search 'greedy'"),
     ("tts-var:8,lam=-1", "lam must be >= 0"),
     ("tts-var:8,lam=x", "must be a number"),
+    ("gridar:6", "multiple of 4"),
+    ("gridar:0", "positive"),
+    ("gridar:x", "integer"),
+    ("gridar:4,stages=4", "among 1/2/3"),
+    ("gridar:4,stages=", "among 1/2/3"),
+    ("gridar:4,thr=high", "thr must be a number"),
+    ("gridar:4,lam=2", "unknown option 'lam'"),
+    ("gridar:4,8", "cannot read '8'"),
 ])
 def test_bad_specs_are_explained(spec, message):
     with pytest.raises(ArvisionError, match=message):

@@ -1,6 +1,8 @@
 """Text conditioning: the closed-vocabulary tokenizer, TextCondition's rows, cross-attention reaching the trunk,
 training on captions, saving and loading a text model, and the errors a user sees."""
 
+import json
+
 import pytest
 import torch
 
@@ -14,7 +16,8 @@ from arvision.training.condition_data import Captions
 VOCAB = ("a", "photo", "of", "red", "blue", "circle", "square", "and", "left")
 
 
-def text_pipe(family="var", seed=0):
+def text_pipe(family="var", seed=0, text_len=12, text_mode="cross"):
+    """A tiny random text model (9-word vocabulary, 32 px), VAR (4 scales) or LlamaGen (8x8 raster)."""
     if family == "var":
         tok = TokenizerConfig(kind="multiscale", vocab_size=64, embed_dim=8, z_channels=8, ch=32, ch_mult=(1, 2, 2),
                               patch_nums=(1, 2, 4, 8))
@@ -24,7 +27,7 @@ def text_pipe(family="var", seed=0):
                               patch_nums=(8,), l2_norm=True, quant_conv_ks=1, attn_style="split")
         block = "llama"
     tr = TransformerConfig(block=block, width=64, depth=2, num_heads=2, vocab_size=64, num_classes=1, in_channels=8,
-                           condition="text", text_vocab=VOCAB, text_len=12)
+                           condition="text", text_vocab=VOCAB, text_len=text_len, text_mode=text_mode)
     torch.manual_seed(seed)
     pipe = ARPipeline(ModelConfig(family=family, image_size=32, tokenizer=tok, transformer=tr))
     pipe.transformer.init_weights()
@@ -106,10 +109,11 @@ def test_class_model_refuses_prompts(tiny_model):
         pipe(prompts=["a red circle"])
 
 
-def test_train_on_captions_save_load(tmp_path):
+@pytest.mark.parametrize("text_mode", ["cross", "prefix"])
+def test_train_on_captions_save_load(tmp_path, text_mode):
     """A few steps on captions lower the loss, every parameter of the text path gets a gradient, and the saved
-    folder loads strictly into a model that samples the same tokens."""
-    pipe = text_pipe()
+    folder loads strictly into a model that samples the same tokens (both text modes: tests/test_text_prefix.py)."""
+    pipe = text_pipe(text_mode=text_mode)
     N = 8
     tok = pipe.transformer.text_encoder.tokenizer
     patterns = torch.randint(0, 64, (2, pipe.schedule.length))
@@ -121,13 +125,19 @@ def test_train_on_captions_save_load(tmp_path):
                         tmp_path / "run", progress=False)
     first = trainer.train_step()["loss"]
     grads = {n for n, p in trainer.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert any(n.startswith("text_encoder.layers") for n in grads) and any(".cross.kv" in n for n in grads)
+    assert any(n.startswith("text_encoder.layers") for n in grads)
+    if text_mode == "cross":
+        assert any(".cross.kv" in n for n in grads)
+    else:  # the words go through the blocks' own attention: no cross sub-layer at all
+        assert not any(".cross" in n for n, _ in trainer.model.named_parameters())
     losses = [trainer.train_step()["loss"] for _ in range(25)]
     assert sum(losses[-5:]) / 5 < first - 1.0
     trainer.train()  # the remaining steps, then the model folder
     assert (tmp_path / "run" / "samples").is_dir()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["transformer"]["text_mode"] == text_mode
     loaded = ARPipeline.from_pretrained(tmp_path / "run")
     assert loaded.takes_text and loaded.config.transformer.text_vocab == VOCAB
+    assert loaded.config.transformer.text_mode == text_mode
     a = pipe(prompts=["a red circle"], generator=torch.Generator().manual_seed(3))
     b = loaded(prompts=["a red circle"], generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.tokens, b.tokens)

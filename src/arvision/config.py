@@ -172,6 +172,9 @@ class TokenizerConfig:
         return self.decoder_ch_mult or self.ch_mult
 
 
+TEXT_MODES = ("cross", "prefix")  # TransformerConfig.text_mode
+
+
 @dataclass
 class TransformerConfig:
     """The AR trunk + head; ``block`` names its block class in ``arvision.models.blocks.BLOCKS``.
@@ -200,6 +203,9 @@ class TransformerConfig:
     text_vocab: tuple[str, ...] | None = None  # text: the closed vocabulary of the jointly trained encoder
     text_len: int = 32  # text: most words per prompt
     text_depth: int = 2  # text: layers of the encoder
+    # text: how the per-word states reach the trunk: "cross" (a cross-attention sub-layer in every block) or
+    # "prefix" (prefix positions through the blocks' own self-attention; ``arvision.models.text``)
+    text_mode: str = "cross"
 
     def __post_init__(self):
         from arvision.models.blocks import BLOCKS
@@ -217,6 +223,8 @@ class TransformerConfig:
             fail("pos_grid", self.pos_grid, "a positive integer")
         if self.condition not in ("class", "text"):
             fail("transformer condition", self.condition, "'class' or 'text'")
+        if self.text_mode not in TEXT_MODES:
+            fail("text_mode", self.text_mode, f"one of {', '.join(map(repr, TEXT_MODES))}")
         if self.condition == "text":
             if not self.text_vocab or len(set(self.text_vocab)) != len(self.text_vocab):
                 fail("text_vocab", self.text_vocab, "a non-empty list of distinct words for a text model")

@@ -300,7 +300,7 @@ class ARPipeline:
         ``allow_null_class``: accept the null class id (``self.null_class``) as a label, i.e. unconditional rows
         (guidance then has nothing to steer); off by default so that an out-of-range id stays an error.  Zero-shot
         editing without a class (``arvision.sampling.editing``) is what uses it.
-        ``search``: a search controller or its spec ("bon:8", "beam:4", "lookahead:4", "tts-var";
+        ``search``: a search controller or its spec ("bon:8", "beam:4", "lookahead:4", "tts-var", "gridar:4";
         ``arvision.sampling.search``) returns the verifier's best image per label; ``verifier``: callable(images
         (B, 3, H, W) in [-1, 1], labels (B,)) -> scores (B,), or a classifier weights path (default: the bundled
         digit classifier).  Its cost goes to ``stats["search"]``.

@@ -110,8 +110,8 @@ def add_sample_parser(sub) -> None:
     p.add_argument("model", nargs="?", help=model_help())
     _add_sampling_args(p)
     p.add_argument("--search", default=None,
-                   help="test-time search: bon:N, beam:W, lookahead:W or tts-var[:N] (options: docs/search.md; "
-                        "default: none)")
+                   help="test-time search: bon:N, beam:W, lookahead:W, tts-var[:N] or (raster models) gridar[:N] "
+                        "(options: docs/search.md; default: none)")
     p.add_argument("--verifier", default=None,
                    help="with --search: classifier weights (.safetensors) to score with, or for text models an "
                         "image-caption matcher folder (default: the bundled classifier / matcher)")
@@ -526,7 +526,8 @@ def describe(pipe) -> str:
     cfg, tr, tok = pipe.config, pipe.config.transformer, pipe.config.tokenizer
     n_tr = sum(p.numel() for p in pipe.transformer.parameters())
     n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
-    condition = (f"text-conditioned ({len(tr.text_vocab)}-word vocabulary)" if pipe.takes_text
+    reads = {"cross": "by cross-attention", "prefix": "as a prefix"}[tr.text_mode]
+    condition = (f"text-conditioned ({len(tr.text_vocab)}-word vocabulary) {reads}" if pipe.takes_text
                  else f"{cfg.num_classes} classes")
     return (f"{cfg.family}: {cfg.image_size}px, {condition}, {pipe.schedule.describe()}\n"
             f"  transformer: {tr.block} depth {tr.depth}, width {tr.width}, {tr.num_heads} heads, "

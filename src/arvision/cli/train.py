@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 
 from arvision.cli.types import positive_int_list
+from arvision.config import TEXT_MODES
 from arvision.errors import ArvisionError
 from arvision.training.presets import SIZES, transformer_config
 
@@ -124,6 +125,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--condition", choices=["auto", "class", "text"], default="auto",
                    help="what the model is conditioned on: text (prompts; datasets with captions: shapes) or class "
                         "ids; auto: text when the data has captions (default: %(default)s)")
+    p.add_argument("--text-mode", choices=list(TEXT_MODES), default=None,
+                   help="text models: how the prompt's words reach the trunk: cross (a cross-attention sub-layer in "
+                        "every block) or prefix (prefix positions through the blocks' own self-attention) "
+                        "(default: cross)")
     p.add_argument("--captions-per-image", type=int, default=8,
                    help="text models: captions drawn per image up front; each step picks one (default: %(default)s)")
     p.add_argument("--init", default=None, metavar="MODEL",
@@ -305,6 +310,8 @@ def cmd_train(args) -> None:
         raise ArvisionError(f"--heads must be >= 1, got {args.heads}")
     if args.captions_per_image < 1:
         raise ArvisionError(f"--captions-per-image must be >= 1, got {args.captions_per_image}")
+    if args.text_mode is not None and args.condition == "class":
+        raise ArvisionError(f"--text-mode {args.text_mode} is for text models, not with --condition class")
     latent = image_size // tok_cfg.downsample
     # the preset and heads, checked (and the head count resolved) with a stand-in class count
     heads = transformer_config(family, args.preset, tok_cfg.vocab_size, 1, tok_cfg.embed_dim, args.heads,
@@ -314,7 +321,8 @@ def cmd_train(args) -> None:
                             "`arvision train`")
     info = init_distributed(args.device)
     settings = {"command": "train", "--data": data, "--family": family, "--preset": args.preset, "--heads": heads,
-                "--condition": args.condition, "--captions-per-image": args.captions_per_image,
+                "--condition": args.condition, "--text-mode": args.text_mode,
+                "--captions-per-image": args.captions_per_image,
                 "--tokenizer (weights sha256)": _sha256(Path(args.tokenizer) / TOKENIZER_WEIGHTS)[:16],
                 "--init": str(Path(args.init).resolve()) if args.init else None, "device": info.device.type,
                 **_named(dataclasses.asdict(cfg), FLAGS)}
@@ -326,10 +334,10 @@ def cmd_train(args) -> None:
     torch_seed(args.seed)
     tr_cfg = transformer_config(family, args.preset, tok_cfg.vocab_size, dataset.num_classes, tok_cfg.embed_dim,
                                 args.heads, latent_side=latent)
-    text = _takes_text(args.condition, dataset, args.data)
+    text = _takes_text(args.condition, dataset, args.data, args.text_mode)
     if text:
         tr_cfg = dataclasses.replace(tr_cfg, condition="text", text_vocab=tuple(dataset.text_vocab), num_classes=1,
-                                     text_len=dataset.text_len)
+                                     text_len=dataset.text_len, text_mode=args.text_mode or "cross")
     config = ModelConfig(family=family, image_size=image_size, tokenizer=tok_cfg, transformer=tr_cfg,
                          class_names=None if text else tuple(dataset.class_names))
     pipe = ARPipeline(config, tokenizer=tokenizer).to(info.device)
@@ -348,10 +356,13 @@ def cmd_train(args) -> None:
         print(f"model saved to {args.out} (sample it with: arvision sample {args.out})")
 
 
-def _takes_text(condition: str, dataset, spec: str) -> bool:
+def _takes_text(condition: str, dataset, spec: str, text_mode: str | None = None) -> bool:
     has_captions = getattr(dataset, "text_vocab", None) is not None
     if condition == "text" and not has_captions:
         raise ArvisionError(f"--condition text: the data {spec} has no captions (the shapes dataset has)")
+    if text_mode is not None and not has_captions:
+        raise ArvisionError(f"--text-mode {text_mode} is for text models: the data {spec} has no captions, so this "
+                            "would train a class-conditional model (the shapes dataset has captions)")
     return has_captions and condition != "class"
 
 

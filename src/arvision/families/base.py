@@ -37,6 +37,8 @@ class Capabilities:
     speculative_decoding: bool = False  # Jacobi drafts: one token per causal step
     static_token_step: bool = False  # one fixed-shape compiled step serves every position
     student_forcing: bool = False  # SAR: a second pass on inputs built from the model's own predictions
+    row_prefixes: bool = False  # steps fill the token grid row by row, one token each, and the tokens of the first
+    # rows decode to a picture with the rest filled by repeating them (``preview``): GridAR's stages
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,35 @@ from torch import nn
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-           mask: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
-    """q (B, H, n, hd) against k, v (B, H, m, hd); mask (n, m) additive or None -> (B, H, n, hd)."""
-    if q.shape[2] == 1 and mask is None and dropout == 0.0:
+           mask: torch.Tensor | None = None, dropout: float = 0.0, prefix: tuple | None = None) -> torch.Tensor:
+    """q (B, H, n, hd) against k, v (B, H, m, hd); mask (n, m) additive or None -> (B, H, n, hd).
+
+    prefix: a text prefix's (k, v (B, H, T, hd), bias (B, 1, 1, T)) that every query also sees, in the same
+    softmax (``join_prefix``)."""
+    if prefix is not None:
+        k, v, mask = join_prefix(prefix, k, v, mask)
+    if q.shape[2] == 1 and (mask is None or prefix is not None) and dropout == 0.0:
         # one query (raster decoding): the fused CPU kernel's set-up costs more than the arithmetic
         att = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5 if scale is None else scale)
+        if mask is not None:
+            att = att.add_(mask.to(att.dtype))
         return att.softmax(dim=-1) @ v
     mask = None if mask is None else mask.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout)
+
+
+def join_prefix(prefix: tuple, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+    """Put a prefix's keys/values in front of k, v (B, H, m, hd) -> (k, v (B, H, T+m, hd), mask).
+
+    prefix = (k, v (B, H, T, hd), bias (B, 1, 1, T) additive: -inf at padding words).  mask: (n, m) or (1, m)
+    additive, or None (every key visible) -> the joint additive mask (B, 1, n or 1, T+m) in fp32."""
+    pk, pv, bias = prefix
+    k, v = torch.cat([pk.to(k.dtype), k], dim=2), torch.cat([pv.to(v.dtype), v], dim=2)
+    bias = bias.float()
+    if mask is None:
+        return k, v, F.pad(bias, (0, k.shape[2] - bias.shape[-1]))
+    mask = mask.float().expand(bias.shape[0], 1, *mask.shape[-2:])
+    return k, v, torch.cat([bias.expand(-1, -1, mask.shape[2], -1), mask], dim=-1)
 
 
 class KVCache:
@@ -58,17 +79,19 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def attend(self, layer: int, begin: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+               scale: float | None = None, mask: torch.Tensor | None = None, prefix: tuple | None = None
+               ) -> torch.Tensor:
         """Store this forward's k, v (B, H, n, hd) at [begin, begin+n) and attend q (B, H, n, hd) to everything
-        cached up to begin+n.  mask: (n, begin+n) additive, or None (the n positions see each other)."""
+        cached up to begin+n.  mask: (n, begin+n) additive, or None (the n positions see each other).  prefix: a
+        text prefix's (k, v, bias), seen by every query besides the cache (``attend``); it is not stored."""
         if isinstance(begin, torch.Tensor):
             # fixed-shape one-token step (raster decoding under torch.compile): write at a tensor position and
             # attend to the whole static cache, the positions not yet written masked out by ``mask`` (1, length)
             self.k[layer].index_copy_(2, begin.view(1), k.to(self.k.dtype))
             self.v[layer].index_copy_(2, begin.view(1), v.to(self.v.dtype))
-            return attend(q.to(self.k.dtype), self.k[layer], self.v[layer], scale, mask)
+            return attend(q.to(self.k.dtype), self.k[layer], self.v[layer], scale, mask, prefix=prefix)
         k, v = self.write(layer, begin, k, v)
-        return attend(q.to(k.dtype), k, v, scale, mask)  # under autocast q may leave the l2-norm in fp32
+        return attend(q.to(k.dtype), k, v, scale, mask, prefix=prefix)  # under autocast q may leave the l2-norm in fp32
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep batch rows ``rows`` (int64, repeats allowed): search controllers re-batch the running samples."""
@@ -130,11 +153,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width, bias=proj_bias)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0, begin: int = 0) -> torch.Tensor:
-        """x (B, n, C).  Without a cache: attention among the n positions under ``attn_bias`` (n, n).
-        With a cache: these n positions sit at [begin, begin+n) and see everything cached before them, and
-        each other under ``attn_bias`` (n, begin+n) when given (a causal window of speculative drafts)."""
+    def project(self, x: torch.Tensor, rope: torch.Tensor | None = None):
+        """x (B, n, C) -> q, k, v (B, H, n, hd) as this layer attends with them (biases, RoPE, VAR's l2 norm and
+        temperature on q and k), and the softmax scale."""
         B, n, C = x.shape
         bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
         if isinstance(self.qkv, nn.Linear):
@@ -152,8 +173,29 @@ class Attention(nn.Module):
             q = F.normalize(q, dim=-1).mul(self.scale_mul.clamp_max(self.max_scale_mul).exp())
             k = F.normalize(k, dim=-1)
             scale = 1.0
+        return q, k, v, scale
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0, begin: int = 0,
+                prefix: tuple | None = None) -> torch.Tensor:
+        """x (B, n, C).  Without a cache: attention among the n positions under ``attn_bias`` (n, n).
+        With a cache: these n positions sit at [begin, begin+n) and see everything cached before them, and
+        each other under ``attn_bias`` (n, begin+n) when given (a causal window of speculative drafts).
+        prefix: a text prefix's (k, v (B, H, T, hd), bias (B, 1, 1, T)) from ``prefix_attention``: every position
+        also sees its valid words, in the same softmax."""
+        B, n, C = x.shape
+        q, k, v, scale = self.project(x, rope)
         if cache is not None:
-            out = cache.attend(layer, begin, q, k, v, scale, attn_bias)
+            out = cache.attend(layer, begin, q, k, v, scale, attn_bias, prefix=prefix)
         else:
-            out = attend(q, k, v, scale, attn_bias, self.dropout if self.training else 0.0)
+            out = attend(q, k, v, scale, attn_bias, self.dropout if self.training else 0.0, prefix=prefix)
         return self.proj(out.transpose(1, 2).reshape(B, n, C))
+
+    def prefix_attention(self, x: torch.Tensor, bias: torch.Tensor):
+        """A text prefix x (B, T, C) attending to itself only (bidirectional; ``bias`` (B, 1, 1, T) -inf at padding
+        words), without RoPE -> (output (B, T, C), (k, v, bias)): its keys and values, which the image positions
+        of this layer see as ``prefix`` in ``forward``."""
+        B, T, C = x.shape
+        q, k, v, scale = self.project(x)
+        out = attend(q, k, v, scale, bias, self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(B, T, C)), (k, v, bias)

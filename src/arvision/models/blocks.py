@@ -18,6 +18,12 @@ from arvision.models.attention import Attention
 from arvision.models.text import CrossAttention
 
 
+def takes_cross(cfg) -> bool:
+    """Whether the blocks of TransformerConfig ``cfg`` have a cross-attention sub-layer (text models in the "cross"
+    text mode; in the "prefix" mode the text's states go through the blocks' own self-attention instead)."""
+    return cfg.condition == "text" and cfg.text_mode == "cross"
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -82,7 +88,7 @@ class AdaLNBlock(nn.Module):
     @classmethod
     def build(cls, cfg, drop_path: float) -> AdaLNBlock:
         return cls(cfg.width, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.shared_adaln, cfg.attn_l2_norm,
-                   drop_path, cfg.dropout, cross=cfg.condition == "text")
+                   drop_path, cfg.dropout, cross=takes_cross(cfg))
 
     @staticmethod
     def shared_modulation(cfg) -> nn.Module | None:
@@ -115,15 +121,29 @@ class AdaLNBlock(nn.Module):
         return self.ada_lin(F.silu(cond)).view(-1, 1, 6, self.width)
 
     def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0, ctx=None):
-        """x (B, n, C); mod = ``modulation(cond)`` (B, 1, 6C), computed once per sequence by the caller; ctx: the
-        text's keys/values for the cross-attention (``CrossAttention.context``), text models only."""
+        """x (B, n, C); mod = ``modulation(cond)`` (B, 1, 6C), computed once per sequence by the caller; ctx: text
+        models, the text's keys/values: for the cross-attention (``CrossAttention.context``), or, in the prefix
+        mode (no cross sub-layer), the prefix's keys/values of this block's self-attention (``prefix_step``)."""
         g1, g2, s1, s2, b1, b2 = mod.unbind(2)
         ln = F.layer_norm(x, (self.width,), eps=self.eps)
-        x = x + self.drop_path(self.attn(ln.mul(s1.add(1)).add_(b1), rope, attn_bias, cache, layer, begin).mul_(g1))
+        prefix = ctx if self.cross is None else None
+        x = x + self.drop_path(self.attn(ln.mul(s1.add(1)).add_(b1), rope, attn_bias, cache, layer, begin,
+                                         prefix).mul_(g1))
         if self.cross is not None:
             x = x + self.drop_path(self.cross(self.cross_norm(x), ctx))
         ln = F.layer_norm(x, (self.width,), eps=self.eps)
         return x + self.drop_path(self.mlp(ln.mul(s2.add(1)).add_(b2)).mul(g2))
+
+    def prefix_step(self, p, mod, bias):
+        """Prefix mode: the text prefix p (B, T, C) through this block, seeing only itself (``bias`` (B, 1, 1, T),
+        -inf at padding words), modulated by the condition like the image positions -> (its next hidden state,
+        (k, v, bias): what the image positions of this block see in front of their own keys)."""
+        g1, g2, s1, s2, b1, b2 = mod.unbind(2)
+        ln = F.layer_norm(p, (self.width,), eps=self.eps)
+        out, kvb = self.attn.prefix_attention(ln.mul(s1.add(1)).add_(b1), bias)
+        p = p + self.drop_path(out.mul_(g1))
+        ln = F.layer_norm(p, (self.width,), eps=self.eps)
+        return p + self.drop_path(self.mlp(ln.mul(s2.add(1)).add_(b2)).mul(g2)), kvb
 
 
 class LlamaBlock(nn.Module):
@@ -142,7 +162,7 @@ class LlamaBlock(nn.Module):
     @classmethod
     def build(cls, cfg, drop_path: float) -> LlamaBlock:
         return cls(cfg.width, cfg.num_heads, cfg.ffn_hidden, cfg.norm_eps, drop_path, cfg.dropout,
-                   cross=cfg.condition == "text")
+                   cross=takes_cross(cfg))
 
     @staticmethod
     def shared_modulation(cfg) -> None:
@@ -164,10 +184,19 @@ class LlamaBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, mod, rope=None, attn_bias=None, cache=None, layer=0, begin=0, ctx=None):
-        h = x + self.drop_path(self.resid_drop(self.attn(self.attn_norm(x), rope, attn_bias, cache, layer, begin)))
+        """ctx: as ``AdaLNBlock.forward``'s (cross-attention context, or the prefix's keys/values)."""
+        prefix = ctx if self.cross is None else None
+        h = x + self.drop_path(self.resid_drop(self.attn(self.attn_norm(x), rope, attn_bias, cache, layer, begin,
+                                                         prefix)))
         if self.cross is not None:
             h = h + self.drop_path(self.cross(self.cross_norm(h), ctx))
         return h + self.drop_path(self.mlp(self.mlp_norm(h)))
+
+    def prefix_step(self, p, mod, bias):
+        """As ``AdaLNBlock.prefix_step`` (``mod`` unused); the prefix positions are not rotated (no RoPE)."""
+        out, kvb = self.attn.prefix_attention(self.attn_norm(p), bias)
+        p = p + self.drop_path(self.resid_drop(out))
+        return p + self.drop_path(self.mlp(self.mlp_norm(p))), kvb
 
 
 BLOCKS = {"adaln": AdaLNBlock, "llama": LlamaBlock}

@@ -1,9 +1,12 @@
 """Text for the trunk: a closed-vocabulary encoder trained with the model, and the cross-attention that reads it.
 
 A text condition reaches the trunk two ways (as Infinity does): its pooled vector takes the class embedding's
-place (the first step's input and the AdaLN input), and its per-word states are read by a cross-attention
-sub-layer in every block, so that "a red circle and a blue square" and its colour-swapped twin -- equal bags of
-words -- stay apart.
+place (the first step's input and the AdaLN input), and its per-word states reach every block, so that "a red
+circle and a blue square" and its colour-swapped twin -- equal bags of words -- stay apart.  How they reach it is
+``TransformerConfig.text_mode``: "cross", read by a cross-attention sub-layer in every block (``CrossAttention``);
+"prefix", T prefix positions in front of the image that pass through the trunk's own blocks, seeing only each
+other, while the image positions attend to them and to each other in one softmax (a prefix LM; the blocks'
+``prefix_step``, ``ARTransformer.condition``).
 
 Word ids: 0 = padding, 1 = the null text (classifier-free guidance's unconditional half: one NULL word), 2.. =
 ``vocab`` in order.
@@ -81,6 +84,12 @@ class ClosedVocabEncoder(nn.Module):
         return pooled, h, valid
 
 
+def padding_bias(valid: torch.Tensor, dtype) -> torch.Tensor:
+    """valid (B, T) bool -> the additive attention bias (B, 1, 1, T) of its keys: 0 at words, -inf at padding."""
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, float("-inf"))
+    return bias[:, None, None, :]
+
+
 class CrossAttention(nn.Module):
     """Queries from the image positions (B, n, C), keys/values from the text states (B, T, C).
 
@@ -98,8 +107,7 @@ class CrossAttention(nn.Module):
         """states (B, T, C), valid (B, T) -> (k, v (B, H, T, hd), additive bias (B, 1, 1, T))."""
         B, T, _ = states.shape
         k, v = self.kv(states).view(B, T, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = torch.zeros(valid.shape, dtype=states.dtype, device=states.device).masked_fill(~valid, float("-inf"))
-        return k, v, bias[:, None, None, :]
+        return k, v, padding_bias(valid, states.dtype)
 
     def forward(self, x: torch.Tensor, ctx: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         k, v, bias = ctx

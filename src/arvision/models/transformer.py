@@ -5,13 +5,13 @@
 
 Parts, all from the model's family (``arvision.families``) but the condition's encoder: ``class_emb`` encodes
 class conditions (row ``num_classes`` = null), or, for text models, ``text_encoder`` encodes prompts
-(``arvision.models.text``; its per-word states reach every block through cross-attention); ``embed`` turns step
-inputs and positions into hidden states (``arvision.models.embeddings``); ``blocks`` (by default
-``TransformerConfig.block``'s kind of ``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the blocks
-share one AdaLN projection; ``head`` turns hidden states into logits and owns the token choice and the loss
-(``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout`
-(``layout(schedule)``): nothing about the token order is baked into the weights' shapes beyond what a family
-learns (VAR's per-position table).
+(``arvision.models.text``; its per-word states reach every block through cross-attention, or as a prefix that
+passes through the blocks: ``TransformerConfig.text_mode``); ``embed`` turns step inputs and positions into hidden
+states (``arvision.models.embeddings``); ``blocks`` (by default ``TransformerConfig.block``'s kind of
+``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the blocks share one AdaLN projection; ``head``
+turns hidden states into logits and owns the token choice and the loss (``arvision.models.heads``).  The schedule
+is an argument of every call, as a :class:`Layout` (``layout(schedule)``): nothing about the token order is baked
+into the weights' shapes beyond what a family learns (VAR's per-position table).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from arvision.checkpoints import KeyMap
 from arvision.conditions import Condition
 from arvision.models.attention import KVCache
 from arvision.models.embeddings import Layout
+from arvision.models.text import padding_bias
 from arvision.schedules import Schedule
 
 # Our own checkpoint layout before the family registry (arvision <= 0.1.0 folders): flat embedder and head names.
@@ -51,7 +52,8 @@ class Conditioning(NamedTuple):
     emb: torch.Tensor  # (B, C) the condition embedding (prefix token / AdaLN input)
     blocks: list  # per block: its modulation (AdaLN: (B, 1, 6, C)), or None
     head: torch.Tensor | None  # the head's modulation (AdaLN: (B, 1, 2, C)), or None
-    context: list | None = None  # text models, per block: the text's (k, v, bias) for its cross-attention
+    context: list | None = None  # text models, per block: the text's (k, v, bias) for its cross-attention, or
+    # in the prefix text mode the prefix's (k, v, bias) of its self-attention
 
     def select(self, rows: torch.Tensor) -> Conditioning:
         """Keep batch rows ``rows`` (repeats allowed)."""
@@ -96,11 +98,18 @@ class ARTransformer(nn.Module):
         cond = mod_in = enc.emb
         if self.shared_ada_lin is not None:
             mod_in = self.shared_ada_lin(F.silu(cond)).view(-1, 1, 6, self.cfg.width)
+        mods = [blk.modulation(mod_in) for blk in self.blocks]
         context = None
-        if enc.states is not None:  # text: every block's keys/values of the prompt, projected once
+        if enc.states is not None and self.cfg.text_mode == "prefix":
+            # the prefix sees only itself, so its keys/values in every block do not depend on the image: run it
+            # through the blocks once, keeping each block's (k, v, bias)
+            p, bias, context = enc.states, padding_bias(enc.valid, enc.states.dtype), []
+            for blk, mod in zip(self.blocks, mods):
+                p, kvb = blk.prefix_step(p, mod, bias)
+                context.append(kvb)
+        elif enc.states is not None:  # text: every block's keys/values of the prompt, projected once
             context = [blk.cross.context(enc.states, enc.valid) for blk in self.blocks]
-        return Conditioning(cond, [blk.modulation(mod_in) for blk in self.blocks], self.head.modulation(cond),
-                            context)
+        return Conditioning(cond, mods, self.head.modulation(cond), context)
 
     @property
     def reference_weight(self) -> torch.Tensor:

@@ -55,6 +55,36 @@ def kmeans_medoids(x: torch.Tensor, k: int, iters: int = 30, seed: int = 0) -> t
     return torch.tensor(picks)
 
 
+def possible_candidates(scores: torch.Tensor, thr: float | None = None, group: int = 4) -> torch.Tensor:
+    """GridAR's verdict from scores (n, G) (G a multiple of ``group``) -> (n, G) bool, True = "possible".
+
+    thr given: possible iff score >= thr.  Otherwise possible iff score >= the mean of the finite scores of its
+    group of ``group`` rows: on a 0/1 verifier this is exactly "score 1 is possible, 0 impossible" (a group of
+    zeros is all possible, which ``propagate_possible`` treats like all impossible: nothing moves), and on a
+    continuous score it drops the candidates below their group's average.  NaN is impossible."""
+    s = scores.double().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    if thr is not None:
+        return s >= thr
+    n, G = s.shape
+    g = s.view(n, G // group, group)
+    finite = g.isfinite()
+    mean = torch.where(finite, g, 0.0).sum(-1, keepdim=True) / finite.sum(-1, keepdim=True).clamp(min=1)
+    return (g >= mean).view(n, G)
+
+
+def propagate_possible(possible: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """GridAR's copy rule: possible (G,) bool -> (G,) int64 row indices.  Within each group of ``group`` rows, the
+    k-th impossible row takes the (k mod p)-th of its group's p possible rows (in row order); possible rows keep
+    their own index; a group without a possible row is left unchanged."""
+    out = torch.arange(possible.shape[0])
+    for base in range(0, possible.shape[0], group):
+        ok = [base + i for i in range(group) if possible[base + i]]
+        bad = [base + i for i in range(group) if not possible[base + i]]
+        for k, dst in enumerate(bad if ok else ()):
+            out[dst] = ok[k % len(ok)]
+    return out
+
+
 def potential_resample(scores: torch.Tensor, k: int, lam: float, generator: torch.Generator) -> torch.Tensor:
     """Draw k indices with replacement, probability ~ exp(lam * score) (scores (G,)); non-finite -> uniform."""
     w = (lam * (scores.double() - scores.double().max())).exp()
@@ -68,9 +98,13 @@ class SearchController:
     The last step's images are always scored and the best per label returned."""
 
     name = "search"
+    in_place = False  # re-batching keeps the generator of a row selected at its own index (``SamplingRun.select``)
 
     def validate(self, num_steps: int) -> None:
         pass
+
+    def check_model(self, schedule, family) -> None:
+        """Raise ArvisionError if the controller cannot search a model of ``family`` on ``schedule``."""
 
     def initial(self, num_steps: int) -> int:
         raise NotImplementedError
@@ -273,3 +307,72 @@ class TTSVAR(SearchController):
 
     def spec(self) -> str:
         return f"tts-var:{self.n},lam={self.lam:g}"
+
+
+GRIDAR_GROUP = 4  # GridAR judges and copies candidates in groups of 4 (its verifier reads a grid of 4)
+
+
+@dataclass
+class GridAR(SearchController):
+    """GridAR (Park et al., "Progress by Pieces", CVPR 2026) for raster models, without its prompt reformulation.
+
+    n candidates per label (a multiple of 4).  After the first ``stages`` quarters of the token rows (default
+    (1, 2): after 1/4 and 1/2 of the rows, the released ``gridar_two_step``) the partial images -- the unknown rows
+    filled by repeating the known ones -- are scored; each candidate is called possible or impossible
+    (:func:`possible_candidates`: score >= thr, or without thr >= its group's mean) and every impossible one is
+    overwritten by a copy of a possible one of its group of 4, round-robin (:func:`propagate_possible`); the copies
+    continue from the copied prefix with forked generators, the possible rows with their own.  The best final
+    image is returned.  Same token forwards as best-of-n; more verifier and decoder calls.
+    """
+
+    n: int = 4
+    thr: float | None = None
+    stages: tuple[int, ...] = (1, 2)
+    name = "gridar"
+    in_place = True
+
+    def __post_init__(self):
+        _positive("gridar's N", self.n)
+        if self.n % GRIDAR_GROUP:
+            raise ArvisionError(f"gridar's N must be a multiple of {GRIDAR_GROUP} (candidates are judged and copied "
+                                f"in groups of {GRIDAR_GROUP}, as in GridAR), got {self.n}")
+        if self.thr is not None and (isinstance(self.thr, bool) or not isinstance(self.thr, (int, float))
+                                     or self.thr != self.thr):
+            raise ArvisionError(f"gridar thr must be a number, got {self.thr!r}")
+        stages = tuple(sorted({int(q) for q in self.stages}))
+        if not stages or not set(stages) <= {1, 2, 3}:
+            raise ArvisionError(f"gridar stages are quarters of the token rows, among 1/2/3, got {self.stages}")
+        self.stages = stages
+
+    def check_model(self, schedule, family) -> None:
+        if not family.capabilities.row_prefixes:
+            raise ArvisionError(f"gridar searches raster models (one token per step, row by row); "
+                                f"{family.description} models predict whole maps per step ({schedule.describe()}): "
+                                "use bon, beam, lookahead or tts-var")
+        self.stage_steps(schedule)
+
+    def stage_steps(self, schedule) -> dict[int, int]:
+        """{step after which a stage is judged: the token rows known then}: rows floor(h * q / 4) of the h rows for
+        each quarter q in ``stages``."""
+        h, w = schedule.image_grid
+        rows = [h * q // 4 for q in self.stages]
+        if rows[0] < 1 or len(set(rows)) < len(rows):
+            raise ArvisionError(f"gridar stages {'/'.join(map(str, self.stages))} (quarters of the token rows) fall "
+                                f"after {'/'.join(map(str, rows))} of this model's {h} rows: each stage needs a row "
+                                "of its own (a grid of 4 or more rows fits every stage)")
+        ends = {end: s for s, (_, end) in enumerate(schedule.begin_ends)}
+        return {ends[r * w]: r for r in rows}
+
+    def initial(self, num_steps: int) -> int:
+        return self.n
+
+    def after_step(self, s: int, ctx: SearchContext) -> torch.Tensor | None:
+        if s not in self.stage_steps(ctx.run.schedule):
+            return None
+        possible = possible_candidates(ctx.scores(), self.thr, GRIDAR_GROUP)
+        local = torch.stack([propagate_possible(p, GRIDAR_GROUP) for p in possible])
+        return None if torch.equal(local, torch.arange(ctx.group).expand_as(local)) else local
+
+    def spec(self) -> str:
+        thr = "" if self.thr is None else f",thr={self.thr:g}"
+        return f"gridar:{self.n}{thr},stages={'/'.join(map(str, self.stages))}"

@@ -95,8 +95,8 @@ class _StatsCache(KVCache):
         super().__init__(*args)
         self.recorder = recorder
 
-    def attend(self, layer, begin, q, k, v, scale=None, mask=None):
-        out = super().attend(layer, begin, q, k, v, scale, mask)
+    def attend(self, layer, begin, q, k, v, scale=None, mask=None, prefix=None):
+        out = super().attend(layer, begin, q, k, v, scale, mask, prefix)
         if begin > 0:
             self.recorder.record(layer, begin, q, self.k[layer, :, :, :begin + k.shape[2]], scale)
         return out

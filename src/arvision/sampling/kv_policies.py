@@ -112,7 +112,9 @@ class CompressedCache(KVCache):
     def peak_nbytes(self) -> int:
         return self._peak
 
-    def attend(self, layer, begin, q, k, v, scale=None, mask=None):
+    def attend(self, layer, begin, q, k, v, scale=None, mask=None, prefix=None):
+        """As ``KVCache.attend``; a text prefix's keys/values (prefix text mode) are seen in full, outside the
+        budget: they are not stored here, and the selection scores only the image keys."""
         if mask is not None:
             raise ArvisionError("compressed KV caches take whole scale steps (no speculative windows)")
         s = self.step_of.get(begin)
@@ -124,11 +126,12 @@ class CompressedCache(KVCache):
         for g, heads in enumerate(self.groups[layer]):
             whole = len(heads) == self.heads
             qg, kg, vg = (q, k, v) if whole else (q[:, heads], k[:, heads], v[:, heads])
+            pg = prefix if prefix is None or whole else (prefix[0][:, heads], prefix[1][:, heads], prefix[2])
             kk = torch.cat([self.k[layer][g], kg.to(self.k[layer][g].dtype)], dim=2)
             vv = torch.cat([self.v[layer][g], vg.to(self.v[layer][g].dtype)], dim=2)
             held += kk.numel() * kk.element_size() * 2
             qg = qg.to(kk.dtype)
-            outs.append(attend(qg, kk, vv, scale, None))
+            outs.append(attend(qg, kk, vv, scale, None, prefix=pg))
             if last:  # nothing reads the last step's keys: drop everything
                 self.k[layer][g], self.v[layer][g] = kk[:, :, :0], vv[:, :, :0]
                 self.pos[layer][g] = self.pos[layer][g][:, :, :0]

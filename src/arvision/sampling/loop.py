@@ -221,12 +221,15 @@ class SamplingRun:
         return self
 
     # -- search controllers -----------------------------------------------------------------------------
-    def select(self, rows) -> None:
+    def select(self, rows, in_place: bool = False) -> None:
         """Keep images ``rows`` (B',) int64 of the batch, repeats allowed (beam expansion, resampling): every
         per-image tensor (condition, tokens, state, next input), the encoded condition and the cache (conditional
         rows ``rows`` and unconditional rows ``rows + B``) and the per-image generators (repeats get forks).
         ``self.rows`` (B',) tracks the starting-batch row each image descends from (per-image data of options,
-        e.g. an edit's source tokens, is indexed by it)."""
+        e.g. an edit's source tokens, is indexed by it).  in_place: an image selected at its own index
+        (``rows[i] == i``) is the copy that keeps its generator, and its other copies get the forks (GridAR's
+        copies into the rows of dropped candidates: the kept candidates continue as if never re-batched); by
+        default the first copy keeps it."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         B = self.batch
         cache_rows = torch.cat([rows, rows + B]) if self.doubled else rows
@@ -241,12 +244,18 @@ class SamplingRun:
             # a repeated row must not share its generator object with the original: the two would draw from one
             # stream in batch order, so each image would depend on its neighbours.  The first copy keeps the
             # generator (it continues exactly as if never re-batched); the k-th repeat gets fork_generator(g, k).
+            picked = rows.tolist()
+            owner = {r: i for i, r in enumerate(picked) if in_place and r == i}  # row -> the copy keeping it
+            for i, r in enumerate(picked):
+                owner.setdefault(r, i)
             copies: dict[int, int] = {}
             gens = []
-            for r in rows.tolist():
-                k = copies.get(r, 0)
-                copies[r] = k + 1
-                gens.append(self.generator[r] if k == 0 else fork_generator(self.generator[r], k))
+            for i, r in enumerate(picked):
+                if owner[r] == i:
+                    gens.append(self.generator[r])
+                else:
+                    copies[r] = copies.get(r, 0) + 1
+                    gens.append(fork_generator(self.generator[r], copies[r]))
             self.generator = gens
 
     def result(self) -> LoopResult:

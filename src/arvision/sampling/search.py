@@ -1,4 +1,4 @@
-"""Test-time search on the one sampler: best-of-N, beam search over steps, lookahead, TTS-VAR.
+"""Test-time search on the one sampler: best-of-N, beam search over steps, lookahead, TTS-VAR, GridAR.
 
 A controller drives one ``SamplingRun`` step by step.  Between steps it may score the running images with a verifier
 (``arvision.sampling.verifiers``) and re-batch the run with ``run.select(rows)``: rows kept, dropped or repeated
@@ -22,7 +22,10 @@ Controllers and their spec strings (``parse_search``; NAME[:N][,key=value...], l
 * ``tts-var[:N][,lam=L,cluster=a/b,resample=c/d,schedule=n0/n1/...]``  TTS-VAR: a batch of N per label that
   shrinks over the steps; at ``cluster`` steps k-means on features of the coarse partial images keeps the member
   nearest each centre (diversity, no reward); at ``resample`` steps rows are drawn with replacement with
-  probability ~ exp(lam * score).  ``schedule[s]`` is the batch per label after step s.
+  probability ~ exp(lam * score).  ``schedule[s]`` is the batch per label after step s;
+* ``gridar[:N][,thr=T,stages=1/2]``   raster models: N candidates per label (a multiple of 4); after 1/4 and 1/2 of
+  the token rows each candidate whose partial image scores below its group-of-4 mean (or below T) is replaced by a
+  copy of one that does not, round-robin within the group; the best final image.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ from arvision.sampling.controllers import (  # noqa: F401 - the controllers are 
     TTSVAR,
     BeamSearch,
     BestOfN,
+    GridAR,
     Lookahead,
     SearchController,
     default_scoring_steps,
     kmeans_medoids,
+    possible_candidates,
     potential_resample,
+    propagate_possible,
 )
 from arvision.sampling.loop import LoopResult, SamplingOptions, SamplingRun, fork_generator
 from arvision.sampling.verifiers import verifier_features
@@ -184,17 +190,19 @@ class SearchContext:
         self.cost.verifier_calls += feats.shape[0]
         return feats.view(self.n, self.group, -1)
 
-    def reselect(self, local: torch.Tensor) -> None:
-        """local (n, G') row indices within each label's group -> re-batch the run to n * G' rows."""
+    def reselect(self, local: torch.Tensor, in_place: bool = False) -> None:
+        """local (n, G') row indices within each label's group -> re-batch the run to n * G' rows (in_place:
+        ``SamplingRun.select``'s)."""
         local = torch.as_tensor(local, dtype=torch.long)
         offsets = torch.arange(self.n)[:, None] * self.group
-        self.run.select((local + offsets).flatten())
+        self.run.select((local + offsets).flatten(), in_place=in_place)
 
 
 # -- spec strings ----------------------------------------------------------------------------------------
 
 SEARCHES = {"bon": "bon:N", "beam": "beam:W[,expand=E,steps=a/b/..]", "lookahead": "lookahead:W[,expand=E,steps=..]",
-            "tts-var": "tts-var[:N][,lam=L,cluster=a/b,resample=c/d,schedule=n0/n1/..]"}
+            "tts-var": "tts-var[:N][,lam=L,cluster=a/b,resample=c/d,schedule=n0/n1/..]",
+            "gridar": "gridar[:N][,thr=T,stages=1/2]"}
 SEARCH_HELP = " | ".join(SEARCHES.values())
 
 # name -> its options, each with the Spec helper that reads its value
@@ -203,6 +211,7 @@ _OPTIONS = {
     "beam": {"expand": Spec.integer, "steps": Spec.integers},
     "lookahead": {"expand": Spec.integer, "steps": Spec.integers},
     "tts-var": {"lam": Spec.number, "cluster": Spec.integers, "resample": Spec.integers, "schedule": Spec.integers},
+    "gridar": {"thr": Spec.number, "stages": Spec.integers},
 }
 
 
@@ -224,6 +233,8 @@ def parse_search(spec) -> SearchController:
         if count is None:
             raise ArvisionError(f"{s.name} search needs its width, e.g. '{s.name}:4' (got {spec!r})")
         return (BeamSearch if s.name == "beam" else Lookahead)(count, **options)
+    if s.name == "gridar":
+        return GridAR(4 if count is None else count, **options)
     return TTSVAR(count, **options)
 
 
@@ -243,6 +254,7 @@ def search_generate(controller, transformer, inputs, condition: Condition, optio
     n = condition.batch
     S = inputs.schedule.num_steps
     controller.validate(S)
+    controller.check_model(inputs.schedule, transformer.family)
     gens = per_label_generators(generator, n, condition.device)
     selection = [fork_generator(g, SELECTION_KEY) for g in gens]
     G0 = controller.initial(S)
@@ -262,7 +274,7 @@ def search_generate(controller, transformer, inputs, condition: Condition, optio
             if s < S - 1:
                 local = controller.after_step(s, ctx)
                 if local is not None:
-                    ctx.reselect(local)
+                    ctx.reselect(local, controller.in_place)
         final = ctx.scores()
         best = final.argmax(1)
         ctx.reselect(best[:, None])
@@ -295,6 +307,7 @@ class SearchSampler:
             raise ArvisionError("the coarse-to-fine progression is not recorded during a search (its batch changes)")
         controller = parse_search(search)
         controller.validate(pipe.schedule.num_steps)
+        controller.check_model(pipe.schedule, pipe.family)
         return cls(controller, resolve_verifier(verifier, pipe.config.num_classes))
 
     def __call__(self, transformer, inputs, condition: Condition, options: SamplingOptions, generator=None,
