@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from arvision.errors import ArvisionError
 
 # The page's search choices: label -> the spec name of ``arvision sample --search NAME:N``
-SEARCH_KINDS = {"best-of-N": "bon", "beam": "beam", "TTS-VAR": "tts-var"}
-PROBE_N = 8  # the count a search is tried with when the server starts (TTS-VAR's own default)
+SEARCH_KINDS = {"best-of-N": "bon", "beam": "beam", "TTS-VAR": "tts-var", "GridAR": "gridar"}
+PROBE_N = 8  # the count a search is tried with when the server starts (TTS-VAR's default; GridAR: 4k)
 
 
 @dataclass
@@ -49,7 +49,7 @@ def probe_searches(pipe) -> tuple[dict[str, str], str]:
     from arvision.cli.sample import search_verifier
     from arvision.sampling.search import SearchSampler
 
-    supported, why = {}, []
+    supported, why = {}, {}  # why: message -> the searches it refuses (one verifier may refuse them all)
     options = pipe.sampling_options()
     for label, name in SEARCH_KINDS.items():
         spec = f"{name}:{PROBE_N}"
@@ -57,10 +57,10 @@ def probe_searches(pipe) -> tuple[dict[str, str], str]:
             verifier = search_verifier(pipe, argparse.Namespace(search=spec, verifier=None))
             SearchSampler.for_pipeline(pipe, spec, verifier, options)
         except ArvisionError as e:
-            why.append(f"{label}: {e}")
+            why.setdefault(str(e), []).append(label)
             continue
         supported[label] = name
-    return supported, "; ".join(why)
+    return supported, "; ".join(f"{', '.join(labels)}: {message}" for message, labels in why.items())
 
 
 def load_models(models: list[str] | None, device: str = "cpu") -> list[ServedModel]:
