@@ -328,7 +328,15 @@ def build_app(models: list[ServedModel], workspace: Workspace, queue_size: int =
 
 def launch(models: list[ServedModel], host: str = "127.0.0.1", port: int = 7860, queue_size: int = 16,
            quiet: bool = False) -> None:
-    """Serve the page until interrupted (offline: no share link, no analytics, Gradio's bundled front end)."""
+    """Serve the page until interrupted or terminated (offline: no share link, no analytics, Gradio's bundled front
+    end); the request folders are removed either way."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set signal handlers
+        # SIGTERM (a service manager, a test stopping its server) would end Python without running ``finally``
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     workspace = Workspace()
     try:
         demo = build_app(models, workspace, queue_size)
