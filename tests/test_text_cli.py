@@ -247,3 +247,34 @@ def test_long_captions_are_cut_at_a_word():
     assert not short[:-3].endswith(" ")
     cut = fit_caption(draw, "x" * 100, font, 40)
     assert cut.endswith("...") and draw.textlength(cut, font=font) <= 40
+
+
+def test_edit_with_a_prompt_on_a_text_model(tmp_path, text_model, tiny_model, capsys):
+    """`edit --prompt` regenerates the region as the prompt says: the written image is the library's edit with that
+    prompt (not the null text's), the kept tokens are the source's; a prompt on a class model and --class on a text
+    model are one line each."""
+    from arvision.pipeline import ARPipeline
+    from arvision.sampling.editing import edit
+
+    src = tmp_path / "src.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(src)
+    argv = ["edit", text_model, "--image", src, "--box", "0,0,0.5,1", "--prompt", "a photo of a red circle",
+            "--seed", "3", "--out", tmp_path / "e.png", "--compare", tmp_path / "c.png"]
+    assert main([str(a) for a in argv]) == 0
+    pipe = ARPipeline.from_pretrained(text_model)
+    image = Image.open(src).convert("RGB")
+    mask = np.zeros((32, 32), bool)
+    mask[:16] = True
+    want = edit(pipe, image, mask, prompts="a photo of a red circle", generator=torch.Generator().manual_seed(3))
+    null = edit(pipe, image, mask, generator=torch.Generator().manual_seed(3))
+    got = np.asarray(Image.open(tmp_path / "e.png").convert("RGB"))
+    assert np.array_equal(got, np.asarray(want.images[0]))
+    assert not np.array_equal(np.asarray(want.images[0]), np.asarray(null.images[0]))
+    kept = want.keep[0]
+    assert kept.any() and not kept.all()
+    assert torch.equal(want.tokens[0][kept], want.source_tokens[0][kept])
+    common = ["--image", src, "--box", "0,0,0.5,1", "--out", tmp_path / "x.png"]
+    line = run_bad(capsys, ["edit", tiny_model, *common, "--prompt", "a red circle"], tmp_path)
+    assert "conditioned on class labels, not text" in line
+    line = run_bad(capsys, ["edit", text_model, *common, "--class", "0"], tmp_path)
+    assert "conditioned on text, not class labels" in line

@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--class", dest="klass", type=types.class_id, default=None, metavar="K",
                    help="class to regenerate the region as (class editing); default: none (plain in-/out-painting "
                         "with the unconditional class)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text models: what to regenerate the region as; default: none (plain in-/out-painting with "
+                        "the null text)")
     p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
     p.add_argument("--cfg", type=types.guidance, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--top-k", type=types.top_k, default=None, help="0 = off (default: the model's)")
@@ -103,13 +106,13 @@ def edit_with(pipe, args, image, mask) -> list[str]:
 
     lines = []
     S = pipe.config.image_size
-    if args.klass is not None:
+    if args.klass is not None and not pipe.takes_text:
         pipe.check_labels([args.klass])
     W, H = image.size
     if (W, H) != (S, S):
         crop = " (centre-cropped to a square first)" if W != H else ""
         lines.append(f"note: {Path(args.image).name} is {W}x{H}; resized to the model's {S}x{S}{crop}")
-    out = edit(pipe, image, mask, class_labels=args.klass, generator=torch.Generator().manual_seed(args.seed),
+    out = edit(pipe, image, mask, class_labels=args.klass, prompts=args.prompt, generator=torch.Generator().manual_seed(args.seed),
                guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                more_smooth=args.smooth, precision=args.precision)
     save_image(out.images[0], args.out)
@@ -122,7 +125,7 @@ def edit_with(pipe, args, image, mask) -> list[str]:
     if args.compare:
         src = to_pil(out.source_images.add(1).mul(0.5))[0]
         m = Image.fromarray(out.regen_pixels[0].numpy().astype(np.uint8) * 255).convert("RGB")
-        what = "inpaint" if args.klass is None else f"class {args.klass}"
+        what = f"class {args.klass}" if args.klass is not None else (args.prompt or "inpaint")
         save_image(make_grid([src, m, out.images[0]], ["source", "mask", what], ncol=3), args.compare)
         lines.append(f"wrote {args.compare}")
     return lines

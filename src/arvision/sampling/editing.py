@@ -275,12 +275,23 @@ def _edit_labels(pipe, class_labels, n: int) -> list[int]:
     return [pipe.null_class if c is None else int(c) for c in labels]
 
 
+def _edit_prompts(prompts, n: int) -> list[str]:
+    if prompts is None:
+        return [""] * n  # the null text: plain in-/out-painting
+    texts = [prompts] * n if isinstance(prompts, str) else list(prompts)
+    if len(texts) != n:
+        raise ArvisionError(f"got {len(texts)} prompts for {n} images; give one per image, one string for all, or "
+                            "None (no prompt: plain in-/out-painting)")
+    return ["" if t is None else t for t in texts]
+
+
 @torch.no_grad()
-def edit(pipe, images, masks, class_labels=None, generator=None, **options) -> EditOutput:
+def edit(pipe, images, masks, class_labels=None, generator=None, prompts=None, **options) -> EditOutput:
     """Regenerate the white part of each mask, keeping the source's tokens elsewhere.
 
-    images, masks: see :func:`prepare_edit_inputs` (white / True = regenerate).  class_labels: None (the null class:
-    plain in-/out-painting), one int for all images, or one per image (None entries = null class).  generator and
+    images, masks: see :func:`prepare_edit_inputs` (white / True = regenerate).  class_labels (class models): None
+    (the null class: plain in-/out-painting), one int for all images, or one per image (None entries = null class).
+    prompts (text models), the same way: None (the null text), one string for all, or one per image.  generator and
     ``options`` (guidance_scale, top_k, top_p, temperature, more_smooth, output_type, batch_size, precision,
     kv_policy, ...) go to ``pipe(...)`` unchanged; the same seed gives the same edit.
     """
@@ -288,10 +299,14 @@ def edit(pipe, images, masks, class_labels=None, generator=None, **options) -> E
         raise ArvisionError("edit() builds its own token override; do not pass override=")
     sources, fractions, pixels = prepare_edit_inputs(images, masks, pipe.config.image_size,
                                                      pipe.schedule.image_grid)
-    labels = _edit_labels(pipe, class_labels, len(sources))
+    n = len(sources)
+    if pipe.takes_text:  # class labels here are refused by pipe.condition with its one line
+        condition = pipe.condition(class_labels, allow_null=True, prompts=_edit_prompts(prompts, n))
+    else:
+        condition = pipe.condition(_edit_labels(pipe, class_labels, n), allow_null=True, prompts=prompts)
     source_tokens = pipe.encode(sources)
     keep = keep_tokens(pipe.schedule, fractions.to(pipe.device))
-    out = pipe(labels, generator=generator, override=EditOverride(source_tokens, keep), allow_null_class=True,
+    out = pipe(condition, generator=generator, override=EditOverride(source_tokens, keep), allow_null_class=True,
                **options)
     fields = {k: getattr(out, k) for k in GenerationOutput.__dataclass_fields__}
     return EditOutput(**fields, source_images=sources, source_tokens=source_tokens.cpu(), keep=keep.cpu(),
