@@ -112,7 +112,8 @@ def edit_with(pipe, args, image, mask) -> list[str]:
     if (W, H) != (S, S):
         crop = " (centre-cropped to a square first)" if W != H else ""
         lines.append(f"note: {Path(args.image).name} is {W}x{H}; resized to the model's {S}x{S}{crop}")
-    out = edit(pipe, image, mask, class_labels=args.klass, prompts=args.prompt, generator=torch.Generator().manual_seed(args.seed),
+    out = edit(pipe, image, mask, class_labels=args.klass, prompts=args.prompt,
+               generator=torch.Generator().manual_seed(args.seed),
                guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                more_smooth=args.smooth, precision=args.precision)
     save_image(out.images[0], args.out)
