@@ -49,6 +49,28 @@ def tiny_raster_pipeline(seed: int = 0):
     return pipe
 
 
+@pytest.fixture(scope="module")
+def tok64(tmp_path_factory):
+    """A tiny random multi-scale tokenizer folder for the shapes dataset's 64 px images (8x8 latent)."""
+    from arvision.config import TokenizerConfig
+    from arvision.tokenizers.models import build_tokenizer
+    from arvision.training.tokenizer_trainer import save_tokenizer_folder
+
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(kind="multiscale", vocab_size=32, embed_dim=8, z_channels=8, ch=32, ch_mult=(1, 1, 1, 1),
+                          num_res_blocks=1, patch_nums=(1, 2, 4, 8))
+    return save_tokenizer_folder(tmp_path_factory.mktemp("tok64"), build_tokenizer(cfg), 64)
+
+
+@pytest.fixture()
+def few_shapes(monkeypatch):
+    """``--data shapes`` as 6 scenes (the real dataset has 20,000: too many to tokenise in a test)."""
+    import arvision.cli.train as train
+    from arvision.training.datasets import Shapes
+
+    monkeypatch.setattr(train, "_dataset", lambda spec, size, seed, augment: Shapes(size, num_scenes=6))
+
+
 def _setting(name: str, default: Path) -> Path:
     value = os.environ.get(name, "").strip()
     return Path(value).expanduser() if value else default

@@ -16,8 +16,9 @@ from arvision.training.condition_data import Captions
 VOCAB = ("a", "photo", "of", "red", "blue", "circle", "square", "and", "left")
 
 
-def text_pipe(family="var", seed=0, text_len=12, text_mode="cross"):
-    """A tiny random text model (9-word vocabulary, 32 px), VAR (4 scales) or LlamaGen (8x8 raster)."""
+def text_pipe(family="var", seed=0, text_len=12, text_mode="cross", text_encoder="closed"):
+    """A tiny random text model (9-word vocabulary, 32 px), VAR (4 scales) or LlamaGen (8x8 raster); with
+    ``text_encoder="minilm"`` read by the frozen MiniLM (tests/test_text_minilm.py)."""
     if family == "var":
         tok = TokenizerConfig(kind="multiscale", vocab_size=64, embed_dim=8, z_channels=8, ch=32, ch_mult=(1, 2, 2),
                               patch_nums=(1, 2, 4, 8))
@@ -27,7 +28,8 @@ def text_pipe(family="var", seed=0, text_len=12, text_mode="cross"):
                               patch_nums=(8,), l2_norm=True, quant_conv_ks=1, attn_style="split")
         block = "llama"
     tr = TransformerConfig(block=block, width=64, depth=2, num_heads=2, vocab_size=64, num_classes=1, in_channels=8,
-                           condition="text", text_vocab=VOCAB, text_len=text_len, text_mode=text_mode)
+                           condition="text", text_vocab=VOCAB if text_encoder == "closed" else None,
+                           text_encoder=text_encoder, text_len=text_len, text_mode=text_mode)
     torch.manual_seed(seed)
     pipe = ARPipeline(ModelConfig(family=family, image_size=32, tokenizer=tok, transformer=tr))
     pipe.transformer.init_weights()

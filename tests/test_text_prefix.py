@@ -19,15 +19,13 @@ import torch
 from arvision.bundled import bundled_model_dir
 from arvision.cli import main
 from arvision.conditions import TextCondition
-from arvision.config import TokenizerConfig, TransformerConfig
+from arvision.config import TransformerConfig
 from arvision.errors import ArvisionError
 from arvision.models.attention import attend
 from arvision.pipeline import ARPipeline
 from arvision.sampling.kv_calibration import Calibration
 from arvision.sampling.kv_policies import HACK, SnapKV
 from arvision.sampling.speculative import parse_decoding
-from arvision.tokenizers.models import build_tokenizer
-from arvision.training.tokenizer_trainer import save_tokenizer_folder
 from test_consistency import _perturb
 from test_text_condition import VOCAB, text_pipe
 
@@ -250,24 +248,7 @@ def test_padding_words_change_nothing(family):
 # (training on captions, saving, loading: test_train_on_captions_save_load[prefix] in tests/test_text_condition.py)
 
 
-@pytest.fixture(scope="module")
-def tok64(tmp_path_factory):
-    """A tiny random multi-scale tokenizer for the shapes dataset's 64 px images (8x8 latent)."""
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(kind="multiscale", vocab_size=32, embed_dim=8, z_channels=8, ch=32, ch_mult=(1, 1, 1, 1),
-                          num_res_blocks=1, patch_nums=(1, 2, 4, 8))
-    return save_tokenizer_folder(tmp_path_factory.mktemp("tok64"), build_tokenizer(cfg), 64)
-
-
-@pytest.fixture()
-def few_shapes(monkeypatch):
-    """``--data shapes`` as 6 scenes (the real dataset has 20,000: too many to tokenise in a test)."""
-    import arvision.cli.train as train
-    from arvision.training.datasets import Shapes
-
-    monkeypatch.setattr(train, "_dataset", lambda spec, size, seed, augment: Shapes(size, num_scenes=6))
-
-
+# fixtures tok64 (a tiny tokenizer for 64 px) and few_shapes (--data shapes as 6 scenes): tests/conftest.py
 def train_argv(tok, data, out, *extra) -> list[str]:
     return [str(a) for a in ["train", "--tokenizer", tok, "--data", data, "--out", out, "--preset", "tiny",
                              "--steps", "3", "--batch-size", "4", "--warmup", "0", "--ckpt-every", "3",

@@ -133,8 +133,9 @@ class ClassCondition(Condition):
 
 @dataclass(frozen=True)
 class TextCondition(Condition):
-    """Prompts: ``ids`` (B, T) int64 word ids of the model's text tokenizer (``arvision.models.text``) and
-    ``texts`` the B strings they came from ("" = the null text, guidance's unconditional half)."""
+    """Prompts: ``ids`` (B, T) int64 token ids of the model's text tokenizer (``arvision.models.text``; padding
+    = id 0 for every encoder, so the ids alone say which positions are words) and ``texts`` the B strings they
+    came from ("" = the null text, guidance's unconditional half)."""
 
     ids: torch.Tensor
     texts: tuple[str, ...]

