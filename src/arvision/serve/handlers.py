@@ -293,7 +293,8 @@ def edit(model: ServedModel, source: Path, painted: np.ndarray, form: EditForm) 
     from arvision.cli.edit import edit_with, read_edit_inputs
 
     if model.takes_text:
-        raise ArvisionError(f"{model.name} takes prompts; editing (`arvision edit`) is for class-conditional models")
+        raise ArvisionError(f"{model.name} takes prompts: the page edits with class-conditional models only "
+                            "(`arvision edit --prompt` edits with a text model from the command line)")
     if not painted.any():
         raise ArvisionError("nothing painted: paint the region to regenerate (in-paint, class edit) or to keep "
                             "(out-paint) on the image first")
