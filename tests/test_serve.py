@@ -239,7 +239,7 @@ def test_edit_refusals(tmp_path):
              (mnist(), painted, EditForm("class edit"), "class edit: pick the class"),
              (mnist(), painted, EditForm("class edit", 10), r"class id\(s\) \[10\] out of range"),
              (mnist(), painted, EditForm("swap"), "edit mode must be one of"),
-             (shapes(), painted, EditForm(), "takes prompts; editing")]
+             (shapes(), painted, EditForm(), "takes prompts: the page edits with class-conditional models only")]
     for model, mask, form, message in cases:
         with pytest.raises(ArvisionError, match=message):
             handlers.edit(model, source, mask, form)
