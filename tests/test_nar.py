@@ -232,3 +232,14 @@ def test_training_from_scratch_runs_on_the_combined_logits(tmp_path):
     assert log and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
     out = pipe([0, 1], generator=torch.Generator().manual_seed(0), output_type="tokens")
     assert out.tokens.shape == (2, pipe.schedule.length)
+
+
+def test_serve_previews_grey_the_cells_of_fronts_not_sampled_yet():
+    from arvision.serve.handlers import _grey_unknown_rows
+
+    s = DiagonalSchedule.of_grid(3)
+    x = torch.zeros(1, 3, 6, 6)
+    out = _grey_unknown_rows(x, s, s.begin_ends[1][1])  # fronts 0 and 1 known: cells (0,0), (0,1), (1,0)
+    known = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    cells = out[0, 0].reshape(3, 2, 3, 2)[:, 0, :, 0]
+    assert torch.equal(cells == 0, known) and torch.equal(cells == 0.5, ~known)
