@@ -135,7 +135,8 @@ def files(tmp_path_factory):
 # command line before the option, and the numeric / list options each command takes
 OPTIONS = {
     "sample m --out {o}/g.png": ["--cfg", "--top-k", "--top-p", "--temperature", "--seed", "--classes", "--patch-nums",
-                                 "--max-pn", "--batch-size", "--device", "--kv-policy", "--decoding", "--search"],
+                                 "--max-pn", "--cfg-interval", "--batch-size", "--device", "--kv-policy", "--decoding",
+                                 "--search"],
     "sample m --out {o}/g.png --watermark-key k": ["--watermark-gamma", "--watermark-pool", "--watermark-delta",
                                                    "--watermark-start-step", "--watermark-align",
                                                    "--watermark-align-steps"],
@@ -153,6 +154,7 @@ OPTIONS = {
     "eval tokenizer m": ["--n", "--seed", "--batch-size"],
     "convert var --vae {d}/a.pth --var {d}/a.pth --out {o}/m": ["--patch-nums", "--num-classes"],
     "convert llamagen --vq {d}/a.pth --gpt {d}/a.pth --out {o}/m": ["--image-size", "--vq-ch", "--num-heads"],
+    "convert nar --vq {d}/a.pth --gpt {d}/a.pth --out {o}/m": ["--image-size", "--vq-ch", "--num-heads"],
 }
 CASES = [(prefix, option) for prefix, options in OPTIONS.items() for option in options]
 

@@ -6,7 +6,8 @@ schedule (``family.input_builder(tokenizer, schedule)``) and holds it as ``.sche
 
 ``ResidualCanvas`` (VAR): state = accumulated canvas f_hat; input of step s+1 = area-down(f_hat, pn_{s+1}).
 ``PreviousScale`` (FlexVAR): state = the last step's code map; input of step s+1 = bicubic-up(it, pn_{s+1}).
-``PreviousToken`` (raster): input of step s+1 = the id produced at step s.
+``PreviousToken`` (raster, diagonal fronts): input of step s+1 = the ids produced at step s; tokens travel in the
+schedule's order (raster, or NAR's front order), the tokenizer sees the raster order.
 
 The interface: ``start(B)`` -> state; ``advance(state, s, ids, embeds)`` -> (state, input of step s+1 or None);
 ``finish(state, tokens)`` -> image; ``preview(state, tokens, steps)`` -> the image so far (search, pictures);
@@ -146,10 +147,12 @@ class PreviousToken(InputBuilder):
         return [tokens]
 
     def targets(self, img: torch.Tensor) -> torch.Tensor:
-        return self.tok.encode(img)
+        return self.schedule.from_raster(self.tok.encode(img))
 
     def teacher(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, :-1]
+        """The tokens the trunk is fed after the class positions: all but the last (raster), or all of them (a
+        diagonal schedule's teacher-forced pass feeds every token)."""
+        return tokens[:, :self.schedule.seq_length - self.schedule.first_len]
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tok.decode(tokens, self.schedule.image_grid)
+        return self.tok.decode(self.schedule.to_raster(tokens), self.schedule.image_grid)

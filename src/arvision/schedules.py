@@ -10,7 +10,15 @@ transformer: FlexVAR samples on scale lists it never trained on and trains on a 
 shapes of schedule exist, and code that needs to know which asks the schedule, not the family's name:
 
 * :class:`ScaleSchedule` -- step s is the whole image as an ``side x side`` map (next-scale prediction);
-* :class:`RasterSchedule` -- step s is one cell of the final grid, in raster order (next-token prediction).
+* :class:`RasterSchedule` -- step s is one cell of the final grid, in raster order (next-token prediction);
+* :class:`DiagonalSchedule` -- step s is the anti-diagonal front h + w = s of the final grid (NAR's next-neighbour
+  prediction).
+
+Tokens and trunk positions.  ``length`` / ``begin_ends`` count *tokens* (what step s produces, in schedule order);
+``seq_length`` / ``input_spans`` count the trunk's *positions* (what step s feeds).  For the raster and scale
+schedules the two coincide: position i is fed the input of its step and predicts token i.  A diagonal schedule's
+trunk holds the class token plus every token at its own position, and a step feeds the previous front, which
+predicts the next one, so a step's fed and produced counts differ (its head reads neighbours, not positions).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class Schedule:
     step_sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
     begin_ends: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
     length: int = field(init=False, repr=False, compare=False)
+    # the trunk's side: positions [begin, end) fed at each step, and the positions of a teacher-forced pass
+    input_spans: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+    seq_length: int = field(init=False, repr=False, compare=False)
 
     # each step is a map of the whole image at its own resolution (scale-wise): steps can be pictured,
     # compressed by map-aware KV policies, and masks resize onto them
@@ -53,6 +64,16 @@ class Schedule:
         object.__setattr__(self, "step_sizes", sizes)
         object.__setattr__(self, "begin_ends", tuple(ends))
         object.__setattr__(self, "length", b)
+        object.__setattr__(self, "input_spans", self.fed_spans())
+        object.__setattr__(self, "seq_length", self.sequence_length())
+
+    def fed_spans(self) -> tuple[tuple[int, int], ...]:
+        """The trunk positions fed at each step (default: the positions of the tokens it produces)."""
+        return self.begin_ends
+
+    def sequence_length(self) -> int:
+        """The trunk positions of a teacher-forced pass (default: one per token)."""
+        return self.length
 
     @staticmethod
     def scales(patch_nums) -> ScaleSchedule:
@@ -69,7 +90,8 @@ class Schedule:
     @property
     def first_len(self) -> int:
         """Positions fed by the conditioning (class) input rather than by earlier tokens."""
-        return self.step_sizes[0]
+        begin, end = self.input_spans[0]
+        return end - begin
 
     @property
     def max_step_size(self) -> int:
@@ -87,8 +109,15 @@ class Schedule:
 
     def attn_bias(self, dtype=torch.float32, device=None) -> torch.Tensor:
         """(L, L) additive mask: 0 where visible, -inf elsewhere."""
-        zero = torch.zeros((), dtype=dtype, device=device)
-        return torch.where(self.visible(device), zero, torch.tensor(float("-inf"), dtype=dtype, device=device))
+        return _additive(self.visible(device), dtype, device)
+
+    def position_bias(self, dtype=torch.float32, device=None) -> torch.Tensor:
+        """(seq_length, seq_length) additive mask of the trunk (``visible_positions``)."""
+        return _additive(self.visible_positions(device), dtype, device)
+
+    def visible_positions(self, device=None) -> torch.Tensor:
+        """(seq_length, seq_length) bool: the trunk's attention rule (default: ``visible``, one position per token)."""
+        return self.visible(device)
 
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """(B, L) -> per-step list of (B, n_s)."""
@@ -105,6 +134,11 @@ class Schedule:
     def grid_to_positions(self, grid: torch.Tensor) -> torch.Tensor:
         """A map over the final token grid (B, h, w) float -> its value at every position (B, L), schedule order."""
         raise NotImplementedError
+
+
+def _additive(visible: torch.Tensor, dtype, device) -> torch.Tensor:
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(visible, zero, torch.tensor(float("-inf"), dtype=dtype, device=device))
 
 
 @dataclass(frozen=True)
@@ -144,11 +178,99 @@ class RasterSchedule(Schedule):
         w = h if w is None else w
         return cls(((1, 1),) * (h * w), (h, w))
 
+    @property
+    def order(self) -> tuple[int, ...]:
+        """The raster index (on the final grid) of every token, in schedule order."""
+        return tuple(range(self.length))
+
+    def to_raster(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) in schedule order -> (B, L) in raster order of the final grid."""
+        return tokens
+
+    def from_raster(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) in raster order -> (B, L) in schedule order."""
+        return tokens
+
     def describe(self) -> str:
         return f"{self.num_steps} raster steps ({self.image_grid[0]}x{self.image_grid[1]} tokens)"
 
     def named_tokens(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"tokens": tokens.contiguous()}
+        return {"tokens": self.to_raster(tokens).contiguous()}
 
     def grid_to_positions(self, grid: torch.Tensor) -> torch.Tensor:
-        return grid.reshape(grid.shape[0], -1).float()
+        return self.from_raster(grid.reshape(grid.shape[0], -1).float())
+
+
+@dataclass(frozen=True)
+class DiagonalSchedule(RasterSchedule):
+    """Next-neighbour prediction (NAR): step c produces the anti-diagonal front h + w = c of the final grid, its
+    tokens by ascending row, so a G x G grid takes 2G - 1 steps.  Tokens travel in this front order (``order``
+    gives their raster indices).
+
+    The trunk: position 0 is the class token and position 1 + k holds the k-th token (the last front is never
+    fed while sampling); step 0 feeds the class token and step c >= 1 feeds front c - 1, whose neighbours are front
+    c.  A position sees the class token and every position of its own and earlier fronts; the class token sees
+    only itself (block-causal over [class], front 0, front 1, ...).  Token (h, w) is predicted by the right-head
+    of its left neighbour (h, w - 1) and the down-head of its upper neighbour (h - 1, w), averaged where both exist;
+    token (0, 0) by both heads at the class position (``neighbours``)."""
+
+    @classmethod
+    def of_grid(cls, h: int, w: int | None = None) -> DiagonalSchedule:
+        w = h if w is None else w
+        sizes = [sum(1 for r in range(h) if 0 <= c - r < w) for c in range(h + w - 1)]
+        return cls(tuple((1, n) for n in sizes), (h, w))
+
+    @property
+    def cells(self) -> tuple[tuple[int, int], ...]:
+        """(row, column) of every token, in schedule order."""
+        h, w = self.image_grid
+        return tuple((r, c - r) for c in range(h + w - 1) for r in range(h) if 0 <= c - r < w)
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        return tuple(r * self.image_grid[1] + c for r, c in self.cells)
+
+    def to_raster(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(tokens)
+        out[:, torch.tensor(self.order, device=tokens.device)] = tokens
+        return out
+
+    def from_raster(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, torch.tensor(self.order, device=tokens.device)]
+
+    def fed_spans(self) -> tuple[tuple[int, int], ...]:
+        # step 0 feeds the class token; step c feeds front c - 1, which sits one position after its tokens
+        return ((0, 1),) + tuple((1 + b, 1 + e) for b, e in self.begin_ends[:-1])
+
+    def sequence_length(self) -> int:
+        return 1 + self.length
+
+    def visible_positions(self, device=None) -> torch.Tensor:
+        ids = torch.cat([torch.zeros(1, dtype=torch.long, device=device), 1 + self.step_ids(device)])
+        return ids[None, :] <= ids[:, None]
+
+    def neighbours(self, begin: int, end: int) -> tuple[list[int], list[int]]:
+        """The tokens that trunk positions [begin, end) predict -> (right, down): for each, the index (relative to
+        ``begin``) of the position whose right-head predicts it, and of the one whose down-head does; -1 where that
+        neighbour does not exist.  A step's positions predict the next front; the whole sequence (0, seq_length)
+        predicts every token."""
+        cells = self.cells
+        index = {cell: 1 + k for k, cell in enumerate(cells)}
+        if (begin, end) == (0, self.seq_length):
+            targets = range(self.length)
+        else:
+            s = self.input_spans.index((begin, end))
+            targets = range(*self.begin_ends[s])
+        right, down = [], []
+        for k in targets:
+            r, c = cells[k]
+            if (r, c) == (0, 0):
+                right.append(0 - begin)
+                down.append(0 - begin)
+                continue
+            right.append(index[(r, c - 1)] - begin if c > 0 else -1)
+            down.append(index[(r - 1, c)] - begin if r > 0 else -1)
+        return right, down
+
+    def describe(self) -> str:
+        return f"{self.num_steps} diagonal fronts ({self.image_grid[0]}x{self.image_grid[1]} tokens)"

@@ -18,6 +18,7 @@ FAMILIES = {
     "var": "arvision.families.var",
     "llamagen": "arvision.families.llamagen",
     "flexvar": "arvision.families.flexvar",
+    "nar": "arvision.families.nar",
 }
 
 

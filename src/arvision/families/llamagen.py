@@ -68,23 +68,21 @@ def vq_keymap(levels: int) -> KeyMap:
     )
 
 
-GPT_KEYMAP = KeyMap(
-    rules=[
-        (r"^cls_embedding\.embedding_table\.", "class_emb.", r"^class_emb\.", "cls_embedding.embedding_table."),
-        (r"^tok_embeddings\.", "embed.input_proj.", r"^embed\.input_proj\.", "tok_embeddings."),
-        (r"^layers\.(\d+)\.attention\.wqkv\.", r"blocks.\1.attn.qkv.", r"^blocks\.(\d+)\.attn\.qkv\.",
-         r"layers.\1.attention.wqkv."),
-        (r"^layers\.(\d+)\.attention\.wo\.", r"blocks.\1.attn.proj.", r"^blocks\.(\d+)\.attn\.proj\.",
-         r"layers.\1.attention.wo."),
-        (r"^layers\.(\d+)\.feed_forward\.", r"blocks.\1.mlp.", r"^blocks\.(\d+)\.mlp\.", r"layers.\1.feed_forward."),
-        (r"^layers\.(\d+)\.attention_norm\.", r"blocks.\1.attn_norm.", r"^blocks\.(\d+)\.attn_norm\.",
-         r"layers.\1.attention_norm."),
-        (r"^layers\.(\d+)\.ffn_norm\.", r"blocks.\1.mlp_norm.", r"^blocks\.(\d+)\.mlp_norm\.", r"layers.\1.ffn_norm."),
-        (r"^norm\.", "head.norm.", r"^head\.norm\.", "norm."),
-        (r"^output\.", "head.proj.", r"^head\.proj\.", "output."),
-    ],
-    buffers=(r"freqs_cis",),
-)
+GPT_RULES = [
+    (r"^cls_embedding\.embedding_table\.", "class_emb.", r"^class_emb\.", "cls_embedding.embedding_table."),
+    (r"^tok_embeddings\.", "embed.input_proj.", r"^embed\.input_proj\.", "tok_embeddings."),
+    (r"^layers\.(\d+)\.attention\.wqkv\.", r"blocks.\1.attn.qkv.", r"^blocks\.(\d+)\.attn\.qkv\.",
+     r"layers.\1.attention.wqkv."),
+    (r"^layers\.(\d+)\.attention\.wo\.", r"blocks.\1.attn.proj.", r"^blocks\.(\d+)\.attn\.proj\.",
+     r"layers.\1.attention.wo."),
+    (r"^layers\.(\d+)\.feed_forward\.", r"blocks.\1.mlp.", r"^blocks\.(\d+)\.mlp\.", r"layers.\1.feed_forward."),
+    (r"^layers\.(\d+)\.attention_norm\.", r"blocks.\1.attn_norm.", r"^blocks\.(\d+)\.attn_norm\.",
+     r"layers.\1.attention_norm."),
+    (r"^layers\.(\d+)\.ffn_norm\.", r"blocks.\1.mlp_norm.", r"^blocks\.(\d+)\.mlp_norm\.", r"layers.\1.ffn_norm."),
+    (r"^norm\.", "head.norm.", r"^head\.norm\.", "norm."),
+    (r"^output\.", "head.proj.", r"^head\.proj\.", "output."),
+]
+GPT_KEYMAP = KeyMap(rules=GPT_RULES, buffers=(r"freqs_cis",))
 
 
 def tokenizer_config_from_official(vq_sd: dict, vq_ch: int | None = None, kind: str = "vq",
@@ -182,6 +180,7 @@ class LlamaGenFamily(Family):
                                    "width/64)"),
         Option("num_classes", "int", "check the class count"))
     convert_help = "LlamaGen: vq_ds16_c2i.pt + c2i_{B,L,XL,XXL,3B}_*.pt"
+    gpt_keymap = GPT_KEYMAP  # the GPT's official names (NAR: plus its down head)
 
     def schedule(self, config: ModelConfig, patch_nums=None) -> RasterSchedule:
         if patch_nums is not None:
@@ -211,7 +210,9 @@ class LlamaGenFamily(Family):
         nn.init.zeros_(transformer.head.proj.weight)
 
     def owns_transformer_checkpoint(self, state: dict) -> bool:
-        return "tok_embeddings.weight" in state or "cls_embedding.embedding_table.weight" in state
+        # NAR's GPT has LlamaGen's keys plus its down head (``medusa_output``): that one is NAR's
+        return ("medusa_output.weight" not in state
+                and ("tok_embeddings.weight" in state or "cls_embedding.embedding_table.weight" in state))
 
     def owns_tokenizer_checkpoint(self, state: dict) -> bool:
         return "quantize.codebook_used" in state or any(k.startswith("encoder.conv_blocks") for k in state)
@@ -222,13 +223,17 @@ class LlamaGenFamily(Family):
         image_size = 256 if image_size is None else image_size
         if image_size <= 0:
             raise ArvisionError(f"--image-size must be positive, got {image_size}")
-        config = config_from_official(tokenizer_state, transformer_state, image_size=image_size, vq_ch=vq_ch,
+        config = self.official_config(tokenizer_state, transformer_state, image_size=image_size, vq_ch=vq_ch,
                                       num_heads=num_heads, num_classes=num_classes)
         return OfficialModel(config, tokenizer_state, transformer_state, vq_keymap(len(config.tokenizer.dec_ch_mult)),
-                             GPT_KEYMAP, {"quantize.codebook_used": (None,)}, {})
+                             self.gpt_keymap, {"quantize.codebook_used": (None,)}, {})
+
+    def official_config(self, vq_sd: dict, gpt_sd: dict, **options) -> ModelConfig:
+        """The config of an official (VQ, GPT) pair (``read_official``'s options)."""
+        return config_from_official(vq_sd, gpt_sd, **options)
 
     def official_state_dicts(self, pipe) -> tuple[dict, dict]:
-        return official_vq_state(pipe), self.renamed(pipe.transformer, GPT_KEYMAP)
+        return official_vq_state(pipe), self.renamed(pipe.transformer, self.gpt_keymap)
 
 
 FAMILY = LlamaGenFamily()

@@ -13,7 +13,8 @@ Which embedder a model has is its family's choice (``family.embedder(config)``):
 * :class:`LevelPositionEmbedder` (VAR): learned per-position table of the trained schedule + a level embedding;
 * :class:`GridPositionEmbedder` (FlexVAR): a learned 2-D grid, area-resized to each step's map, so any scale
   list has positions;
-* :class:`TokenEmbedder` (LlamaGen): token ids, positions as 2-D RoPE inside attention.
+* :class:`TokenEmbedder` (LlamaGen, NAR): token ids, positions as 2-D RoPE inside attention (each token at the
+  angles of its grid cell, in whatever order the schedule feeds them).
 """
 
 from __future__ import annotations
@@ -131,10 +132,14 @@ class TokenEmbedder(nn.Module):
         self.head_dim, self.rope_base = head_dim, rope_base
 
     def layout(self, schedule: Schedule) -> Layout:
-        # Rotary angles of positions [cls, grid_0, ..., grid_{L-2}]: position i is fed the token that sits at grid
-        # cell i-1 (shifted raster input), cell -1 being the class token.
-        table = rope_2d_table(schedule.image_grid, self.head_dim, self.rope_base, schedule.first_len)
-        return Layout(schedule, rope=table[:schedule.length].to(self.input_proj.weight.device).contiguous())
+        # Rotary angles of the trunk's positions [cls, cell of token 0, cell of token 1, ...]: position first_len + k
+        # is fed token k of the schedule order (raster: the shifted input, so the last token is never fed; NAR's
+        # diagonal order: every token), at the angles of its grid cell; the class positions at angle zero.
+        n = schedule.first_len
+        table = rope_2d_table(schedule.image_grid, self.head_dim, self.rope_base, 0)
+        cells = torch.tensor(schedule.order[:schedule.seq_length - n], dtype=torch.long)
+        rope = torch.cat([torch.zeros(n, *table.shape[1:]), table[cells]])
+        return Layout(schedule, rope=rope.to(self.input_proj.weight.device).contiguous())
 
     def forward(self, cond: torch.Tensor, x_in: torch.Tensor | None, begin: int, end: int,
                 layout: Layout) -> torch.Tensor:

@@ -7,7 +7,8 @@ As nanoGPT keeps its loss beside ``lm_head``, a head here owns three things:
                            mixes that feed the next step: processors, filters and the draw of the one loop;
 ``loss(logits, targets)``  the training objective, per position (B, L).
 
-:class:`CategoricalHead` is a softmax over the codebook (VAR, LlamaGen, FlexVAR).  Bitwise and flow heads are
+:class:`CategoricalHead` is a softmax over the codebook (VAR, LlamaGen, FlexVAR); :class:`NeighbourHead` two of
+them whose per-position outputs a schedule combines into each token's logits (NAR).  Bitwise and flow heads are
 further classes with the same three methods.
 """
 
@@ -90,3 +91,40 @@ class CategoricalHead(nn.Module):
             if forced is not None:  # forced positions take their code, not a soft mix
                 embeds = torch.where(forced[1][..., None], codes[forced[0]], embeds)
         return ids, embeds
+
+
+class NeighbourHead(CategoricalHead):
+    """NAR's two heads: a position predicts its right neighbour and its lower neighbour.
+
+    ``right`` (norm -> linear) reads the output of the block before the last (``taps = (-2,)``); ``down`` (its own
+    norm -> linear) reads the output of the last block, an extra block that only this head uses.  Token (h, w)'s
+    logits are the right-head's at (h, w - 1) and the down-head's at (h - 1, w), averaged where both exist
+    ((R + D) / 2, as the released code does), and both heads at the class position for (0, 0): the schedule's
+    ``neighbours`` table.  Token choice and loss are the categorical head's (the loss on the combined logits)."""
+
+    taps = (-2,)
+
+    def __init__(self, width: int, vocab_size: int, eps: float):
+        super().__init__(RMSHeadNorm(width, eps), width, vocab_size, bias=False)
+        self.down_norm = RMSHeadNorm(width, eps)
+        self.down_proj = nn.Linear(width, vocab_size, bias=False)
+
+    def heads(self, h: torch.Tensor, taps: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last block's output, [the output of the block before it]) (B, n, C) -> per-position logits of the right
+        and the down head, (B, n, V) fp32 each."""
+        right = self.proj(self.norm(taps[0]).to(linear_dtype(self.proj))).float()
+        down = self.down_proj(self.down_norm(h).to(linear_dtype(self.down_proj))).float()
+        return right, down
+
+    def readout(self, h: torch.Tensor, taps: list, mod, schedule, begin: int, end: int) -> torch.Tensor:
+        """Hidden states of trunk positions [begin, end) -> logits (B, n, V) fp32 of the tokens they predict
+        (``schedule.neighbours``)."""
+        right, down = self.heads(h, taps)
+        r_idx, d_idx = schedule.neighbours(begin, end)
+        r = torch.tensor(r_idx, device=h.device)
+        d = torch.tensor(d_idx, device=h.device)
+        from_right = right[:, r.clamp_min(0)]
+        from_down = down[:, d.clamp_min(0)]
+        both = (from_right + from_down) / 2
+        out = torch.where((d < 0)[None, :, None], from_right, both)
+        return torch.where((r < 0)[None, :, None], from_down, out)

@@ -10,9 +10,11 @@ block through cross-attention, or as a prefix that passes through the blocks: ``
 ``embed`` turns step inputs and positions into hidden states (``arvision.models.embeddings``); ``blocks`` (by
 default ``TransformerConfig.block``'s kind of ``arvision.models.blocks.BLOCKS``), with ``shared_ada_lin`` when the
 blocks share one AdaLN projection; ``head`` turns hidden states into logits and owns the token choice and the loss
-(``arvision.models.heads``).  The schedule is an argument of every call, as a :class:`Layout` (``layout(schedule)``):
-nothing about the token order is baked into the weights' shapes beyond what a family learns (VAR's per-position
-table).
+(``arvision.models.heads``).  A head may read more than the last block's output (``head.taps``: the indices of the
+blocks whose outputs it also takes) and map the hidden states of the positions a step feeds to the logits of the
+tokens it produces, which need not be one per position (NAR's two neighbour heads; ``head.readout``).  The schedule
+is an argument of every call, as a :class:`Layout` (``layout(schedule)``): nothing about the token order is baked
+into the weights' shapes beyond what a family learns (VAR's per-position table).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class ARTransformer(nn.Module):
         self.embed = self.family.embedder(config)
         self.shared_ada_lin, self.blocks = self.family.blocks(config)
         self.head = self.family.head(config)
+        # blocks whose outputs the head reads besides the last block's (a head with ``taps`` has ``readout``)
+        self.taps = tuple(sorted(i % len(self.blocks) for i in getattr(self.head, "taps", ())))
         self._masks: dict = {}
 
     # -- pieces shared by the entry points -------------------------------------------------------------
@@ -126,42 +130,57 @@ class ARTransformer(nn.Module):
         if key not in self._masks:
             if len(self._masks) > 64:  # random training schedules: keep the table small
                 self._masks.clear()
-            self._masks[key] = schedule.attn_bias(device=device)
+            self._masks[key] = schedule.position_bias(device=device)
         return self._masks[key]
+
+    def _blocks(self, h: torch.Tensor, cond: Conditioning, rope, bias, cache, begin) -> tuple[torch.Tensor, list]:
+        """The blocks over hidden states h -> (the last block's output, the outputs of the blocks in ``taps``)."""
+        taps = []
+        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
+            h = blk(h, mod, rope, bias, cache, i, begin, cond.ctx(i))
+            if i in self.taps:
+                taps.append(h)
+        return h, taps
+
+    def _logits(self, h: torch.Tensor, taps: list, cond: Conditioning, layout: Layout, begin, end) -> torch.Tensor:
+        """Hidden states of positions [begin, end) -> the logits of the tokens they predict: the head's, position by
+        position, or its ``readout`` of the schedule's neighbours when it taps earlier blocks."""
+        if not self.taps:
+            return self.head(h, cond.head)
+        return self.head.readout(h, taps, cond.head, layout.schedule, begin, end)
 
     # -- entry points -------------------------------------------------------------------------------
     def forward(self, cond: Conditioning | Condition, x_in: torch.Tensor | None,
                 layout: Layout | Schedule) -> torch.Tensor:
-        """Teacher forcing over a schedule (or its layout): x_in feeds positions first_len..L-1 -> logits (B, L, V).
+        """Teacher forcing over a schedule (or its layout): x_in feeds positions first_len..seq_length-1 -> logits
+        (B, L, V) of every token, in schedule order.
         Given a Condition and a Schedule, the condition's encoding and the positions are computed here, inside the
         forward (so data-parallel training sees every parameter used in it)."""
         if isinstance(cond, Condition):
             cond = self.condition(cond)
         if isinstance(layout, Schedule):
             layout = self.layout(layout)
-        L = layout.schedule.length
+        L = layout.schedule.seq_length
         h = self.embed(cond.emb, x_in, 0, L, layout)
-        bias = self._mask(layout.schedule, h.device)
-        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, layout.rope, bias, None, i, 0, cond.ctx(i))
-        return self.head(h, cond.head)
+        h, taps = self._blocks(h, cond, layout.rope, self._mask(layout.schedule, h.device), None, 0)
+        return self._logits(h, taps, cond, layout, 0, L)
 
     def forward_step(self, s: int, cond: Conditioning, x_in: torch.Tensor | None, cache: KVCache,
                      layout: Layout) -> torch.Tensor:
-        """Step s.  x_in (B, n_s, ...) the step's input (None at s=0) -> logits (B, n_s, V).  Keys/values of the
-        step are written to ``cache``."""
-        begin, end = layout.schedule.begin_ends[s]
+        """Step s.  x_in (B, n, ...) the step's input (None at s=0), fed at the positions ``input_spans[s]`` ->
+        logits (B, n_s, V) of its tokens.  Keys/values of the step are written to ``cache``."""
+        begin, end = layout.schedule.input_spans[s]
         return self.forward_positions(begin, end, cond, x_in, cache, layout)
 
     def forward_positions(self, begin: int, end: int, cond: Conditioning, x_in: torch.Tensor | None,
                           cache: KVCache, layout: Layout, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Positions [begin, end) against the cache -> logits (B, end-begin, V).  ``mask`` (end-begin, end)
+        """Positions [begin, end) against the cache -> logits (B, n, V) of the tokens they predict (n = end-begin, but
+        for a head with a ``readout``).  ``mask`` (end-begin, end)
         additive restricts what they see (a causal window of speculative raster drafts); None: all of it."""
         h = self.embed(cond.emb, x_in, begin, end, layout)
         rope = None if layout.rope is None else layout.rope[begin:end]
-        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, rope, mask, cache, i, begin, cond.ctx(i))
-        return self.head(h, cond.head)
+        h, taps = self._blocks(h, cond, rope, mask, cache, begin)
+        return self._logits(h, taps, cond, layout, begin, end)
 
     def forward_token(self, pos: torch.Tensor, cond: Conditioning, x_in: torch.Tensor, cache: KVCache,
                       layout: Layout) -> torch.Tensor:
@@ -183,7 +202,7 @@ class ARTransformer(nn.Module):
         device = device or self.reference_weight.device
         if policy is not None:
             return policy.new_cache(self, schedule, batch, dtype, device)
-        cache = KVCache(cfg.depth, batch, cfg.num_heads, schedule.length, cfg.head_dim, dtype, device)
+        cache = KVCache(cfg.depth, batch, cfg.num_heads, schedule.seq_length, cfg.head_dim, dtype, device)
         if self.static_steps:  # forward_token reads unwritten positions (masked): they must hold finite values
             cache.k.zero_()
             cache.v.zero_()

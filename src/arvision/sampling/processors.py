@@ -38,8 +38,9 @@ class Guidance:
 
 
 def top_k_filter_(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep logits >= the k-th largest (ties kept); in place.  k <= 0: off."""
+    """Keep logits >= the k-th largest (ties kept); in place.  k <= 0: off; k above the vocabulary keeps all."""
     if k > 0:
+        k = min(k, logits.shape[-1])
         kth = logits.topk(k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
         logits.masked_fill_(logits < kth, -torch.inf)
     return logits
@@ -75,6 +76,9 @@ class TokenSampling:
     top_p: float = 0.0
     top_p_rule: str = "ascending"
     greedy_steps: frozenset[int] = frozenset()  # steps whose top-k is 1 whatever ``top_k`` says (FlexVAR's rule)
+    # one generator: one multinomial call per position of the step (B rows each, positions in order), as a sampler
+    # that draws token by token does (NAR), instead of one call over all B x n rows
+    per_position_draws: bool = False
 
     def process(self, logits: torch.Tensor, s: int | None = None) -> torch.Tensor:
         """Temperature, then top-k, then top-p (the released order) for step ``s``.  Returns new filtered logits."""
@@ -85,10 +89,14 @@ class TokenSampling:
     def draw(self, logits: torch.Tensor, generator: Generators) -> torch.Tensor:
         """Filtered logits (B, n, V) -> ids (B, n).
 
-        One generator: one multinomial call over all B*n rows (the released samplers' order).  A list of B
-        generators (one per image): row b draws only from its own, so an image does not depend on its batch.
+        One generator: one multinomial call over all B*n rows (the released samplers' order), or with
+        ``per_position_draws`` one call per position.  A list of B generators (one per image): row b draws only
+        from its own, so an image does not depend on its batch.
         """
-        return draw_from_probs(logits.softmax(dim=-1), generator)
+        probs = logits.softmax(dim=-1)
+        if self.per_position_draws and not isinstance(generator, (list, tuple)) and probs.shape[1] > 1:
+            return torch.cat([draw_from_probs(probs[:, i:i + 1], generator) for i in range(probs.shape[1])], dim=1)
+        return draw_from_probs(probs, generator)
 
 
 def draw_from_probs(probs: torch.Tensor, generator: Generators) -> torch.Tensor:

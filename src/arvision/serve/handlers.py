@@ -234,14 +234,18 @@ def _sample(model: ServedModel, args, argv: list[str], folder: Path, emit) -> Sa
 
 
 def _grey_unknown_rows(x, schedule, known: int):
-    """Raster schedules: the preview pads the tokens not sampled yet by repeating the known ones; grey out their
-    rows so that the picture shows what was computed.  Scale-wise schedules' previews are whole pictures."""
+    """Token-by-token schedules (raster rows, NAR's diagonal fronts): the preview pads the tokens not sampled yet by
+    repeating the known ones; grey out their cells so that the picture shows what was computed.  Scale-wise
+    schedules' previews are whole pictures."""
+    import torch
+
     if schedule.step_maps or known >= schedule.length:
         return x
     h, w = schedule.image_grid
-    rows = known // w * x.shape[-2] // h
+    unknown = schedule.to_raster((torch.arange(schedule.length) >= known)[None].long())[0].bool().view(h, w)
+    unknown = unknown.repeat_interleave(x.shape[-2] // h, 0).repeat_interleave(x.shape[-1] // w, 1)
     x = x.clone()
-    x[..., rows:, :] = 0.5
+    x[..., unknown.to(x.device)] = 0.5
     return x
 
 
