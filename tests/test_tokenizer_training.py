@@ -381,3 +381,18 @@ def test_train_tokenizer_init_and_decoder_part_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "fixes the architecture" in err and "--vocab 64 (the folder has 32)" in err and "--ch" not in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_tokenizer_init_decoder_part_runs_from_the_cli(tmp_path, monkeypatch):
+    """`train-tokenizer --init TOK --train-part decoder` starts from TOK's weights and moves only its decoder."""
+    from arvision.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tok_config(patch_nums=(1, 2, 4, 16))
+    save_tokenizer_folder("tok", build_tokenizer(cfg), 32)
+    assert main(["train-tokenizer", "--data", "mnist-5k", "--init", "tok", "--train-part", "decoder", "--steps", "2",
+                 "--batch-size", "4", "--out", "ft", "--ckpt-every", "2", "--sample-every", "2"]) == 0
+    before, after = load_tokenizer_folder("tok")[0].state_dict(), load_tokenizer_folder("ft")[0].state_dict()
+    frozen = [k for k in before if not k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["decoder.conv_out.weight"], after["decoder.conv_out.weight"])

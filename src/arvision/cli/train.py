@@ -263,11 +263,12 @@ def cmd_train_tokenizer(args) -> None:
     # 2. the work
     dataset = _dataset(args.data, args.image_size, args.seed, augment=True)
     torch_seed(args.seed)
-    tokenizer = build_tokenizer(cfg).to(info.device)
-    if args.init:
+    if args.init:  # its weights, loaded strictly (the config is the folder's: _init_tokenizer_config)
         from arvision.training.tokenizer_trainer import load_tokenizer_folder
 
-        tokenizer.load_state_dict(load_tokenizer_folder(args.init)[0].state_dict())  # strict; same config
+        tokenizer = load_tokenizer_folder(args.init, info.device)[0]
+    else:
+        tokenizer = build_tokenizer(cfg).to(info.device)
     trainer = TokenizerTrainer(tokenizer, dataset, tcfg, args.out, info, dataset_spec=args.data,
                                perceptual_fn=perceptual)
     if info.is_main:
