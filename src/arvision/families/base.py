@@ -140,6 +140,11 @@ class Family:
         """Initialise ``transformer`` for training from scratch."""
         raise NotImplementedError
 
+    def loss_weights(self, schedule) -> torch.Tensor | None:
+        """(L,) weights of the teacher-forced loss per position, summing to 1 (the trainer takes
+        ``(ce * w).sum(-1).mean()``); None (the default): the plain mean over positions."""
+        return None
+
     def from_scratch(self, latent_side: int) -> dict:
         """TransformerConfig fields this family derives from the tokenizer's latent side when training from
         scratch (FlexVAR: its position grid)."""

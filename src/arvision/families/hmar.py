@@ -12,8 +12,8 @@ HMAR is VAR's next-scale prediction made Markovian, plus masked re-prediction in
 * **sampling**: each scale is drawn as VAR draws it (guidance ramp, top-k then ascending top-p, one multinomial
   call), then re-predicted in masked sub-steps (``mask_steps``, the official ``mask_schedule``): the least confident
   positions are replaced by ``mask_embed`` and drawn again through the masked route;
-* **training loss**: the next-scale route's cross-entropy (``head.loss``); HMAR's masked-route fine-tuning and its
-  per-scale loss weights are not implemented here.
+* **training loss**: the next-scale route's cross-entropy (``head.loss``) under HMAR's per-scale "lognorm" weights
+  (``loss_weights``); the masked route's fine-tuning (its second training stage) is not implemented here.
 
 Official files: VAR's VQ-VAE (unchanged) and ``HMAR.state_dict()``: ``base_blocks.{i}``, ``ns_blocks.{j}``,
 ``mask_blocks.{j}``, ``ns_head_nm``/``ns_head``, ``mask_head_nm``/``mask_head``, ``word_embed.weight`` (no bias)
@@ -33,16 +33,22 @@ from arvision.checkpoints import KeyMap
 from arvision.config import ModelConfig
 from arvision.errors import ArvisionError, CheckpointError
 from arvision.families.base import Capabilities, OfficialModel, Option
-from arvision.families.hmar_parts import (HMARCanvas, HMAREmbedder, HMARHead, MaskedStepSampling,
-                                          parse_mask_steps)
-from arvision.families.var import (PATCH_NUMS_256, VAR_KEYMAP, VARFamily, _count, _need, adaln_trunk_config,
-                                   config_from_official as var_config_from_official, init_adaln_trunk,
-                                   vae_keymap)
+from arvision.families.hmar_parts import HMARCanvas, HMAREmbedder, HMARHead, MaskedStepSampling, parse_mask_steps
+from arvision.families.var import (
+    PATCH_NUMS_256,
+    VAR_KEYMAP,
+    VARFamily,
+    _count,
+    _need,
+    adaln_trunk_config,
+    init_adaln_trunk,
+    vae_keymap,
+)
+from arvision.families.var import config_from_official as var_config_from_official
 from arvision.schedules import ScaleSchedule
 
-ROUTES = ("next-scale", "masked")
-# the official default ``mask_schedule`` (its sample.py) for VAR's 256 px scale list: sub-steps at 2x2 (one,
-# re-predicting 3 tokens) and 3x3 (three, re-predicting 8, 7, 5)
+# the official default ``mask_schedule`` (utils/sampling_arg_util.py) for VAR's 256 px scale list: sub-steps at
+# 2x2 (one, re-predicting 3 tokens) and 3x3 (three, re-predicting 8, 7, 5)
 DEFAULT_MASK_STEPS = {PATCH_NUMS_256: ((1,), (1, 3), (1, 1, 2, 5), (16,), (25,), (36,), (64,), (100,), (169,),
                                        (256,))}
 
@@ -140,8 +146,9 @@ class HMARFamily(VARFamily):
                       "',' (e.g. 1/1,3/1,1,2,5/16/...); sub-step k re-predicts the sum of the counts after the k-th "
                       "least confident tokens (default: the official schedule on the 256 px scale list, else none)",
     }
-    # the evaluation configs of the HMAR repository (config/evaluate/hmar-d16.yaml): cfg 1.5, top-k 900, top-p 0.96
-    defaults = {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96}
+    # the HMAR repository's evaluation settings for d16 (config/evaluate/hmar-d16.yaml; d20: 1.9/950, d24: 2.1/900,
+    # d30: 1.6/650, all top-p 0.99): store another model's with its folder (``config.sampling``)
+    defaults = {"guidance_scale": 1.7, "top_k": 1000, "top_p": 0.99}
     presets = {f"d{d}": (d, 64 * d, d) for d in (16, 20, 24, 30)}
     official_files = (Option("vae", "path", "the multi-scale VQ-VAE checkpoint (VAR's)", required=True),
                       Option("var", "path", "the HMAR transformer checkpoint (HMAR.state_dict())", required=True))
@@ -194,6 +201,21 @@ class HMARFamily(VARFamily):
         with torch.no_grad():
             transformer.head.mask_proj.weight.mul_(0.02)
             transformer.head.mask_norm.ada_lin.weight.mul_(0.5)
+
+    def loss_weights(self, schedule) -> torch.Tensor:
+        """HMAR's "lognorm" per-scale weights (its released next-scale training configs): scale i's share is a
+        standard normal density at z_i, normalised over the scales, spread evenly over its tokens; z_i is the
+        z-score (sample std) of the side ratios p/p_last taken in *reversed* scale order, as the official trainer
+        computes it, so the coarsest scale gets the finest side's density."""
+        sides = torch.tensor(schedule.sides, dtype=torch.float64)
+        if len(sides) == 1:
+            return torch.full((schedule.length,), 1.0 / schedule.length)
+        ratios = sides / sides[-1]
+        z = (ratios.flip(0) - ratios.mean()) / ratios.std()
+        share = torch.exp(-0.5 * z * z)
+        share = share / share.sum()
+        per_token = share / sides.pow(2)
+        return torch.repeat_interleave(per_token, torch.tensor(schedule.step_sizes)).float()
 
     # -- sampling rules --------------------------------------------------------------------------------------------
     def check_sampling_options(self, options: dict, schedule) -> dict:
