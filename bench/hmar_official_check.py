@@ -115,7 +115,7 @@ def main() -> int:
                                           top_p=top_p, mask=True, mask_schedule=sched)
             t1 = time.perf_counter()
             out = pipe(labels.tolist(), guidance_scale=cfg, top_k=top_k, top_p=top_p, mask_steps=sched,
-                       generator=torch.Generator().manual_seed(100 + k), output_type="pt")  # decoded too, as the official
+                       generator=torch.Generator().manual_seed(100 + k), output_type="pt")  # decoded, as official
             t2 = time.perf_counter()
             same = all(torch.equal(a, b) for a, b in zip(out.step_tokens, want)) and len(want) == len(sides)
             failures += not same

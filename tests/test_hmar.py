@@ -37,13 +37,12 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 # -- the official reference ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def case(vectors_dir):
+    """(folder, config.json, cases.pt, the pipeline read from the official files) of the hmar_tiny case."""
     folder = vectors_dir / CASE
     if not folder.is_dir():
         missing_reference(f"reference vectors not found at {folder}: case folder missing")
-    config = json.loads((folder / "config.json").read_text())
-    vectors = torch.load(folder / "cases.pt")
-    pipe = ARPipeline.from_official("hmar", folder / "vae.pth", folder / "hmar.pth")
-    return folder, config, vectors, pipe
+    return (folder, json.loads((folder / "config.json").read_text()), torch.load(folder / "cases.pt"),
+            ARPipeline.from_official("hmar", folder / "vae.pth", folder / "hmar.pth"))
 
 
 def settings(config: dict, i: int) -> dict:

@@ -3,7 +3,8 @@
 A schedule lays the whole sequence out as L positions split into consecutive steps.  Position i of the
 transformer's sequence is fed the input of its step and predicts output token i.  The attention rule is a
 function of step ids only: block-causal lets a position see every position of its own and earlier steps,
-which is causal attention for one-token steps (raster) and VAR's level mask for scale maps.
+which is causal attention for one-token steps (raster) and VAR's level mask for scale maps; block-diagonal lets it
+see its own step only (HMAR's Markovian scales: earlier steps reach a step through its input, nothing is cached).
 
 Schedules are built per call by a model's family (``family.schedule(config, ...)``), not baked into the
 transformer: FlexVAR samples on scale lists it never trained on and trains on a random list every step.  Two

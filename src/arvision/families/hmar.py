@@ -52,17 +52,17 @@ from arvision.schedules import ScaleSchedule
 DEFAULT_MASK_STEPS = {PATCH_NUMS_256: ((1,), (1, 3), (1, 1, 2, 5), (16,), (25,), (36,), (64,), (100,), (169,),
                                        (256,))}
 
-# official names outside the blocks -> ours (and back)
-HMAR_RULES = [
-    (r"^word_embed\.weight$", "embed.input_proj.weight", r"^embed\.input_proj\.weight$", "word_embed.weight"),
-    (r"^word_embed_bias$", "embed.input_proj.bias", r"^embed\.input_proj\.bias$", "word_embed_bias"),
-    (r"^mask_embed\.", "embed.mask_embed.", r"^embed\.mask_embed\.", "mask_embed."),
-    (r"^ns_head_nm\.ada_lin\.1\.", "head.norm.ada_lin.", r"^head\.norm\.ada_lin\.", "ns_head_nm.ada_lin.1."),
-    (r"^ns_head\.(weight|bias)$", r"head.proj.\1", r"^head\.proj\.(weight|bias)$", r"ns_head.\1"),
-    (r"^mask_head_nm\.ada_lin\.1\.", "head.mask_norm.ada_lin.", r"^head\.mask_norm\.ada_lin\.",
-     "mask_head_nm.ada_lin.1."),
-    (r"^mask_head\.(weight|bias)$", r"head.mask_proj.\1", r"^head\.mask_proj\.(weight|bias)$", r"mask_head.\1"),
-]
+def prefix_rule(official: str, ours: str) -> tuple[str, str, str, str]:
+    """A KeyMap rule renaming one name prefix both ways."""
+    return f"^{re.escape(official)}", ours, f"^{re.escape(ours)}", official
+
+
+# official names outside the blocks -> ours (and back): the split input projection, the mask embedding, two heads
+HMAR_RULES = [prefix_rule(official, ours) for official, ours in (
+    ("word_embed.weight", "embed.input_proj.weight"), ("word_embed_bias", "embed.input_proj.bias"),
+    ("mask_embed.", "embed.mask_embed."),
+    ("ns_head_nm.ada_lin.1.", "head.norm.ada_lin."), ("ns_head.", "head.proj."),
+    ("mask_head_nm.ada_lin.1.", "head.mask_norm.ada_lin."), ("mask_head.", "head.mask_proj."))]
 
 
 def hmar_keymap(depth: int, branch_depth: int) -> KeyMap:
