@@ -151,8 +151,9 @@ class HMARHead(CategoricalHead):
             masked[rows, chosen] = True
             x_in = run.inputs.masked_input(run.state, s, ids, masked)
             x_in = x_in.doubled() if run.doubled else x_in
-            out = run.transformer.forward_positions(begin, end, run.cond, x_in, run.cache, run.layout,
-                                                    route="masked")
+            with run.context():  # the trunk in the sampling precision; choose itself runs in fp32
+                out = run.transformer.forward_positions(begin, end, run.cond, x_in, run.cache, run.layout,
+                                                        route="masked")
             run.forwards += 1
             run.token_forwards += out.shape[0] * out.shape[1]
             guided = (1 + scale) * out[:B] - scale * out[B:] if run.doubled else out
