@@ -198,6 +198,9 @@ class TransformerConfig:
     rope_base: float = 10000.0
     drop_path_rate: float = 0.0
     dropout: float = 0.0
+    # families with block routes (``Family.block_routes``; HMAR): the last branch_depth of the depth blocks exist
+    # once per route (HMAR's n_layers_train: next-scale and masked-prediction copies); 0: one route, no copies
+    branch_depth: int = 0
     pos_grid: int = 32  # FlexVAR: side of the learned 2-D position grid resized to every scale
     condition: str = "class"  # "class": class ids; "text": prompts (text encoder + cross-attention in every block)
     # text: the encoder, a name of ``arvision.models.text.TEXT_ENCODERS``: "closed" (trained with the model on a
@@ -227,6 +230,8 @@ class TransformerConfig:
                 fail(f"transformer {name}", v, "a positive integer")
         if self.width % self.num_heads:
             fail("width", self.width, f"divisible by num_heads={self.num_heads}")
+        if not isinstance(self.branch_depth, int) or not 0 <= self.branch_depth <= self.depth:
+            fail("transformer branch_depth", self.branch_depth, f"an integer in [0, depth={self.depth}]")
         if not isinstance(self.pos_grid, int) or self.pos_grid < 1:
             fail("pos_grid", self.pos_grid, "a positive integer")
         if self.condition not in ("class", "text"):

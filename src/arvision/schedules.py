@@ -3,7 +3,8 @@
 A schedule lays the whole sequence out as L positions split into consecutive steps.  Position i of the
 transformer's sequence is fed the input of its step and predicts output token i.  The attention rule is a
 function of step ids only: block-causal lets a position see every position of its own and earlier steps,
-which is causal attention for one-token steps (raster) and VAR's level mask for scale maps.
+which is causal attention for one-token steps (raster) and VAR's level mask for scale maps; block-diagonal lets it
+see its own step only (HMAR's Markovian scales: earlier steps reach a step through its input, nothing is cached).
 
 Schedules are built per call by a model's family (``family.schedule(config, ...)``), not baked into the
 transformer: FlexVAR samples on scale lists it never trained on and trains on a random list every step.  Two
@@ -28,7 +29,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-ATTENTION_RULES = ("block-causal",)
+# block-causal: a position sees its own and every earlier step (VAR, raster); block-diagonal: only its own step
+# (HMAR's Markovian scales: earlier steps reach a step through its input alone, so no KV cache is kept)
+ATTENTION_RULES = ("block-causal", "block-diagonal")
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,16 @@ class Schedule:
         sizes = torch.tensor(self.step_sizes, device=device)
         return torch.repeat_interleave(torch.arange(self.num_steps, device=device), sizes)
 
+    @property
+    def sees_earlier_steps(self) -> bool:
+        """Whether a step attends to the positions of earlier steps (False: block-diagonal, nothing to cache)."""
+        return self.attention != "block-diagonal"
+
     def visible(self, device=None) -> torch.Tensor:
-        """(L, L) bool, [q, k] True where query position q may attend to key position k (block-causal)."""
+        """(L, L) bool, [q, k] True where query position q may attend to key position k (the attention rule)."""
         ids = self.step_ids(device)
+        if not self.sees_earlier_steps:
+            return ids[None, :] == ids[:, None]
         return ids[None, :] <= ids[:, None]
 
     def attn_bias(self, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -148,9 +158,9 @@ class ScaleSchedule(Schedule):
     step_maps = True
 
     @classmethod
-    def from_sides(cls, sides) -> ScaleSchedule:
+    def from_sides(cls, sides, attention: str = "block-causal") -> ScaleSchedule:
         pn = tuple(int(p) for p in sides)
-        return cls(tuple((p, p) for p in pn), (pn[-1], pn[-1]))
+        return cls(tuple((p, p) for p in pn), (pn[-1], pn[-1]), attention)
 
     @property
     def sides(self) -> tuple[int, ...]:

@@ -94,6 +94,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="FlexVAR: guidance rule, the ramp (var, default) or constant (llamagen)")
     p.add_argument("--cfg-interval", type=int, default=None, metavar="N",
                    help="NAR: guidance stops once more than N tokens are generated (default -1: never)")
+    p.add_argument("--mask-steps", default=None, metavar="SCHED",
+                   help="HMAR: masked sub-steps, 'none' or counts per scale separated by '/', within a scale by ',' "
+                        "(e.g. 1/1,3/1,1,2,5/16/...; default: the official schedule on the 256 px scales, else none)")
     add_policy_args(p)
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward batch (default: as many as fit in half the free memory, at most "
@@ -339,8 +342,8 @@ def iter_sampling(pipe, args, progress: bool = True, step_callback=None):
         return_progression=bool(getattr(args, "progression", None)), kv_policy=args.kv_policy,
         decoding=args.decoding, search=getattr(args, "search", None), verifier=search_verifier(pipe, args),
         processors=processors, patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
-        cfg_mode=getattr(args, "cfg_mode", None), cfg_interval=getattr(args, "cfg_interval", None), prompts=prompts,
-        step_callback=step_callback)
+        cfg_mode=getattr(args, "cfg_mode", None), cfg_interval=getattr(args, "cfg_interval", None),
+        mask_steps=getattr(args, "mask_steps", None), prompts=prompts, step_callback=step_callback)
     return _aligned(pipe, batches, watermark, args.seed, progress) if aligned else batches
 
 

@@ -92,6 +92,9 @@ class Family:
         if (tok.kind, tr.block) != (self.tokenizer_kind, self.block):
             raise ArvisionError(f"invalid {self.name} model parts: {(tok.kind, tr.block)!r} "
                                 f"(expected {(self.tokenizer_kind, self.block)})")
+        if tr.branch_depth and type(self).block_routes is Family.block_routes:
+            raise ArvisionError(f"invalid transformer branch_depth: {tr.branch_depth!r} ({self.description} trunks "
+                                "have one route through their blocks: 0)")
 
     # -- schedule, built per call -----------------------------------------------------------------------
     def schedule(self, config, patch_nums=None):
@@ -123,6 +126,12 @@ class Family:
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         return block.shared_modulation(cfg), nn.ModuleList(block.build(cfg, rates[i]) for i in range(cfg.depth))
 
+    def block_routes(self, config) -> dict[str, tuple[int, ...]] | None:
+        """Named routes through the trunk's blocks: name -> the indices of the blocks it runs, in order; the first
+        is the default route (sampling steps, teacher forcing).  A route other than the default reaches the head as
+        ``head(h, mod, route=name)``.  None (the default): one route through every block."""
+        return None
+
     def head(self, config):
         """The trunk's head (an nn.Module with ``forward``, ``choose`` and ``loss``)."""
         raise NotImplementedError
@@ -130,6 +139,11 @@ class Family:
     def init_weights(self, transformer) -> None:
         """Initialise ``transformer`` for training from scratch."""
         raise NotImplementedError
+
+    def loss_weights(self, schedule) -> torch.Tensor | None:
+        """(L,) weights of the teacher-forced loss per position, summing to 1 (the trainer takes
+        ``(ce * w).sum(-1).mean()``); None (the default): the plain mean over positions."""
+        return None
 
     def from_scratch(self, latent_side: int) -> dict:
         """TransformerConfig fields this family derives from the tokenizer's latent side when training from

@@ -98,6 +98,32 @@ class KVCache:
         self.k, self.v = self.k[:, rows], self.v[:, rows]
 
 
+class StepLocalCache(KVCache):
+    """The cache of a schedule whose steps see only themselves (block-diagonal attention, HMAR): nothing is stored,
+    and a step's positions attend among themselves.  It stands in for :class:`KVCache` in the loop (``select``,
+    byte counts), so sampling needs no second code path."""
+
+    def __init__(self, batch: int):
+        self._batch = batch
+
+    @property
+    def batch(self) -> int:
+        return self._batch
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def attend(self, layer: int, begin: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scale: float | None = None, mask: torch.Tensor | None = None, prefix: tuple | None = None
+               ) -> torch.Tensor:
+        """q, k, v (B, H, n, hd) of one step -> (B, H, n, hd): the n positions see each other only."""
+        return attend(q, k, v, scale, mask, prefix=prefix)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self._batch = int(rows.numel())
+
+
 def rope_2d_table(grid: tuple[int, int], head_dim: int, base: float, num_prefix: int) -> torch.Tensor:
     """LlamaGen's 2-D rotary table: (num_prefix + h*w, head_dim/2, 2) of (cos, sin).
 

@@ -12,7 +12,10 @@ default ``TransformerConfig.block``'s kind of ``arvision.models.blocks.BLOCKS``)
 blocks share one AdaLN projection; ``head`` turns hidden states into logits and owns the token choice and the loss
 (``arvision.models.heads``).  A head may read more than the last block's output (``head.taps``: the indices of the
 blocks whose outputs it also takes) and map the hidden states of the positions a step feeds to the logits of the
-tokens it produces, which need not be one per position (NAR's two neighbour heads; ``head.readout``).  The schedule
+tokens it produces, which need not be one per position (NAR's two neighbour heads; ``head.readout``).  A family may
+give the trunk named *routes* (``family.block_routes``): each runs its own subset of the blocks into its own share of
+the head (HMAR's shared blocks, then either its next-scale or its masked-prediction blocks and head); every entry
+point takes ``route`` (None: the first).  The schedule
 is an argument of every call, as a :class:`Layout` (``layout(schedule)``): nothing about the token order is baked
 into the weights' shapes beyond what a family learns (VAR's per-position table).
 """
@@ -27,7 +30,7 @@ from torch import nn
 
 from arvision.checkpoints import KeyMap
 from arvision.conditions import Condition
-from arvision.models.attention import KVCache
+from arvision.models.attention import KVCache, StepLocalCache
 from arvision.models.embeddings import Layout
 from arvision.models.text import padding_bias
 from arvision.schedules import Schedule
@@ -90,6 +93,8 @@ class ARTransformer(nn.Module):
         self.head = self.family.head(config)
         # blocks whose outputs the head reads besides the last block's (a head with ``taps`` has ``readout``)
         self.taps = tuple(sorted(i % len(self.blocks) for i in getattr(self.head, "taps", ())))
+        # route name -> the indices of the blocks it runs, in order (None: one route through every block)
+        self.routes = self.family.block_routes(config)
         self._masks: dict = {}
 
     # -- pieces shared by the entry points -------------------------------------------------------------
@@ -133,25 +138,39 @@ class ARTransformer(nn.Module):
             self._masks[key] = schedule.position_bias(device=device)
         return self._masks[key]
 
-    def _blocks(self, h: torch.Tensor, cond: Conditioning, rope, bias, cache, begin) -> tuple[torch.Tensor, list]:
-        """The blocks over hidden states h -> (the last block's output, the outputs of the blocks in ``taps``)."""
+    def route_blocks(self, route: str | None = None):
+        """The indices of the blocks ``route`` runs, in order (every block when the family has no routes)."""
+        if self.routes is None:
+            if route is not None:
+                raise ValueError(f"this trunk has one route; got route {route!r}")
+            return range(len(self.blocks))
+        return self.routes[next(iter(self.routes)) if route is None else route]
+
+    def _blocks(self, h: torch.Tensor, cond: Conditioning, rope, bias, cache, begin,
+                route: str | None = None) -> tuple[torch.Tensor, list]:
+        """The blocks of ``route`` over hidden states h -> (the last block's output, the outputs of the blocks in
+        ``taps``)."""
         taps = []
-        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, rope, bias, cache, i, begin, cond.ctx(i))
+        for i in self.route_blocks(route):
+            h = self.blocks[i](h, cond.blocks[i], rope, bias, cache, i, begin, cond.ctx(i))
             if i in self.taps:
                 taps.append(h)
         return h, taps
 
-    def _logits(self, h: torch.Tensor, taps: list, cond: Conditioning, layout: Layout, begin, end) -> torch.Tensor:
+    def _logits(self, h: torch.Tensor, taps: list, cond: Conditioning, layout: Layout, begin, end,
+                route: str | None = None) -> torch.Tensor:
         """Hidden states of positions [begin, end) -> the logits of the tokens they predict: the head's, position by
-        position, or its ``readout`` of the schedule's neighbours when it taps earlier blocks."""
+        position (its share for ``route``), or its ``readout`` of the schedule's neighbours when it taps earlier
+        blocks."""
+        if route is not None:
+            return self.head(h, cond.head, route=route)
         if not self.taps:
             return self.head(h, cond.head)
         return self.head.readout(h, taps, cond.head, layout.schedule, begin, end)
 
     # -- entry points -------------------------------------------------------------------------------
     def forward(self, cond: Conditioning | Condition, x_in: torch.Tensor | None,
-                layout: Layout | Schedule) -> torch.Tensor:
+                layout: Layout | Schedule, route: str | None = None) -> torch.Tensor:
         """Teacher forcing over a schedule (or its layout): x_in feeds positions first_len..seq_length-1 -> logits
         (B, L, V) of every token, in schedule order.
         Given a Condition and a Schedule, the condition's encoding and the positions are computed here, inside the
@@ -162,8 +181,8 @@ class ARTransformer(nn.Module):
             layout = self.layout(layout)
         L = layout.schedule.seq_length
         h = self.embed(cond.emb, x_in, 0, L, layout)
-        h, taps = self._blocks(h, cond, layout.rope, self._mask(layout.schedule, h.device), None, 0)
-        return self._logits(h, taps, cond, layout, 0, L)
+        h, taps = self._blocks(h, cond, layout.rope, self._mask(layout.schedule, h.device), None, 0, route)
+        return self._logits(h, taps, cond, layout, 0, L, route)
 
     def forward_step(self, s: int, cond: Conditioning, x_in: torch.Tensor | None, cache: KVCache,
                      layout: Layout) -> torch.Tensor:
@@ -173,14 +192,16 @@ class ARTransformer(nn.Module):
         return self.forward_positions(begin, end, cond, x_in, cache, layout)
 
     def forward_positions(self, begin: int, end: int, cond: Conditioning, x_in: torch.Tensor | None,
-                          cache: KVCache, layout: Layout, mask: torch.Tensor | None = None) -> torch.Tensor:
+                          cache: KVCache, layout: Layout, mask: torch.Tensor | None = None,
+                          route: str | None = None) -> torch.Tensor:
         """Positions [begin, end) against the cache -> logits (B, n, V) of the tokens they predict (n = end-begin, but
         for a head with a ``readout``).  ``mask`` (end-begin, end)
-        additive restricts what they see (a causal window of speculative raster drafts); None: all of it."""
+        additive restricts what they see (a causal window of speculative raster drafts); None: all of it.
+        ``route``: the family's block route to run (None: the first)."""
         h = self.embed(cond.emb, x_in, begin, end, layout)
         rope = None if layout.rope is None else layout.rope[begin:end]
-        h, taps = self._blocks(h, cond, rope, mask, cache, begin)
-        return self._logits(h, taps, cond, layout, begin, end)
+        h, taps = self._blocks(h, cond, rope, mask, cache, begin, route)
+        return self._logits(h, taps, cond, layout, begin, end, route)
 
     def forward_token(self, pos: torch.Tensor, cond: Conditioning, x_in: torch.Tensor, cache: KVCache,
                       layout: Layout) -> torch.Tensor:
@@ -197,11 +218,14 @@ class ARTransformer(nn.Module):
         return self.head(h, cond.head)
 
     def new_cache(self, batch: int, schedule: Schedule, dtype=torch.float32, device=None, policy=None) -> KVCache:
-        """A full static cache for ``schedule``, or the one ``policy`` (``arvision.sampling.kv_policies``) builds."""
+        """A full static cache for ``schedule``, or the one ``policy`` (``arvision.sampling.kv_policies``) builds; for a
+        schedule whose steps see only themselves (block-diagonal), a cache that stores nothing."""
         cfg = self.cfg
         device = device or self.reference_weight.device
         if policy is not None:
             return policy.new_cache(self, schedule, batch, dtype, device)
+        if not schedule.sees_earlier_steps:
+            return StepLocalCache(batch)
         cache = KVCache(cfg.depth, batch, cfg.num_heads, schedule.seq_length, cfg.head_dim, dtype, device)
         if self.static_steps:  # forward_token reads unwritten positions (masked): they must hold finite values
             cache.k.zero_()

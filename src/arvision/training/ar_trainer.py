@@ -164,7 +164,8 @@ class ARTrainer:
         with autocast:
             logits = self.ddp(cond, x_in, schedule)
         ce = head.loss(logits, tok)
-        loss = ce.mean()
+        weights = self.pipe.family.loss_weights(schedule)  # per position (HMAR's per-scale weights), or None
+        loss = ce.mean() if weights is None else (ce * weights.to(ce.device, ce.dtype)).sum(-1).mean()
         student = None
         if cfg.student_forcing:
             with torch.no_grad():  # SAR's staggered roll-out: each step's input from the previous steps' argmax
