@@ -149,6 +149,9 @@ def test_the_wrong_converter_names_the_right_family_and_damage_is_refused(case, 
     if var.is_file():
         with pytest.raises(CheckpointError, match="arvision convert var"):
             ARPipeline.from_official("hmar", folder / "vae.pth", var)
+    # HMAR's files carry VAR's lvl_1L buffer too; the VAR converter must still name HMAR's (Family.refines)
+    with pytest.raises(CheckpointError, match="arvision convert hmar"):
+        ARPipeline.from_official("var", folder / "vae.pth", folder / "hmar.pth")
     official = torch.load(folder / "hmar.pth", weights_only=True)
     for key, match in (("mask_blocks.1.ffn.fc2.bias", "mask_blocks"), ("mask_head_nm.ada_lin.1.weight",
                                                                        "mask_head_nm.ada_lin.1.weight")):

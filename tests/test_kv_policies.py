@@ -240,7 +240,7 @@ def test_spec_errors(pipe, tmp_path):
     with pytest.raises(ArvisionError, match="calibrate-kv"):
         parse_kv_policy("scalekv:0.1", bare)
     raster = raster_pipe()
-    with pytest.raises(ArvisionError, match="scale-wise"):
+    with pytest.raises(ArvisionError, match="whole-scale steps"):
         parse_kv_policy("snapkv:0.1", raster)
     with pytest.raises(ArvisionError, match="scale-wise"):
         raster.transformer.new_cache(1, raster.schedule, policy=SnapKV(0.5))

@@ -84,6 +84,9 @@ class Family:
     convert_options: tuple[Option, ...] = ()
     convert_help: str = ""
     transformer_checkpoint_paths: tuple[tuple[str, ...], ...] = ()  # nested layouts the official loaders accept
+    # the family whose official checkpoint layout this one extends (HMAR's files carry VAR's buffers too): a state
+    # this family owns is not that family's, whatever that family's own markers say
+    refines: str | None = None
 
     # -- config ------------------------------------------------------------------------------------------
     def check_config(self, config) -> None:
@@ -202,6 +205,9 @@ class Family:
             f.owns_transformer_checkpoint(state) if what == "transformer" else f.owns_tokenizer_checkpoint(state))]
         mine = (self.owns_transformer_checkpoint(state) if what == "transformer"
                 else self.owns_tokenizer_checkpoint(state))
+        refining = [f for f in owners if f.refines == self.name]
+        if refining:  # an extension of our layout: its markers are the more specific ones
+            owners, mine = refining, False
         if owners and not mine:
             names = " / ".join(f.description for f in owners)
             uses = " or ".join(f"`arvision convert {f.name}`" for f in owners)

@@ -140,6 +140,7 @@ class HMARFamily(VARFamily):
 
     name = "hmar"
     description = "HMAR"
+    refines = "var"  # its official files carry VAR's lvl_1L buffer as well: `convert var` on one names `convert hmar`
     capabilities = Capabilities(progression=True)  # no KV cache: no KV policies, no speculative decoding
     sampling_options = {
         "mask_steps": "masked sub-steps per scale: 'none', or counts per scale separated by '/', within a scale by "

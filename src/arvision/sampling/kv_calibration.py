@@ -24,8 +24,8 @@ DEFAULT_ALPHA = 0.5  # HACK: fraction of contextual heads
 def require_scalewise(family) -> None:
     """Raise unless ``family`` (a model's) compresses whole-scale steps (``capabilities.kv_policies``)."""
     if not family.capabilities.kv_policies:
-        raise ArvisionError("KV-cache policies (scalekv, hack, snapkv) apply to scale-wise models; this is a "
-                            f"{family.description} model")
+        raise ArvisionError("KV-cache policies (scalekv, hack, snapkv) compress a KV cache of whole-scale steps; "
+                            f"{family.description} models keep no such cache")
 
 
 # -- calibration data -------------------------------------------------------------------------------------------
