@@ -242,7 +242,7 @@ def test_spec_errors(pipe, tmp_path):
     raster = raster_pipe()
     with pytest.raises(ArvisionError, match="whole-scale steps"):
         parse_kv_policy("snapkv:0.1", raster)
-    with pytest.raises(ArvisionError, match="scale-wise"):
+    with pytest.raises(ArvisionError, match="whole-scale steps"):
         raster.transformer.new_cache(1, raster.schedule, policy=SnapKV(0.5))
     other = Calibration(**{**pipe.kv_calibration.__dict__, "depth": 99})
     with pytest.raises(ArvisionError, match="calibrate-kv"):
