@@ -14,6 +14,9 @@ shapes of schedule exist, and code that needs to know which asks the schedule, n
 * :class:`DiagonalSchedule` -- step s is the anti-diagonal front h + w = s of the final grid (NAR's next-neighbour
   prediction).
 
+Masked models (MaskGIT, ``families/maskgit.py``) use the ``bidirectional`` attention rule: every position sees every
+other, and each step re-runs the whole map.
+
 Tokens and trunk positions.  ``length`` / ``begin_ends`` count *tokens* (what step s produces, in schedule order);
 ``seq_length`` / ``input_spans`` count the trunk's *positions* (what step s feeds).  For the raster and scale
 schedules the two coincide: position i is fed the input of its step and predicts token i.  A diagonal schedule's
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-ATTENTION_RULES = ("block-causal",)
+ATTENTION_RULES = ("block-causal", "bidirectional")  # bidirectional: every position sees every other (masked models)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,10 @@ class Schedule:
         return torch.repeat_interleave(torch.arange(self.num_steps, device=device), sizes)
 
     def visible(self, device=None) -> torch.Tensor:
-        """(L, L) bool, [q, k] True where query position q may attend to key position k (block-causal)."""
+        """(L, L) bool, [q, k] True where query position q may attend to key position k (block-causal; every pair
+        under the bidirectional rule)."""
+        if self.attention == "bidirectional":
+            return torch.ones(self.length, self.length, dtype=torch.bool, device=device)
         ids = self.step_ids(device)
         return ids[None, :] <= ids[:, None]
 
