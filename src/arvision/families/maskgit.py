@@ -36,6 +36,8 @@ from arvision.schedules import Schedule
 
 DEFAULT_ITERATIONS = 8  # the MaskGIT paper's class-to-image setting
 DEFAULT_CHOICE_TEMPERATURE = 4.5  # the official sampler's default
+NO_OFFICIAL = ("MaskGIT has no official PyTorch checkpoints to read or write (the official code is JAX); train one "
+               "with `arvision train --family maskgit`")
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,13 @@ class MaskGITFamily(Family):
         return MaskedTokenSampling(temperature, top_k, top_p, self.top_p_rule,
                                    choice_temperature=options.get("choice_temperature", DEFAULT_CHOICE_TEMPERATURE),
                                    order=options.get("order", "confidence"))
+
+    # -- official checkpoints: none in PyTorch ------------------------------------------------------------
+    def read_official(self, tokenizer_state: dict, transformer_state: dict, **options):
+        raise ArvisionError(NO_OFFICIAL)
+
+    def official_state_dicts(self, pipe):
+        raise ArvisionError(NO_OFFICIAL)
 
 
 FAMILY = MaskGITFamily()

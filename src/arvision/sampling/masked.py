@@ -5,7 +5,7 @@ Every iteration predicts every position of one token map at once; it draws a tok
 then keeps only the most confident of the draws and masks the rest again.  How many stay masked after iteration t
 of T follows the cosine schedule (:func:`masked_counts`); which ones are kept is the *order*:
 
-* ``confidence`` (MaskGIT): log-probability of the drawn token plus Gumbel noise of temperature
+* ``confidence`` (MaskGIT): the guided model's log-probability of the drawn token plus Gumbel noise of temperature
   ``choice_temperature * (1 - (t + 1) / T)`` (annealed to 0), the highest kept;
 * ``halton`` (Halton MaskGIT): a fixed low-discrepancy order of the grid's cells (:func:`halton_order`), the first
   still-masked cells kept.
@@ -113,7 +113,9 @@ def reveal(canvas: torch.Tensor, logits: torch.Tensor, s: int, run, mask_id: int
                                                                                  device=canvas.device)
         score = (-rank).expand(B, N)
     else:
-        logp = filtered.log_softmax(dim=-1).gather(-1, draw[..., None])[..., 0]
+        # the model's (guided) log-probability of the drawn token: before temperature and filters, which would make
+        # every draw of a greedy (top-k 1) or near-zero-temperature call equally certain
+        logp = logits.log_softmax(dim=-1).gather(-1, draw[..., None])[..., 0]
         temp = tokens.choice_temperature * (1.0 - (s + 1) / T)
         score = logp + temp * gumbel_noise((B, N), run.generator, canvas.device) if temp > 0 else logp
     # known positions are never masked again; of the unknown ones, the lowest scores stay masked
