@@ -173,11 +173,11 @@ def test_training_lowers_the_masked_token_loss(tmp_path):
         return weighted_mean(pipe.transformer.head.loss(logits, tokens), w).item()
 
     before = held_out_loss()
-    cfg = ARTrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=0, label_drop=0.0, log_every=100,
+    cfg = ARTrainConfig(steps=25, batch_size=16, lr=3e-3, warmup_steps=0, label_drop=0.0, log_every=100,
                         sample_every=1000, ckpt_every=1000, precision="fp32")
     trainer = ARTrainer(pipe, tokens, labels, cfg, tmp_path, progress=False)
     assert "inputs" in trainer.generators()  # the masking's generator is checkpointed with the others
-    for _ in range(60):
+    for _ in range(25):
         trainer.train_step()
     pipe.transformer.eval()
     after = held_out_loss()
@@ -258,16 +258,31 @@ def test_the_watermark_processor_biases_every_iterations_draws(pipe):
                processors=[spec.processor(pipe)])
     green = spec.lists(V)[0]
     assert green[out.tokens].all()  # hard mode: only green codes, at every position whatever the iteration
+    # leaving the first iterations unbiased cannot be detected: their tokens are anywhere on the map
+    with pytest.raises(ArvisionError, match="start step 2 needs steps whose tokens sit at fixed positions"):
+        WatermarkSpec("key", start_step=2).processor(pipe)
 
 
-def test_search_best_of_n_and_beam_run_on_the_previews(pipe):
+def test_search_controllers_run_on_the_previews_and_count_a_plain_call_as_t_full_maps(pipe):
     def verifier(images, labels):
         return images.mean(dim=(1, 2, 3))  # brighter is better: any deterministic score
 
-    for search in ("bon:2", "beam:2"):
+    N, T = SIDE * SIDE, pipe.schedule.num_steps
+    for search in ("bon:2", "beam:2", "lookahead:2", "tts-var:4"):
         out = pipe([0, 1], generator=[torch.Generator().manual_seed(i) for i in range(2)], search=search,
                    verifier=verifier, output_type="tokens")
-        assert out.tokens.shape == (2, SIDE * SIDE) and (out.tokens < V).all()
+        assert out.tokens.shape == (2, N) and (out.tokens < V).all()
+        assert out.stats["search"]["plain_token_forwards"] == 2 * T * N  # every iteration runs the whole map
+    best = pipe([0, 1], generator=[torch.Generator().manual_seed(i) for i in range(2)], search="bon:1",
+                verifier=verifier, output_type="tokens")
+    plain = pipe([0, 1], generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="tokens")
+    assert best.stats["search"]["plain_equivalents"] == 1.0 and best.tokens.shape == plain.tokens.shape
+
+
+def test_the_progression_shows_every_iterations_canvas_with_its_draws(pipe):
+    out = pipe([0], generator=torch.Generator().manual_seed(0), return_progression=True, output_type="pt")
+    assert len(out.progression) == pipe.schedule.num_steps
+    torch.testing.assert_close(out.progression[-1], out.images)  # the last canvas is the image
 
 
 # -- the command line ----------------------------------------------------------------------------------------------

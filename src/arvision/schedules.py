@@ -55,6 +55,9 @@ class Schedule:
     # each step is a map of the whole image at its own resolution (scale-wise): steps can be pictured,
     # compressed by map-aware KV policies, and masks resize onto them
     step_maps = False
+    # the tokens of step s are always those at ``begin_ends[s]`` of the final sequence (False: a masked model chooses
+    # at run time which positions a step reveals, so a token's step cannot be read back from its position)
+    fixed_positions = True
 
     def __post_init__(self):
         if self.attention not in ATTENTION_RULES:

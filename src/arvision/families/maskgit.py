@@ -32,7 +32,7 @@ from arvision.inputs import InputBuilder
 from arvision.models.embeddings import Layout
 from arvision.models.heads import AdaLNHeadNorm, CategoricalHead
 from arvision.sampling.masked import ORDERS, MaskedTokenSampling, masked_counts, reveal
-from arvision.schedules import Schedule
+from arvision.schedules import RasterSchedule, Schedule
 
 DEFAULT_ITERATIONS = 8  # the MaskGIT paper's class-to-image setting
 DEFAULT_CHOICE_TEMPERATURE = 4.5  # the official sampler's default
@@ -41,12 +41,14 @@ NO_OFFICIAL = ("MaskGIT has no official PyTorch checkpoints to read or write (th
 
 
 @dataclass(frozen=True)
-class MaskSchedule(Schedule):
+class MaskSchedule(RasterSchedule):
     """T masked iterations over one h x w token map.  ``step_grids[t] = (1, k_t)``: iteration t reveals k_t tokens
     (``masked_counts``), so ``step_sizes`` sum to N = h*w = ``length``.  Every iteration feeds and rewrites the whole
     canvas: ``input_spans[t] = begin_ends[t] = (0, N)``; the attention is bidirectional over the N positions.
-    Tokens are in raster order (``order`` is the identity); which positions an iteration reveals is chosen at run
-    time (``arvision.sampling.masked.reveal``), not fixed by the schedule."""
+    Tokens are in raster order (``order``, ``to_raster``, ``named_tokens``: the raster schedule's); which positions
+    an iteration reveals is chosen at run time (``arvision.sampling.masked.reveal``), not fixed by the schedule."""
+
+    fixed_positions = False
 
     @classmethod
     def of_grid(cls, h: int, w: int | None = None, iterations: int = DEFAULT_ITERATIONS) -> MaskSchedule:
@@ -74,27 +76,12 @@ class MaskSchedule(Schedule):
             out.append(m)
         return tuple(out)
 
-    @property
-    def order(self) -> tuple[int, ...]:
-        return tuple(range(self.length))
-
-    def to_raster(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens
-
-    def from_raster(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens
-
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         return [tokens]  # one canvas, not a sequence of per-step pieces
 
     def describe(self) -> str:
         return f"{self.num_steps} masked iterations ({self.image_grid[0]}x{self.image_grid[1]} tokens)"
 
-    def named_tokens(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"tokens": tokens.contiguous()}
-
-    def grid_to_positions(self, grid: torch.Tensor) -> torch.Tensor:
-        return grid.reshape(grid.shape[0], -1).float()
 
 
 class MaskTokenEmbedder(nn.Module):
