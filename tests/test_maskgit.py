@@ -184,6 +184,29 @@ def test_training_lowers_the_masked_token_loss(tmp_path):
     assert after < 0.5 * before, (before, after)
 
 
+def test_a_resumed_run_masks_as_an_uninterrupted_one(tmp_path):
+    """The masking's generator is checkpointed: 3 + 3 steps with a resume in between end with the weights of 6."""
+    tokens = torch.randint(0, V, (16, SIDE * SIDE), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(16) % CLASSES
+    cfg = ARTrainConfig(steps=6, batch_size=8, lr=2e-3, warmup_steps=1, log_every=1, sample_every=100,
+                        ckpt_every=3, precision="fp32")
+
+    def run(out, stop_after=None, resume=False, scramble=False):
+        pipe = tiny_pipe(seed=2)
+        if scramble:  # every weight and the global RNG must come from the checkpoint
+            torch.manual_seed(99)
+            with torch.no_grad():
+                for p in pipe.transformer.parameters():
+                    p.normal_()
+        ARTrainer(pipe, tokens, labels, cfg, out, progress=False).train(resume=resume, stop_after=stop_after)
+        return pipe.transformer.state_dict()
+
+    want = run(tmp_path / "full")
+    run(tmp_path / "split", stop_after=3)
+    got = run(tmp_path / "split", resume=True, scramble=True)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
 # -- sampling ------------------------------------------------------------------------------------------------------
 def test_sampling_is_deterministic_per_seed_and_per_image_generators_ignore_the_batch(pipe):
     def toks(seed, labels=(0, 1, 2), **kw):
