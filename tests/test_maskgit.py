@@ -308,6 +308,26 @@ def test_the_progression_shows_every_iterations_canvas_with_its_draws(pipe):
     torch.testing.assert_close(out.progression[-1], out.images)  # the last canvas is the image
 
 
+def test_the_web_demo_streams_every_iteration_with_its_revealed_count(tmp_path):
+    from arvision.serve import handlers
+    from arvision.serve.handlers import SampleForm
+    from arvision.serve.models import ServedModel
+
+    tiny_pipe().save_pretrained(tmp_path / "m")
+    m = ServedModel(str(tmp_path / "m"), ARPipeline.from_pretrained(tmp_path / "m"))
+    gen, previews = handlers.generate(m, SampleForm(classes=(1,), seed=2), tmp_path), []
+    while True:
+        try:
+            previews.append(next(gen))
+        except StopIteration:
+            break
+    N, T = SIDE * SIDE, m.pipe.schedule.num_steps
+    every = max(1, T // SIDE)  # the page's rule: at most one preview per row of the grid
+    revealed = [N - c for c in masked_counts(N, T)]
+    assert [p.caption for p in previews] == [f"step {t + 1}/{T}: {k}/{N} tokens" for t, k in enumerate(revealed)
+                                             if (t + 1) % every == 0 or t == T - 1]
+
+
 # -- the command line ----------------------------------------------------------------------------------------------
 def test_cli_train_then_sample_end_to_end(tmp_path, capsys):
     import numpy as np
