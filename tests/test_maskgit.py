@@ -103,9 +103,9 @@ def test_halton_order_visits_every_cell_once_spread_over_the_grid():
 # -- the greedy limit ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("order", ["halton", "confidence"])
 def test_greedy_one_token_per_iteration_is_a_one_at_a_time_greedy_decoder(pipe, order):
-    """top-k 1 (the argmax draw), choice temperature 0, T = N: each iteration reveals one token, the argmax at the
-    next Halton cell (a fixed order) or at the cell whose argmax is most probable; the reference runs the training
-    forward (``transformer(cond, canvas, schedule)``) on the growing canvas."""
+    """top-k 1 (the argmax draw) or temperature -> 0, choice temperature 0, T = N: each iteration reveals one token,
+    the argmax at the next Halton cell (a fixed order) or at the cell whose argmax is most probable; the reference
+    runs the training forward (``transformer(cond, canvas, schedule)``) on the growing canvas."""
     labels, N = [0, 3], SIDE * SIDE
     out = pipe(labels, generator=torch.Generator().manual_seed(5), output_type="tokens", top_k=1,
                iterations=N, choice_temperature=0.0, order=order).tokens
@@ -123,6 +123,10 @@ def test_greedy_one_token_per_iteration_is_a_one_at_a_time_greedy_decoder(pipe, 
                     pos = int(best[b].masked_fill(canvas[b] != V, -math.inf).argmax())
                 canvas[b, pos] = ids[b, pos]
     assert torch.equal(out, canvas)
+    # temperature -> 0 (the smallest the filters take) is the same decoder as the argmax draw
+    cold = pipe(labels, generator=torch.Generator().manual_seed(6), output_type="tokens", temperature=1e-5,
+                iterations=N, choice_temperature=0.0, order=order).tokens
+    assert torch.equal(cold, canvas)
 
 
 # -- training ------------------------------------------------------------------------------------------------------
