@@ -29,29 +29,31 @@ from test_flexvar import tiny_flexvar
 def test_every_family_fills_the_slots(name):
     fam = get_family(name)
     assert isinstance(fam, Family) and fam.name == name and isinstance(fam.capabilities, Capabilities)
-    assert fam.official_files and all(o.required for o in fam.official_files)
+    assert all(o.required for o in fam.official_files)
     assert {"guidance_scale", "top_k", "top_p"} <= set(fam.defaults)
-    for slot in ("schedule", "input_builder", "embedder", "head", "init_weights", "read_official",
-                 "official_state_dicts", "owns_transformer_checkpoint"):
+    # the official-checkpoint slots only where there are official (PyTorch) checkpoints (not MaskGIT: JAX)
+    official = ("read_official", "official_state_dicts", "owns_transformer_checkpoint") if fam.official_files else ()
+    for slot in ("schedule", "input_builder", "embedder", "head", "init_weights", *official):
         assert getattr(type(fam), slot) is not getattr(Family, slot), f"{name} leaves {slot} to the base class"
     assert family_for_tokenizer(fam.tokenizer_kind).tokenizer_kind == fam.tokenizer_kind
 
 
 def test_config_names_its_family_and_unknown_ones_are_refused():
     cfg = tiny_random_pipeline().config.to_dict()
-    with pytest.raises(ArvisionError, match="unknown family 'maskgit'; known: var, llamagen, flexvar"):
-        ModelConfig.from_dict({**cfg, "family": "maskgit"})
+    with pytest.raises(ArvisionError, match="unknown family 'nosuch'; known: var, llamagen, flexvar"):
+        ModelConfig.from_dict({**cfg, "family": "nosuch"})
     with pytest.raises(ArvisionError, match="invalid llamagen model parts"):
         ModelConfig.from_dict({**cfg, "family": "llamagen"})  # a VAR tokenizer and trunk under another family
 
 
-def test_convert_has_one_sub_command_per_family():
+def test_convert_has_one_sub_command_per_family_with_official_checkpoints():
     from arvision.cli import build_parser
 
     parser = build_parser()
     convert = next(a for a in parser._subparsers._group_actions[0].choices["convert"]._actions
                    if a.dest == "family")
-    assert set(convert.choices) == set(FAMILIES)
+    assert set(convert.choices) == {f.name for f in all_families() if f.official_files}
+    assert "maskgit" not in convert.choices  # no official PyTorch checkpoints to convert
 
 
 # -- conditions ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ schedule's order (raster, or NAR's front order), the tokenizer sees the raster o
 
 The interface: ``start(B)`` -> state; ``advance(state, s, ids, embeds)`` -> (state, input of step s+1 or None);
 ``finish(state, tokens)`` -> image; ``preview(state, tokens, steps)`` -> the image so far (search, pictures);
-``targets(img)`` -> ids; ``teacher(tokens)`` -> the inputs of steps 1..S-1 at once; ``decode(tokens)``.
+``targets(img)`` -> ids; ``teacher(tokens)`` -> the inputs of steps 1..S-1 at once; ``training_inputs(tokens,
+generator)`` -> (the training input, loss weights or None) (default: ``teacher``, every position weighted);
+``decode(tokens)``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,19 @@ from arvision.schedules import Schedule
 
 
 class InputBuilder:
+    # whether ``training_inputs`` draws randomness (a masked model's masking): the trainer then seeds and saves a
+    # generator for it
+    random_teacher = False
+
     def __init__(self, tokenizer, schedule: Schedule):
         self.tok, self.schedule = tokenizer, schedule
+
+    def training_inputs(self, tokens: torch.Tensor, generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Targets (B, L) -> (the trunk's training input, loss weights (B, L) or None: every position counts).
+        Default: the teacher-forced input (``teacher``); a masked model draws a masking from ``generator`` and
+        weights the loss to the masked positions."""
+        return self.teacher(tokens), None
 
     @property
     def codes(self) -> torch.Tensor:

@@ -177,9 +177,12 @@ class ARPipeline:
         """The trunk's view of ``schedule`` (default: the model's), what ``transformer.forward`` takes."""
         return self.transformer.layout(self.schedule if schedule is None else schedule)
 
-    def sampling_schedule(self, patch_nums=None):
-        """The schedule of one call: the model's, or (families with ``capabilities.scale_lists``) another list."""
-        return self.schedule if patch_nums is None else self.family.schedule(self.config, patch_nums)
+    def sampling_schedule(self, patch_nums=None, **family_options):
+        """The schedule of one call: the model's, or (families with ``capabilities.scale_lists``) another list, or
+        the one the family's options make (``family.call_schedule``: MaskGIT's ``iterations``)."""
+        schedule = self.schedule if patch_nums is None else self.family.schedule(self.config, patch_nums)
+        given = {k: v for k, v in family_options.items() if v is not None}
+        return self.family.call_schedule(self.config, schedule, given) if given else schedule
 
     def sampling_defaults(self) -> dict:
         """What a call that leaves a setting out samples with: the model's stored ``config.sampling``, else the
@@ -342,7 +345,7 @@ class ARPipeline:
         argument is checked here, before the first batch runs; the generator is consumed batch after batch exactly
         as ``self(...)`` consumes it.  Each output's ``stats`` is the running total of the call so far."""
         condition = self.condition(class_labels, allow_null=allow_null_class, prompts=prompts)
-        schedule = self.sampling_schedule(patch_nums)
+        schedule = self.sampling_schedule(patch_nums, **family_options)
         options = self.sampling_options(guidance_scale, top_k, top_p, temperature, more_smooth=more_smooth,
                                         precision=precision, schedule=schedule, processors=processors,
                                         override=override, kv_policy=kv_policy, decoding=decoding, **family_options)

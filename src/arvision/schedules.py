@@ -15,6 +15,9 @@ shapes of schedule exist, and code that needs to know which asks the schedule, n
 * :class:`DiagonalSchedule` -- step s is the anti-diagonal front h + w = s of the final grid (NAR's next-neighbour
   prediction).
 
+Masked models (MaskGIT, ``families/maskgit.py``) use the ``bidirectional`` attention rule: every position sees every
+other, and each step re-runs the whole map.
+
 Tokens and trunk positions.  ``length`` / ``begin_ends`` count *tokens* (what step s produces, in schedule order);
 ``seq_length`` / ``input_spans`` count the trunk's *positions* (what step s feeds).  For the raster and scale
 schedules the two coincide: position i is fed the input of its step and predicts token i.  A diagonal schedule's
@@ -30,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 # block-causal: a position sees its own and every earlier step (VAR, raster); block-diagonal: only its own step
-# (HMAR's Markovian scales: earlier steps reach a step through its input alone, so no KV cache is kept)
-ATTENTION_RULES = ("block-causal", "block-diagonal")
+# (HMAR's Markovian scales: earlier steps reach a step through its input alone, so no KV cache is kept);
+# bidirectional: every position sees every other (masked models)
+ATTENTION_RULES = ("block-causal", "block-diagonal", "bidirectional")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class Schedule:
     # each step is a map of the whole image at its own resolution (scale-wise): steps can be pictured,
     # compressed by map-aware KV policies, and masks resize onto them
     step_maps = False
+    # the tokens of step s are always those at ``begin_ends[s]`` of the final sequence (False: a masked model chooses
+    # at run time which positions a step reveals, so a token's step cannot be read back from its position)
+    fixed_positions = True
 
     def __post_init__(self):
         if self.attention not in ATTENTION_RULES:
@@ -111,7 +118,10 @@ class Schedule:
         return self.attention != "block-diagonal"
 
     def visible(self, device=None) -> torch.Tensor:
-        """(L, L) bool, [q, k] True where query position q may attend to key position k (the attention rule)."""
+        """(L, L) bool, [q, k] True where query position q may attend to key position k (the attention rule;
+        every pair under the bidirectional rule)."""
+        if self.attention == "bidirectional":
+            return torch.ones(self.length, self.length, dtype=torch.bool, device=device)
         ids = self.step_ids(device)
         if not self.sees_earlier_steps:
             return ids[None, :] == ids[:, None]

@@ -97,6 +97,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-steps", default=None, metavar="SCHED",
                    help="HMAR: masked sub-steps, 'none' or counts per scale separated by '/', within a scale by ',' "
                         "(e.g. 1/1,3/1,1,2,5/16/...; default: the official schedule on the 256 px scales, else none)")
+    p.add_argument("--iterations", type=types.positive_int, default=None, metavar="T",
+                   help="MaskGIT: masked iterations (default 8)")
+    p.add_argument("--choice-temperature", type=float, default=None, metavar="X",
+                   help="MaskGIT: Gumbel temperature of the confidence order, annealed to 0 (default 4.5)")
+    p.add_argument("--order", choices=["confidence", "halton"], default=None,
+                   help="MaskGIT: which draws an iteration keeps: the most confident (default) or Halton order")
     add_policy_args(p)
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward batch (default: as many as fit in half the free memory, at most "
@@ -343,7 +349,9 @@ def iter_sampling(pipe, args, progress: bool = True, step_callback=None):
         decoding=args.decoding, search=getattr(args, "search", None), verifier=search_verifier(pipe, args),
         processors=processors, patch_nums=getattr(args, "patch_nums", None), max_pn=getattr(args, "max_pn", None),
         cfg_mode=getattr(args, "cfg_mode", None), cfg_interval=getattr(args, "cfg_interval", None),
-        mask_steps=getattr(args, "mask_steps", None), prompts=prompts, step_callback=step_callback)
+        mask_steps=getattr(args, "mask_steps", None), prompts=prompts,
+        iterations=getattr(args, "iterations", None), choice_temperature=getattr(args, "choice_temperature", None),
+        order=getattr(args, "order", None), step_callback=step_callback)
     return _aligned(pipe, batches, watermark, args.seed, progress) if aligned else batches
 
 

@@ -20,6 +20,7 @@ FAMILIES = {
     "flexvar": "arvision.families.flexvar",
     "nar": "arvision.families.nar",
     "hmar": "arvision.families.hmar",
+    "maskgit": "arvision.families.maskgit",
 }
 
 

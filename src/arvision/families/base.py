@@ -104,6 +104,12 @@ class Family:
         """The schedule to sample ``config``'s model on (``patch_nums``: another scale list, where supported)."""
         raise NotImplementedError
 
+    def call_schedule(self, config, schedule, options: dict):
+        """The schedule of one sampling call given its family options (``sampling_options`` keywords, unchecked; None
+        values left out): a family whose options change the steps (MaskGIT's ``iterations``) builds it here;
+        default: ``schedule`` unchanged."""
+        return schedule
+
     def training_schedule(self, config, generator: torch.Generator):
         """The schedule of one training step (default: the sampling schedule; FlexVAR draws a random one)."""
         return self.schedule(config)

@@ -261,7 +261,9 @@ def search_generate(controller, transformer, inputs, condition: Condition, optio
     rows_gens = [c for g in gens for c in candidate_generators(g, G0)]
     rows = torch.arange(n, device=condition.device).repeat_interleave(G0)
     run = SamplingRun(transformer, inputs, condition.select(rows), options, rows_gens)
-    cost = SearchCost(plain_token_forwards=n * inputs.schedule.length * (2 if options.guidance.doubles_batch else 1))
+    # a plain call's token forwards: every step's outputs (one per token, but a masked model re-runs the whole map)
+    plain = sum(end - begin for begin, end in inputs.schedule.begin_ends)
+    cost = SearchCost(plain_token_forwards=n * plain * (2 if options.guidance.doubles_batch else 1))
     ctx = SearchContext(run, verifier, n, selection, cost)
     batches, peak = [], 0
     with run.context():

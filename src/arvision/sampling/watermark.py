@@ -150,11 +150,20 @@ class WatermarkSpec:
         """The logits processor for a pipeline (or a vocabulary size)."""
         V = pipe_or_vocab if isinstance(pipe_or_vocab, int) else pipe_or_vocab.config.transformer.vocab_size
         if self.start_step and not isinstance(pipe_or_vocab, int):
+            check_start_step(self, pipe_or_vocab.schedule)
             S = pipe_or_vocab.schedule.num_steps
             if self.start_step >= S:
                 raise ArvisionError(f"watermark start step {self.start_step} is past the model's last step "
                                     f"({S} steps: 0..{S - 1})")
         return WatermarkProcessor(self, V)
+
+
+def check_start_step(spec: WatermarkSpec, schedule) -> None:
+    """A start step > 0 leaves the first steps' tokens unscored: only where those sit at fixed positions."""
+    if spec.start_step and not schedule.fixed_positions:
+        raise ArvisionError(f"watermark start step {spec.start_step} needs steps whose tokens sit at fixed positions; "
+                            f"this model's steps ({schedule.describe()}) reveal tokens wherever they are chosen at "
+                            "run time: use start step 0")
 
 
 class WatermarkProcessor:
@@ -278,6 +287,7 @@ def detect_images(pipe, images: torch.Tensor, spec: WatermarkSpec, *, threshold:
     size = pipe.config.image_size
     if tuple(images.shape[-2:]) != (size, size):
         raise ArvisionError(f"images must be {size}x{size} for this model, got {tuple(images.shape[-2:])}")
+    check_start_step(spec, pipe.schedule)
     tokens = torch.cat([pipe.encode(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
     return detect_tokens(tokens, spec, pipe.config.transformer.vocab_size, pipe.schedule.step_sizes,
                          threshold=threshold, unique=unique)

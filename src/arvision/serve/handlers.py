@@ -193,7 +193,7 @@ def _sample(model: ServedModel, args, argv: list[str], folder: Path, emit) -> Sa
 
     pipe = model.pipe
     labels = sampled_prompts(args) or list(args.classes)
-    schedule = pipe.sampling_schedule(getattr(args, "patch_nums", None))
+    schedule = pipe.sampling_schedule(getattr(args, "patch_nums", None), iterations=getattr(args, "iterations", None))
     every = max(1, schedule.num_steps // schedule.image_grid[0])  # raster: once per row of tokens
     done = {"images": 0, "preview_s": 0.0}
 
@@ -205,7 +205,7 @@ def _sample(model: ServedModel, args, argv: list[str], folder: Path, emit) -> Sa
         rows = labels[done["images"]:done["images"] + x.shape[0]]
         grid = sample_grid(pipe, to_pil(x), rows, getattr(args, "per_prompt", None))
         done["preview_s"] += time.perf_counter() - t0
-        known = schedule.begin_ends[s][1]
+        known = sum(schedule.step_sizes[:s + 1])  # a masked model's steps each rewrite the whole map
         emit(Preview(grid, f"step {s + 1}/{num_steps}: {known}/{schedule.length} tokens"))
 
     t0 = time.perf_counter()

@@ -1,8 +1,9 @@
 """Training the AR transformer of any family on a frozen tokenizer.
 
 One trainer for every family: the targets are the tokenizer's ids in schedule order, the inputs come from the
-same input builder the sampler uses (``inputs.teacher``), and the loss is the head's own (``head.loss``; the
-categorical heads: cross-entropy over every position).  Images are encoded once up front (the tokenizer is frozen):
+same input builder the sampler uses (``inputs.training_inputs``: the teacher-forced input, or a masked model's random
+masking with loss weights), and the loss is the head's own (``head.loss``; the categorical heads: cross-entropy,
+averaged over every position or over the weighted ones).  Images are encoded once up front (the tokenizer is frozen):
 to tokens when the family trains on one schedule, to the pre-quantisation latents when it draws a new schedule
 every step (``capabilities.random_train_schedules``: FlexVAR), which are then quantised per step.
 
@@ -87,6 +88,14 @@ def tokenize_dataset(pipe, dataset, batch_size: int = 64, progress: bool = True)
     return torch.cat(data), torch.cat(labels)
 
 
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of values (B, L) over every position, or weighted by ``weights`` (B, L) (a masked model: 1 at the
+    masked positions, 0 elsewhere, so the others add nothing to the loss or its gradient)."""
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 def per_step_mean(values: torch.Tensor, sizes: tuple[int, ...]) -> list[float]:
     """values (B, L) -> the mean over each step's positions."""
     return [v.mean().item() for v in values.split(sizes, dim=1)]
@@ -131,6 +140,8 @@ class ARTrainer:
         self.schedule = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, cfg.decay, cfg.min_lr_ratio)
         self.gen = torch.Generator().manual_seed(cfg.seed + 17)  # label dropout
         self.schedule_gen = torch.Generator().manual_seed(cfg.seed + 23)  # random training schedules (FlexVAR)
+        # random training inputs (MaskGIT's masking): one stream per rank, since ranks see different images
+        self.input_gen = torch.Generator().manual_seed(cfg.seed + 29 + 1000 * self.info.rank)
         self.dtype = resolve_precision(cfg.precision, self.info.device)
         self.progress = progress and self.info.is_main
         self.step = 0
@@ -159,13 +170,15 @@ class ARTrainer:
         cond = self.conditions.batch(idx, drop, choice, device)
         head = self.model.head
         with torch.no_grad():
-            x_in = inputs.teacher(tok)
+            x_in, weights = inputs.training_inputs(tok, self.input_gen)
         autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext())
         with autocast:
             logits = self.ddp(cond, x_in, schedule)
         ce = head.loss(logits, tok)
-        weights = self.pipe.family.loss_weights(schedule)  # per position (HMAR's per-scale weights), or None
-        loss = ce.mean() if weights is None else (ce * weights.to(ce.device, ce.dtype)).sum(-1).mean()
+        scale_w = self.pipe.family.loss_weights(schedule)  # per position (HMAR's per-scale weights), or None
+        # per-position weights sum to 1 over a sequence (HMAR); mask weights (MaskGIT) pick the positions to average
+        loss = (weighted_mean(ce, weights) if scale_w is None
+                else (ce * scale_w.to(ce.device, ce.dtype)).sum(-1).mean())
         student = None
         if cfg.student_forcing:
             with torch.no_grad():  # SAR's staggered roll-out: each step's input from the previous steps' argmax
@@ -182,10 +195,10 @@ class ARTrainer:
         self.step += 1
         with torch.no_grad():
             correct = (logits.argmax(-1) == tok).float()
-        metrics = {"loss": loss.item(), "acc": correct.mean().item(), "lr": self.schedule(self.step - 1),
-                   "grad_norm": grad_norm.item()}
+        metrics = {"loss": loss.item(), "acc": weighted_mean(correct, weights).item(),
+                   "lr": self.schedule(self.step - 1), "grad_norm": grad_norm.item()}
         if student is not None:
-            metrics["loss/teacher"], metrics["loss/student"] = ce.mean().item(), student.item()
+            metrics["loss/teacher"], metrics["loss/student"] = weighted_mean(ce, weights).item(), student.item()
         if schedule.step_maps:
             # per scale: by index on the model's own schedule, by side on a random one (lists differ per step)
             keys = ([f"scale{s}" for s in range(schedule.num_steps)] if not self.latents
@@ -195,9 +208,17 @@ class ARTrainer:
         return metrics
 
     # -- the run -------------------------------------------------------------------------------------
+    def generators(self) -> dict:
+        """The named generators a checkpoint saves (the input masking's only where the input builder draws, so
+        checkpoints of the other families keep their layout)."""
+        gens = {"label_drop": self.gen, "schedules": self.schedule_gen}
+        if self.pipe.inputs.random_teacher:
+            gens["inputs"] = self.input_gen
+        return gens
+
     def _state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(),
-                "rng": rng_state({"label_drop": self.gen, "schedules": self.schedule_gen}),
+                "rng": rng_state(self.generators()),
                 "config": json.dumps(dataclasses.asdict(self.cfg))}
 
     def resume(self) -> bool:
@@ -209,7 +230,7 @@ class ARTrainer:
         state = load_checkpoint(ckpt, {"transformer": self.model}, verified=True)
         warn_changed_config(ckpt, json.loads(state["config"]), self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"], {"label_drop": self.gen, "schedules": self.schedule_gen})
+        restore_rng_state(state["rng"], self.generators())
         self.step = int(state["step"])
         return True
 
