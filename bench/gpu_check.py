@@ -89,6 +89,7 @@ def _fallback_model(family: str, out: Path) -> Path:
         torch.manual_seed(0)
         pipe = ARPipeline(ModelConfig(family="llamagen", image_size=8, tokenizer=tok, transformer=tr))
         pipe.transformer.init_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     return out
 
