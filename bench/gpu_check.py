@@ -174,9 +174,8 @@ def check_family(family: str, args, device, clock, tmp: Path, report: dict) -> P
         entry["correctness"] = {"skipped": f"official code not found: {origin}"}
         return _fallback_model(family, work / "arvision")
     clock.say(f"{family}: building random official-layout weights ({origin}) ...")
-    official.build(family, size, src, work, args.seed)
+    models = official.build(family, size, src, work, args.seed, device)
     folder = official.convert(family, size, work, work / "arvision")
-    models = official.load(family, size, src, work, device)
     from arvision.pipeline import ARPipeline
 
     pipe = ARPipeline.from_pretrained(folder, device=device)

@@ -47,9 +47,10 @@ def _import_from(src: Path):
         sys.path.insert(0, str(src))
 
 
-def build(family: str, size: dict, src: Path, folder: Path, seed: int) -> None:
-    """Random official-layout weights of ``family`` (built on the CPU after ``torch.manual_seed(seed)``), saved
-    with ``torch.save`` into ``folder`` under ``FILES[family]``."""
+def build(family: str, size: dict, src: Path, folder: Path, seed: int, device: torch.device) -> dict:
+    """The official models of ``family`` with random weights (built on the CPU after ``torch.manual_seed(seed)``),
+    saved with ``torch.save`` into ``folder`` under ``FILES[family]`` (the released layout); returned in eval mode
+    on ``device`` (``{"vae", "var"}`` or ``{"vq", "gpt"}``)."""
     import torch.nn as nn
 
     _import_from(src)
@@ -76,7 +77,7 @@ def build(family: str, size: dict, src: Path, folder: Path, seed: int) -> None:
                     nn.init.trunc_normal_(m.weight, std=0.02)
                     if m.bias is not None:
                         m.bias.zero_()
-        models = (vae, var)
+        models = {"vae": vae, "var": var}
     else:
         from autoregressive.models.gpt import ModelArgs as GPTArgs
         from autoregressive.models.gpt import Transformer
@@ -87,34 +88,9 @@ def build(family: str, size: dict, src: Path, folder: Path, seed: int) -> None:
         gpt = Transformer(GPTArgs(**size["gpt"]))
         with torch.no_grad():  # its init zeroes the head (every logit 0): drawn like the other linear layers
             gpt.output.weight.normal_(0.0, gpt.config.initializer_range)
-        models = (vq, gpt)
-    for model, name in zip(models, FILES[family]):
+        models = {"vq": vq, "gpt": gpt}
+    for model, name in zip(models.values(), FILES[family]):
         torch.save(model.state_dict(), folder / name)
-
-
-def load(family: str, size: dict, src: Path, folder: Path, device: torch.device) -> dict:
-    """The official models of ``build``'s files, strictly loaded, in eval mode on ``device``."""
-    _import_from(src)
-    a, b = (torch.load(folder / f, map_location="cpu") for f in FILES[family])
-    if family == "var":
-        from models import VAR, VQVAE
-
-        k = size["build"]
-        vae = VQVAE(vocab_size=k["V"], z_channels=k["Cvae"], ch=k["ch"], test_mode=True,
-                    share_quant_resi=k["share_quant_resi"], v_patch_nums=k["patch_nums"])
-        var = VAR(vae_local=vae, num_classes=k["num_classes"], depth=k["depth"], embed_dim=64 * k["depth"],
-                  num_heads=k["depth"], norm_eps=1e-6, shared_aln=k["shared_aln"], cond_drop_rate=0.1,
-                  attn_l2_norm=True, patch_nums=k["patch_nums"])
-        models = {"vae": vae, "var": var}
-    else:
-        from autoregressive.models.gpt import ModelArgs as GPTArgs
-        from autoregressive.models.gpt import Transformer
-        from tokenizer.tokenizer_image.vq_model import ModelArgs as VQArgs
-        from tokenizer.tokenizer_image.vq_model import VQModel
-
-        models = {"vq": VQModel(VQArgs(**size["vq"])), "gpt": Transformer(GPTArgs(**size["gpt"]))}
-    for model, sd in zip(models.values(), (a, b)):
-        model.load_state_dict(sd, strict=True)
         model.to(device).eval().requires_grad_(False)
     return models
 
