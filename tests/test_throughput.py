@@ -153,5 +153,8 @@ def test_eval_sample_auto_batch_gives_the_same_images(tiny_model, tmp_path, caps
     assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "1"]) == 0
     a, b = (np.load(tmp_path / d / "samples.npz") for d in ("auto", "one"))
     assert a["arr_0"].shape[0] == 6
-    np.testing.assert_array_equal(a["arr_0"], b["arr_0"])  # per-image seeds: independent of the batch size
+    # per-image seeds: the same tokens whatever the batch size; the decoder's convolutions round differently per
+    # batch size, which can move a pixel by one grey level (as tests/test_eval_sampler.py allows)
+    diff = np.abs(a["arr_0"].astype(np.int16) - b["arr_0"].astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     np.testing.assert_array_equal(a["labels"], b["labels"])
