@@ -8,6 +8,13 @@ runs, after resetting it once the model is loaded (so it counts the resident wei
 activations, not the one-off cost of reading the checkpoint).
 
     arvision bench MODEL --classes 207 --batch-size 1 --cfg 1.5 --top-k 900 --top-p 0.96 --precision auto --json
+
+Throughput mode (:func:`sweep_batch_sizes`): the same measurement at several batch sizes, or at doubling ones
+(``auto``) until the peak memory would pass a budget or images per second stop growing; the best batch size is the
+one with the most images per second within the budget.
+
+    arvision bench MODEL --batch-size 8 16 32 --json
+    arvision bench MODEL --batch-size auto --memory-budget 40GiB
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import torch
 from arvision.errors import ArvisionError
 from arvision.precision import resolve_precision
 
-__all__ = ["benchmark", "format_report", "reset_peak_memory", "peak_memory_bytes"]
+__all__ = ["benchmark", "default_memory_budget", "format_report", "format_sweep", "machine_info",
+           "peak_memory_bytes", "reset_peak_memory", "sweep_batch_sizes"]
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -91,6 +99,7 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
         "model_family": pipe.config.family,
         "batch_size": b,
         "seconds_per_image": tot / b,
+        "images_per_second": b / tot if tot > 0 else None,
         "transformer_seconds_per_image": tr / b,
         "decode_seconds_per_image": dec / b,
         "step_seconds": steps,
@@ -147,3 +156,139 @@ def format_report(r: dict) -> str:
         else:
             lines.append(f"  {s:>4d}  {r['step_sizes'][s]:>6d}  {steps[s]:.4f}")
     return "\n".join(lines)
+
+
+# -- throughput mode -------------------------------------------------------------------------------------------
+def default_memory_budget(device: torch.device, fraction: float = 0.9) -> int | None:
+    """``fraction`` of the memory this process could use on ``device`` now, in the units :func:`peak_memory_bytes`
+    counts (so a budget compares with a measured peak): on CUDA, the free device memory plus what PyTorch's
+    allocator already holds; on Linux CPUs, ``MemAvailable`` plus this process's resident set.  None where the
+    platform does not say (no budget)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(fraction * (free + torch.cuda.memory_reserved(device)))
+    try:
+        avail = next(int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
+                     if ln.startswith("MemAvailable:"))
+        rss = next(int(ln.split()[1]) * 1024 for ln in Path("/proc/self/status").read_text().splitlines()
+                   if ln.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return int(fraction * (avail + rss))
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def sweep_batch_sizes(pipe, classes: list[int], batch_sizes: list[int] | None = None, *,
+                      memory_budget: int | None = None, max_batch_size: int = 64, min_gain: float = 0.05,
+                      on_result=None, **bench_kw) -> dict:
+    """:func:`benchmark` at several batch sizes; the best is the one with the most images per second whose peak
+    memory fits ``memory_budget`` (bytes; None = no limit).
+
+    batch_sizes: the sizes to measure, in order; None = auto: 1, 2, 4, ... up to ``max_batch_size`` (which is
+    always tried last if it is not a power of two), stopping before a size whose peak memory, extrapolated linearly
+    in the batch size from the last two measured, would pass the budget; after one that passed it (or ran out of
+    memory); or once a doubling gained less than ``min_gain`` (a fraction) over the best images per second so far:
+    the plateau, where larger batches only cost memory and latency.  Explicit sizes are all measured except that
+    a size after an out-of-memory one is skipped.  ``on_result(result)`` is called after each measurement
+    (progress).  ``bench_kw`` goes to :func:`benchmark`.
+
+    Returns ``{"results": [benchmark dicts, each with "within_budget"; or {"batch_size", "out_of_memory": True}],
+    "best": the best result or None, "best_batch_size", "memory_budget_bytes", "stopped": why the sweep ended}``.
+    """
+    if max_batch_size < 1:
+        raise ArvisionError(f"the largest batch size must be >= 1, got {max_batch_size}")
+    if batch_sizes is not None and (not batch_sizes or any(b < 1 for b in batch_sizes)):
+        raise ArvisionError(f"batch sizes must be integers >= 1, got {batch_sizes}")
+    auto = batch_sizes is None
+    if auto:
+        batch_sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i <= max_batch_size]
+        if batch_sizes[-1] != max_batch_size:
+            batch_sizes.append(max_batch_size)
+    results: list[dict] = []
+    stopped = f"reached the largest batch size, {batch_sizes[-1]}" if auto else "measured every batch size"
+    for b in batch_sizes:
+        ok = [r for r in results if "seconds_per_image" in r and r["peak_memory_bytes"] is not None]
+        if auto and memory_budget is not None and len(ok) >= 2:
+            (b1, p1), (b2, p2) = ((r["batch_size"], r["peak_memory_bytes"]) for r in ok[-2:])
+            predicted = p2 + (p2 - p1) / (b2 - b1) * (b - b2)
+            if predicted > memory_budget:
+                stopped = f"batch {b} would need about {predicted / 2**20:.0f} MiB, over the budget"
+                break
+        try:
+            r = benchmark(pipe, classes, batch_size=b, **bench_kw)
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not _out_of_memory(exc):
+                raise
+            if pipe.device.type == "cuda":
+                torch.cuda.empty_cache()
+            results.append({"batch_size": b, "out_of_memory": True})
+            stopped = f"batch {b} ran out of memory"
+            break
+        r["within_budget"] = memory_budget is None or r["peak_memory_bytes"] is None or \
+            r["peak_memory_bytes"] <= memory_budget
+        prev_best = max((x["images_per_second"] or 0 for x in results if x.get("within_budget")), default=None)
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+        if auto and not r["within_budget"]:
+            stopped = f"batch {b} passed the memory budget"
+            break
+        if auto and prev_best and (r["images_per_second"] or 0) < (1 + min_gain) * prev_best:
+            stopped = f"batch {b} gained less than {min_gain:.0%} images/s over the best smaller batch"
+            break
+    fits = [r for r in results if r.get("within_budget")]
+    best = max(fits, key=lambda r: r["images_per_second"] or 0, default=None)
+    return {"results": results, "best": best, "best_batch_size": best["batch_size"] if best else None,
+            "memory_budget_bytes": memory_budget, "stopped": stopped}
+
+
+def format_sweep(sweep: dict) -> str:
+    """A table of :func:`sweep_batch_sizes`: images per second, seconds per image and peak memory per batch size."""
+    mb = 2**20
+    budget = sweep["memory_budget_bytes"]
+    lines = [f"memory budget {budget / mb:.0f} MiB" if budget is not None else "no memory budget",
+             "  batch  images/s  s/image  peak MiB  fits"]
+    for r in sweep["results"]:
+        if r.get("out_of_memory"):
+            lines.append(f"  {r['batch_size']:>5d}  out of memory")
+            continue
+        peak = f"{r['peak_memory_bytes'] / mb:.0f}" if r["peak_memory_bytes"] is not None else "n/a"
+        mark = "yes" if r["within_budget"] else "no"
+        lines.append(f"  {r['batch_size']:>5d}  {r['images_per_second']:>8.3f}  {r['seconds_per_image']:>7.4f}  "
+                     f"{peak:>8s}  {mark}")
+    best = sweep["best"]
+    lines.append(f"best: batch {best['batch_size']}, {best['images_per_second']:.3f} images/s" if best else
+                 "best: none fits the memory budget")
+    lines.append(f"({sweep['stopped']})")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    """Which machine a figure comes from: ``lscpu``'s model name and flags (``/proc/cpuinfo`` where lscpu is
+    missing), core count, torch version and, when one is visible, the CUDA device."""
+    import platform
+    import shutil
+    import subprocess
+
+    fields: dict[str, str] = {}
+    if shutil.which("lscpu"):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}).stdout
+        fields = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines()) if v}
+    if not fields.get("Flags"):
+        try:
+            for ln in Path("/proc/cpuinfo").read_text().splitlines():
+                k, _, v = ln.partition(":")
+                if k.strip() in ("model name", "flags") and v:
+                    fields.setdefault("Model name" if k.strip() == "model name" else "Flags", v.strip())
+        except OSError:
+            pass
+    info = {"cpu_model": fields.get("Model name") or platform.processor() or "unknown",
+            "cpu_flags": fields.get("Flags", "").split(), "logical_cores": os.cpu_count(),
+            "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+        info["cuda_version"] = torch.version.cuda
+    return info

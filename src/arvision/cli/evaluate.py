@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from arvision.cli import types
+from arvision.cli.bench import add_throughput_args
 from arvision.cli.loading import model_help
 from arvision.cli.sample import add_knob_args
 from arvision.errors import ArvisionError
@@ -45,7 +46,10 @@ def add_parsers(sub) -> None:
     e.add_argument("--classes", type=types.class_id, nargs="+", default=None, help="default: every class")
     e.add_argument("--seed", type=types.seed, default=0, help="image i is seeded with SEED + i (default 0)")
     add_knob_args(e)
-    e.add_argument("--batch-size", type=types.positive_int, default=25, help="images per forward batch (default 25)")
+    e.add_argument("--batch-size", type=types.batch_size, default=25,
+                   help="images per forward batch, or auto: measure doubling batch sizes first and sample with the "
+                        "one of most images/s within --memory-budget (the images do not depend on it) (default 25)")
+    add_throughput_args(e, default_max=256)
     e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -118,12 +122,39 @@ def cmd_sample(args) -> None:
     if info.is_main:  # before any rank writes: refuse a folder drawn with other settings
         check_spec(args.out, spec, Path(model).name)
     barrier(info)
-    written = sample_for_evaluation(pipe, args.out, spec, batch_size=args.batch_size, rank=info.rank,
+    batch_size = args.batch_size
+    if batch_size == "auto":
+        batch_size = _auto_batch_size(pipe, spec, labels, args, info)
+    written = sample_for_evaluation(pipe, args.out, spec, batch_size=batch_size, rank=info.rank,
                                     world=info.world, model_name=Path(model).name)
     barrier(info)
     if info.is_main:
         path = pack_npz(args.out, labels)
         print(f"wrote {len(written)} new image(s) (rank 0); {len(labels)} in {args.out}; packed {path}")
+
+
+def _auto_batch_size(pipe, spec, labels: list[int], args, info) -> int:
+    """The batch size of most images per second within the memory budget, measured on this rank's device with the
+    run's own settings (one warm-up and one timed batch per size: doubling sizes up to --max-batch-size, capped
+    at this rank's share of the images)."""
+    from arvision.bench import default_memory_budget, sweep_batch_sizes
+
+    share = max(1, len(range(info.rank, len(labels), info.world)))
+    budget = args.memory_budget if args.memory_budget is not None else default_memory_budget(pipe.device)
+    sweep = sweep_batch_sizes(pipe, sorted(set(labels)), memory_budget=budget,
+                              max_batch_size=min(args.max_batch_size, share), seed=spec.seed,
+                              guidance_scale=spec.guidance_scale, top_k=spec.top_k, top_p=spec.top_p,
+                              temperature=spec.temperature, precision=spec.precision, warmup=1, repeat=1)
+    if sweep["best"] is None:
+        mib = (budget or 0) / 2**20
+        raise ArvisionError(f"--batch-size auto: even one image per batch needs more than the {mib:.0f} MiB memory "
+                            "budget; raise --memory-budget")
+    tried = ", ".join(f"{r['batch_size']}: {r['images_per_second']:.2f}" for r in sweep["results"]
+                      if "images_per_second" in r)
+    if info.is_main:
+        print(f"batch size auto: {sweep['best_batch_size']} (images/s per batch size {tried}; {sweep['stopped']})",
+              flush=True)
+    return sweep["best_batch_size"]
 
 
 # -- tokenizer --------------------------------------------------------------------------------------------

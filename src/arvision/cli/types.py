@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 # torch.Generator().manual_seed accepts [-2**63, 2**64); a seed outside it is a RuntimeError deep in torch.
 SEED_MIN, SEED_MAX = 0, 2**63 - 1
@@ -72,3 +73,28 @@ def positive_int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
     return values
 
+
+
+def batch_size(text: str):
+    """A batch size (an integer >= 1) or ``auto`` (throughput mode: the batch size with the most images per second
+    within the memory budget, see :func:`arvision.bench.sweep_batch_sizes`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a batch size (an integer >= 1) or 'auto', got {text!r}") from None
+
+
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+                 "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+
+
+def memory_size(text: str) -> int:
+    """A number of bytes: ``40GiB``, ``512MiB``, ``1.5GB``, ``2G`` (binary, as ``G`` is in ``free -h``) or plain
+    bytes; more than zero."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _MEMORY_UNITS or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a memory size > 0 such as 40GiB, 512MiB or 1.5GB, got {text!r}")
+    return int(float(m.group(1)) * _MEMORY_UNITS[unit])
