@@ -25,7 +25,7 @@ from arvision.cli import main
 from arvision.conditions import ClassCondition
 from arvision.config import ModelConfig, TokenizerConfig, TransformerConfig
 from arvision.errors import ArvisionError, CheckpointError
-from arvision.families.flowar import ScaleLatents, doubling_sides
+from arvision.families.flowar import doubling_sides
 from arvision.models.flow_head import VelocityGuidance, euler_times
 from arvision.pipeline import ARPipeline
 from arvision.tokenizers.models import build_tokenizer
@@ -36,6 +36,13 @@ REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("ARVISION_FLOWAR_MIRROR", "/work/.mirror/wangqiang9+FlowAR/repo"))
 DEPS = os.environ.get("ARVISION_FLOWAR_DEPS", "")
 TOL = 1e-4  # largest absolute difference from the official code (fp32 nets, float64 Euler state)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread, so a busy machine's scheduler never keeps a parallel region waiting on a
+    descheduled second thread (conftest restores the count after each test)."""
+    torch.set_num_threads(1)
 
 
 def tiny_tokenizer_config() -> TokenizerConfig:
@@ -54,8 +61,9 @@ def tiny_flowar(seed: int = 0, image_size: int = 16) -> ARPipeline:
     return pipe
 
 
-def sample(pipe, labels, seed=0, **kw):
-    return pipe(labels, generator=torch.Generator().manual_seed(seed), output_type="pt", **kw)
+def sample(pipe, labels, seed=0, flow_steps=4, **kw):
+    """Few Euler steps: what these tests check does not depend on the grid (the official one is the bench's)."""
+    return pipe(labels, generator=torch.Generator().manual_seed(seed), output_type="pt", flow_steps=flow_steps, **kw)
 
 
 # -- the official code ---------------------------------------------------------------------------------------------
@@ -163,8 +171,9 @@ def test_cached_sampling_sees_what_teacher_forcing_sees():
 def test_per_image_generators_make_each_image_independent_of_its_batch():
     pipe = tiny_flowar()
     both = pipe([0, 1], generator=[torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)],
-                output_type="tokens", guidance_scale=2.0)
-    alone = pipe([1], generator=[torch.Generator().manual_seed(6)], output_type="tokens", guidance_scale=2.0)
+                output_type="tokens", guidance_scale=2.0, flow_steps=4)
+    alone = pipe([1], generator=[torch.Generator().manual_seed(6)], output_type="tokens", guidance_scale=2.0,
+                 flow_steps=4)
     assert torch.allclose(both.tokens[1], alone.tokens[0], atol=1e-5)
 
 
@@ -264,10 +273,3 @@ def test_cli_trains_and_samples_a_flowar_model_end_to_end(tmp_path, capsys):
     saved = load_file(str(tmp_path / "t.safetensors"))
     assert saved["step.3"].shape == (1, 64, 8) and saved["step.3"].dtype == torch.float32
 
-
-def test_scale_latents_is_a_general_continuous_builder():
-    """No family name in the builder: any tokenizer with ``features`` / ``decode_features`` fits."""
-    pipe = tiny_flowar()
-    builder = ScaleLatents(pipe.tokenizer, pipe.schedule)
-    with pytest.raises(ArvisionError, match="no codebook"):
-        builder.codes

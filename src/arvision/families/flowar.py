@@ -34,7 +34,7 @@ from arvision.config import ModelConfig
 from arvision.errors import ArvisionError, CheckpointError
 from arvision.families.base import Capabilities, Family, OfficialModel, Option
 from arvision.families.var import init_adaln_trunk
-from arvision.inputs import InputBuilder
+from arvision.inputs import PreviousScale
 from arvision.models.embeddings import GridPositionEmbedder
 from arvision.models.flow_head import FlowHead, VelocityGuidance
 from arvision.sampling.processors import TokenSampling
@@ -54,9 +54,11 @@ def doubling_sides(latent: int) -> tuple[int, ...]:
     return (*sides, latent)
 
 
-class ScaleLatents(InputBuilder):
+class ScaleLatents(PreviousScale):
     """Continuous scale-wise inputs.  Tokens: (B, L, C) fp32 in schedule order, step s a row-major p_s x p_s map of
-    the tokenizer's continuous latent (``FlowARFamily`` docstring).  State: the last finished map (B, C, p, p)."""
+    the tokenizer's continuous latent (``FlowARFamily`` docstring).  State: the last finished map (B, C, p, p).
+    FlexVAR's builder but for what a step's tokens are (a latent map, not codes) and how the next input is resized;
+    ``advance``, ``teacher``, ``finish``, ``preview`` and ``decode`` are its."""
 
     @property
     def codes(self):
@@ -68,10 +70,12 @@ class ScaleLatents(InputBuilder):
         f = self.tok.features(img).float()
         return F.normalize(f, dim=1) if self.tok.cfg.l2_norm else f
 
-    def as_map(self, s: int, tokens: torch.Tensor) -> torch.Tensor:
-        """Step s's tokens (B, n_s, C) -> (B, C, h, w)."""
+    def code_map(self, s: int, tokens: torch.Tensor, embeds=None) -> torch.Tensor:
+        """Step s's tokens (B, n_s, C) -> their map (B, C, h, w)."""
         h, w = self.schedule.step_grids[s]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+    as_map = code_map
 
     def next_input(self, s: int, latent_map: torch.Tensor) -> torch.Tensor:
         """Step s's map (B, C, h, w) -> step s+1's input (B, n_{s+1}, C): bicubic up to the final side, then area
@@ -82,25 +86,6 @@ class ScaleLatents(InputBuilder):
         down = F.interpolate(up, size=(h, w), mode="area")
         return down.flatten(2).transpose(1, 2)
 
-    def start(self, batch: int, device=None):
-        return None
-
-    def advance(self, state, s: int, tokens: torch.Tensor, embeds=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        latent_map = self.as_map(s, tokens)
-        return latent_map, (None if s == self.schedule.num_steps - 1 else self.next_input(s, latent_map))
-
-    def finish(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """The last map decoded -> image (B, 3, H, W) in [-1, 1]."""
-        return self.tok.decode_features(state).clamp(-1, 1)
-
-    def preview(self, state: torch.Tensor, tokens: torch.Tensor, steps: int) -> torch.Tensor:
-        """The last finished scale decoded and bicubic-resized to the image size (coarse-to-fine pictures)."""
-        image = self.finish(state, tokens)
-        size = self.schedule.image_grid[0] * self.tok.cfg.downsample
-        if image.shape[-1] != size:
-            image = F.interpolate(image, size=(size, size), mode="bicubic").clamp(-1, 1)
-        return image
-
     def targets(self, img: torch.Tensor) -> torch.Tensor:
         return self.targets_from_latents(self.latent(img))
 
@@ -109,15 +94,6 @@ class ScaleLatents(InputBuilder):
         maps = [f if (h, w) == tuple(f.shape[-2:]) else F.interpolate(f, size=(h, w), mode="area")
                 for h, w in self.schedule.step_grids]
         return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
-
-    def teacher(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L, C) ground truth -> (B, L - n_0, C) inputs of steps 1..S-1."""
-        per_step = self.split(tokens)
-        return torch.cat([self.next_input(s, self.as_map(s, t)) for s, t in enumerate(per_step[:-1])], dim=1)
-
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        last = self.schedule.num_steps - 1
-        return self.finish(self.as_map(last, self.split(tokens)[-1]), tokens)
 
 
 def init_flow_head(head: FlowHead) -> None:
