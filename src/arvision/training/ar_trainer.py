@@ -133,7 +133,7 @@ class ARTrainer:
         self.schedule = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, cfg.decay, cfg.min_lr_ratio)
         self.gen = torch.Generator().manual_seed(cfg.seed + 17)  # label dropout
         self.schedule_gen = torch.Generator().manual_seed(cfg.seed + 23)  # random training schedules (FlexVAR)
-        self.loss_gen = torch.Generator().manual_seed(cfg.seed + 29)  # noise a head's loss draws (flow matching)
+        self.loss_gen = torch.Generator().manual_seed(cfg.seed + 31)  # noise a head's loss draws (flow matching)
         self.dtype = resolve_precision(cfg.precision, self.info.device)
         self.progress = progress and self.info.is_main
         self.step = 0
