@@ -21,6 +21,7 @@ FAMILIES = {
     "nar": "arvision.families.nar",
     "hmar": "arvision.families.hmar",
     "maskgit": "arvision.families.maskgit",
+    "flowar": "arvision.families.flowar",
 }
 
 

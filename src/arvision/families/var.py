@@ -213,8 +213,10 @@ def init_adaln_trunk(transformer, adaln_gamma: float = 1e-3) -> None:
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
     transformer.embed.reset_parameters(std)
-    transformer.head.proj.weight.mul_(0.02)
-    transformer.head.norm.ada_lin.weight.mul_(0.5)
+    head = transformer.head
+    if isinstance(head, CategoricalHead):  # other heads (FlowAR's flow head) have their own recipe
+        head.proj.weight.mul_(0.02)
+        head.norm.ada_lin.weight.mul_(0.5)
     for blk in transformer.blocks:
         blk.attn.proj.weight.div_(math.sqrt(2 * depth))
         blk.mlp.fc2.weight.div_(math.sqrt(2 * depth))

@@ -5,11 +5,17 @@ As nanoGPT keeps its loss beside ``lm_head``, a head here owns three things:
 ``forward(h, mod)``        hidden (B, n, C) -> logits (B, n, V) fp32 (``mod``: the head's share of the condition);
 ``choose(logits, s, run)`` guided logits of step s -> the step's token ids (B, n) and, for soft inputs, the code
                            mixes that feed the next step: processors, filters and the draw of the one loop;
-``loss(logits, targets)``  the training objective, per position (B, L).
+``loss(logits, targets, schedule, generator)``  the training objective, per position (B, L) (a head that draws
+                           noise for its loss draws it from ``generator``; the schedule gives each step's shape).
+
+And what its tokens are, for the engine's slots: ``token_dims`` (``()``: ids, (B, L) int64; ``(C,)``: continuous
+(B, L, C) fp32), ``new_tokens`` (the loop's token buffer), ``hits`` (per-position correctness for the trainer's
+accuracy, or None), ``combines_guidance`` (False: the loop combines a guided batch's outputs with the run's
+guidance before ``choose``; True: ``choose`` gets both halves and guides inside, as a flow head guides velocities).
 
 :class:`CategoricalHead` is a softmax over the codebook (VAR, LlamaGen, FlexVAR); :class:`NeighbourHead` two of
-them whose per-position outputs a schedule combines into each token's logits (NAR).  Bitwise and flow heads are
-further classes with the same three methods.
+them whose per-position outputs a schedule combines into each token's logits (NAR); ``arvision.models.flow_head``
+has the flow-matching head over continuous tokens (FlowAR).
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ class RMSHeadNorm(RMSNorm):
 class CategoricalHead(nn.Module):
     """norm -> linear over the codebook.  ``norm``: :class:`AdaLNHeadNorm` or :class:`RMSHeadNorm`."""
 
+    token_dims: tuple[int, ...] = ()  # tokens are ids
+    combines_guidance = False  # the loop applies guidance to the logits
+
     def __init__(self, norm: nn.Module, width: int, vocab_size: int, bias: bool):
         super().__init__()
         self.norm = norm
@@ -67,9 +76,19 @@ class CategoricalHead(nn.Module):
         return self.proj(self.norm(h, mod).to(linear_dtype(self.proj))).float()
 
     @staticmethod
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of logits (B, L, V) against ids (B, L) -> per-position loss (B, L) fp32."""
+    def new_tokens(batch: int, length: int, device=None) -> torch.Tensor:
+        """The loop's token buffer (B, L) int64."""
+        return torch.empty(batch, length, dtype=torch.long, device=device)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor, schedule=None, generator=None) -> torch.Tensor:
+        """Cross-entropy of logits (B, L, V) against ids (B, L) -> per-position loss (B, L) fp32 (draws nothing)."""
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+    @staticmethod
+    def hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, L) fp32: 1 where the argmax is the target id."""
+        return (logits.argmax(-1) == targets).float()
 
     @staticmethod
     def choose(logits: torch.Tensor, s: int, run) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -67,7 +67,7 @@ def fork_generator(generator: torch.Generator, key: int) -> torch.Generator:
 
 @dataclass
 class LoopResult:
-    tokens: torch.Tensor  # (B, L) int64, schedule order
+    tokens: torch.Tensor  # (B, L) int64, schedule order; (B, L, C) fp32 for continuous tokens (``head.token_dims``)
     state: object  # the input builder's final state (VAR: canvas f_hat)
     kv_cache_bytes: int = 0  # the most bytes the KV cache held at any time
     forwards: int = 0  # transformer forward passes (one per step for plain decoding)
@@ -152,7 +152,8 @@ class SamplingRun:
                                   policy=self.kv_policy)
         self.cond = tr.condition(rows)
         self.state = self.inputs.start(B, self.device)
-        self.tokens = torch.empty(B, self.schedule.length, dtype=torch.long, device=self.device)
+        # ids (B, L) int64, or continuous tokens (B, L, C) for a head whose ``token_dims`` say so (flow heads)
+        self.tokens = tr.head.new_tokens(B, self.schedule.length, self.device)
         self.x_in = None
         self.positions = torch.arange(self.schedule.length, device=self.device)  # 0-d views for forward_token
         self.rows = torch.arange(B, device=self.device)  # each image's row in the starting batch (select keeps it)
@@ -164,7 +165,8 @@ class SamplingRun:
 
     # -- the pieces of a step, shared by every decoding policy ----------------------------------------
     def trunk(self, begin: int, end: int, x_in, mask=None, s: int | None = None) -> torch.Tensor:
-        """Positions [begin, end) through the trunk (cache written) -> guided logits (B, end-begin, V) fp32.
+        """Positions [begin, end) through the trunk (cache written) -> guided logits (B, end-begin, V) fp32 (a head
+        that ``combines_guidance``: its outputs for every row).
         s: the step whose guidance applies (default: the current one)."""
         logits = self.transformer.forward_positions(begin, end, self.cond, x_in, self.cache, self.layout, mask)
         return self.guided(logits, self.s if s is None else s)
@@ -174,7 +176,8 @@ class SamplingRun:
         self.forwards += 1
         self.token_forwards += logits.shape[0] * logits.shape[1]
         with self.fp32():
-            if self.doubled:
+            # a head that ``combines_guidance`` gets both halves: it guides inside ``choose`` (flow velocities)
+            if self.doubled and not self.transformer.head.combines_guidance:
                 B = self.batch
                 logits = self.options.guidance.combine(logits[:B], logits[B:], s, self.schedule.num_steps)
             return logits

@@ -124,9 +124,11 @@ class ARTrainer:
         if self.latents and tokens.ndim != 4:
             raise ArvisionError(f"{pipe.family.description} trains on latents (N, D, h, w), got shape "
                                 f"{tuple(tokens.shape)}")
-        if not self.latents and (tokens.ndim != 2 or tokens.shape[1] != pipe.schedule.length):
+        # ids (N, L), or continuous tokens (N, L, C) for a head with ``token_dims`` (C,) (flow heads)
+        per_image = (pipe.schedule.length, *pipe.transformer.head.token_dims)
+        if not self.latents and tuple(tokens.shape[1:]) != per_image:
             raise ArvisionError(f"tokens have shape {tuple(tokens.shape)}; the schedule has {pipe.schedule.length} "
-                                "positions per image")
+                                f"positions per image (expected (N, {', '.join(map(str, per_image))}))")
         if cfg.student_forcing and not pipe.family.capabilities.student_forcing:
             raise ArvisionError(f"student forcing (SAR) applies to scale-wise families; {pipe.family.description} "
                                 "models do not take it")
@@ -142,6 +144,7 @@ class ARTrainer:
         self.schedule_gen = torch.Generator().manual_seed(cfg.seed + 23)  # random training schedules (FlexVAR)
         # random training inputs (MaskGIT's masking): one stream per rank, since ranks see different images
         self.input_gen = torch.Generator().manual_seed(cfg.seed + 29 + 1000 * self.info.rank)
+        self.loss_gen = torch.Generator().manual_seed(cfg.seed + 31)  # noise a head's loss draws (flow matching)
         self.dtype = resolve_precision(cfg.precision, self.info.device)
         self.progress = progress and self.info.is_main
         self.step = 0
@@ -174,7 +177,7 @@ class ARTrainer:
         autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext())
         with autocast:
             logits = self.ddp(cond, x_in, schedule)
-        ce = head.loss(logits, tok)
+        ce = head.loss(logits, tok, schedule=schedule, generator=self.loss_gen)
         scale_w = self.pipe.family.loss_weights(schedule)  # per position (HMAR's per-scale weights), or None
         # per-position weights sum to 1 over a sequence (HMAR); mask weights (MaskGIT) pick the positions to average
         loss = (weighted_mean(ce, weights) if scale_w is None
@@ -185,7 +188,8 @@ class ARTrainer:
                 x_sf = inputs.teacher(logits.detach().argmax(-1))
             with autocast:
                 logits_sf = self.ddp(cond, x_sf, schedule)
-            student = head.loss(logits_sf, tok)[:, schedule.first_len:].mean()
+            student = head.loss(logits_sf, tok, schedule=schedule, generator=self.loss_gen)
+            student = student[:, schedule.first_len:].mean()
             loss = loss + student
         set_lr(self.optimizer, self.schedule(self.step))
         self.optimizer.zero_grad(set_to_none=True)
@@ -194,9 +198,10 @@ class ARTrainer:
         self.optimizer.step()
         self.step += 1
         with torch.no_grad():
-            correct = (logits.argmax(-1) == tok).float()
-        metrics = {"loss": loss.item(), "acc": weighted_mean(correct, weights).item(),
-                   "lr": self.schedule(self.step - 1), "grad_norm": grad_norm.item()}
+            correct = head.hits(logits, tok)  # None: the head's tokens have no accuracy (continuous)
+        metrics = {"loss": loss.item(), "lr": self.schedule(self.step - 1), "grad_norm": grad_norm.item()}
+        if correct is not None:
+            metrics["acc"] = weighted_mean(correct, weights).item()
         if student is not None:
             metrics["loss/teacher"], metrics["loss/student"] = weighted_mean(ce, weights).item(), student.item()
         if schedule.step_maps:
@@ -204,14 +209,15 @@ class ARTrainer:
             keys = ([f"scale{s}" for s in range(schedule.num_steps)] if not self.latents
                     else [f"side{h}" for h, _ in schedule.step_grids])
             metrics.update({f"loss/{k}": v for k, v in zip(keys, per_step_mean(ce.detach(), schedule.step_sizes))})
-            metrics.update({f"acc/{k}": v for k, v in zip(keys, per_step_mean(correct, schedule.step_sizes))})
+            if correct is not None:
+                metrics.update({f"acc/{k}": v for k, v in zip(keys, per_step_mean(correct, schedule.step_sizes))})
         return metrics
 
     # -- the run -------------------------------------------------------------------------------------
     def generators(self) -> dict:
         """The named generators a checkpoint saves (the input masking's only where the input builder draws, so
         checkpoints of the other families keep their layout)."""
-        gens = {"label_drop": self.gen, "schedules": self.schedule_gen}
+        gens = {"label_drop": self.gen, "schedules": self.schedule_gen, "loss": self.loss_gen}
         if self.pipe.inputs.random_teacher:
             gens["inputs"] = self.input_gen
         return gens
@@ -230,7 +236,10 @@ class ARTrainer:
         state = load_checkpoint(ckpt, {"transformer": self.model}, verified=True)
         warn_changed_config(ckpt, json.loads(state["config"]), self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"], self.generators())
+        gens = self.generators()
+        if "gen.loss" not in state["rng"]:  # older checkpoints lack it (nothing drew from it)
+            gens.pop("loss")
+        restore_rng_state(state["rng"], gens)
         self.step = int(state["step"])
         return True
 
