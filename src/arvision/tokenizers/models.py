@@ -347,9 +347,12 @@ def check_scale_list(sides, minimum: int) -> None:
                             "side(s), each >= 1)")
 
 
-TOKENIZERS = {"multiscale": MultiScaleVQTokenizer, "vq": VQTokenizer,
+TOKENIZERS = {"multiscale": MultiScaleVQTokenizer, "vq": VQTokenizer,  # + "bsq": tokenizers/bitwise.py
               "multiscale-independent": MultiScaleIndependentTokenizer}
 
 
 def build_tokenizer(cfg: TokenizerConfig) -> ConvTokenizer:
     return TOKENIZERS[cfg.kind](cfg)
+
+
+import arvision.tokenizers.bitwise  # noqa: E402,F401  (registers "bsq" in TOKENIZERS; it subclasses ConvTokenizer)
