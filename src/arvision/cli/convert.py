@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert official checkpoints into an arvision model folder")
     csub = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for family in all_families():
+        if not family.official_files:  # a family without released checkpoints (Infinity's class-conditional trunk)
+            continue
         c = csub.add_parser(family.name, help=family.convert_help)
         for option in (*family.official_files, *family.convert_options):
             c.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name, type=OPTION_TYPES[option.kind],

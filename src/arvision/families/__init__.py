@@ -19,6 +19,7 @@ FAMILIES = {
     "llamagen": "arvision.families.llamagen",
     "flexvar": "arvision.families.flexvar",
     "nar": "arvision.families.nar",
+    "infinity": "arvision.families.infinity",
 }
 
 
