@@ -76,6 +76,13 @@ def sign_quantize(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class MultiScaleBSQTokenizer(ConvTokenizer):
     """Encoder -> quant_conv (to d channels) -> multi-scale BSQ -> post_quant_conv -> decoder."""
 
+    code_table = False  # the codes are fixed bit vectors: nothing to restart
+
+    @staticmethod
+    def usage_size(cfg: TokenizerConfig) -> int:
+        """Usage is counted per (bit, value): 2d entries, not 2^d codes."""
+        return 2 * cfg.embed_dim
+
     @staticmethod
     def check_config(cfg: TokenizerConfig) -> None:
         check_scale_list(cfg.patch_nums, minimum=1)
@@ -155,11 +162,14 @@ class MultiScaleBSQTokenizer(ConvTokenizer):
                        ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Differentiable quantisation for tokenizer training, f (B, d, H, W) fp32 -> (the quantised canvas with the
         released straight-through gradient, beta * |sg(out) - f|^2 as a commitment term (the released quantiser
-        returns no auxiliary loss when its entropy penalty is off), per-scale hit counts of each bit being 1, (d,)
-        float each: the tokenizer trainer's usage statistics per bit rather than over 2^d codes)."""
+        returns no auxiliary loss when its entropy penalty is off), per-scale counts of every bit being 0 and 1,
+        (2d,) float each, (bit 0: 0, bit 0: 1, bit 1: 0, ...): the tokenizer trainer's usage statistics)."""
         beta = self.cfg.beta if beta is None else beta
         bits, out = self.residual_quantize(f)
-        usage = [b.flatten(0, 1).sum(0).float() for b in bits]
+        usage = []
+        for b in bits:
+            ones = b.flatten(0, 1).sum(0).float()
+            usage.append(torch.stack([b.shape[0] * b.shape[1] - ones, ones], dim=-1).flatten())
         return out, beta * F.mse_loss(out.detach(), f), usage
 
     def self_correct(self, f: torch.Tensor, grids, flip_scales: int = 0, strength: float = 0.0,

@@ -23,6 +23,13 @@ from arvision.tokenizers.quantizers import Codebook, PhiBank
 class ConvTokenizer(nn.Module):
     """Encoder -> quant_conv -> codebook -> post_quant_conv -> decoder."""
 
+    code_table = True  # its codes are rows of ``quantize.embedding`` (the tokenizer trainer restarts dead ones)
+
+    @staticmethod
+    def usage_size(cfg: TokenizerConfig) -> int:
+        """The length of each scale's usage counts that ``quantize_train`` returns (one per code)."""
+        return cfg.vocab_size
+
     @staticmethod
     def check_config(cfg: TokenizerConfig) -> None:
         """Raise ArvisionError for config fields this kind of tokenizer cannot use."""
