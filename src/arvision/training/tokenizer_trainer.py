@@ -220,7 +220,8 @@ class TokenizerTrainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
-            bank = getattr(getattr(self.tok, "quantize", None), "quant_resi", None)  # phi convs no scale maps to get no gradient
+            # phi convs no scale maps to get no gradient (a bsq tokenizer has no codebook module at all)
+            bank = getattr(getattr(self.tok, "quantize", None), "quant_resi", None)
             unused = bank is not None and len(set(bank.index)) < len(bank.qresi_ls)
             self.ddp = DDP(self.tok, device_ids=ids, find_unused_parameters=unused)
         self.optimizer = make_adamw(self.tok, cfg.lr, cfg.weight_decay)
