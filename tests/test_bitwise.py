@@ -130,6 +130,30 @@ def test_options_that_do_not_apply_say_so():
     assert len(pipe([0], return_progression=True, generator=torch.Generator().manual_seed(0)).progression) == 3
 
 
+def test_search_controllers_apply_best_of_n_picks_the_verifiers_best():
+    """Best-of-N and beam search re-batch the run and score decoded images: nothing in them reads codebook logits,
+    so they drive the bitwise family as they drive VAR."""
+    from arvision.sampling.search import candidate_generators
+
+    def brightness(images, labels):
+        return images.float().mean((1, 2, 3)).cpu()
+
+    pipe = tiny_pipe(seed=2)
+    with torch.no_grad():  # weights far from their initialisation, so that candidates differ in brightness
+        for p in pipe.transformer.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    gens = [torch.Generator().manual_seed(s) for s in (4, 5)]
+    out = pipe([0, 2], generator=gens, search="bon:4", verifier=brightness, output_type="pt")
+    for i, (label, seed) in enumerate(zip([0, 2], (4, 5))):
+        cands = pipe([label] * 4, generator=candidate_generators(torch.Generator().manual_seed(seed), 4),
+                     output_type="pt")
+        best = int(brightness(cands.images * 2 - 1, None).argmax())
+        assert torch.equal(out.tokens[i], cands.tokens[best])
+    beam = pipe([1], generator=[torch.Generator().manual_seed(0)], search="beam:2", verifier=brightness,
+                output_type="pt")
+    assert beam.tokens.shape == (1, 21)
+
+
 # -- self-correction and training --------------------------------------------------------------------------------------
 def test_self_correction_flips_requantise_the_later_scales():
     tok = bsq_tokenizer(16, (1, 2, 4, 8))

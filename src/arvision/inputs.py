@@ -171,37 +171,29 @@ class PreviousToken(InputBuilder):
         return self.tok.decode(self.schedule.to_raster(tokens), self.schedule.image_grid)
 
 
-class BitCanvas(InputBuilder):
-    """Infinity's inputs: the tokenizer is ``MultiScaleBSQTokenizer``; ids (B, n_s) are packed d-bit vectors."""
+class BitCanvas(ResidualCanvas):
+    """Infinity's inputs: the tokenizer is ``MultiScaleBSQTokenizer``; ids (B, n_s) are packed d-bit vectors.  The
+    canvas, its decode (``finish``, ``preview``, ``decode``) and the targets are ResidualCanvas's; the update is the
+    bits' codes summed, and the next input the canvas trilinear-resized."""
+
+    @property
+    def codes(self):
+        raise ValueError("soft codes are not defined for bitwise tokens")
 
     def unpack(self, ids: torch.Tensor) -> torch.Tensor:
         from arvision.tokenizers.bitwise import unpack_bits
 
         return unpack_bits(ids, self.tok.bits)
 
-    def start(self, batch: int, device=None) -> torch.Tensor:
-        return self.tok.new_canvas(batch, device)
-
     def advance(self, state: torch.Tensor, s: int, ids: torch.Tensor,
                 embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Add step s's codes (from ids (B, n_s)) to the canvas (B, d, H, W) -> (canvas, step s+1's input
-        (B, n_{s+1}, d) or None)."""
+        """Add step s's codes (from ids (B, n_s)) to the canvas (B, d, H, W) (out of place) -> (canvas, step s+1's
+        input (B, n_{s+1}, d) or None)."""
         if embeds is not None:
             raise ValueError("soft codes are not defined for bitwise tokens")
         grids = self.schedule.step_grids
         state = self.tok.add_codes(state, self.tok.code_map(self.unpack(ids), grids[s]))
         return state, (None if s == self.schedule.num_steps - 1 else self.tok.next_input(state, grids[s + 1]))
-
-    def finish(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tok.decode_features(state).clamp(-1, 1)
-
-    def preview(self, state: torch.Tensor, tokens: torch.Tensor, steps: int) -> torch.Tensor:
-        """The canvas after ``steps`` steps, decoded."""
-        return self.finish(state, tokens)
-
-    def targets(self, img: torch.Tensor) -> torch.Tensor:
-        """img (B, 3, H, W) -> (B, L) ids: the VAE quantiser's bits, packed."""
-        return torch.cat(self.tok.encode(img), dim=1)
 
     def teacher(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L - n_0, d): the sampler's ``advance``, step after step."""
@@ -220,6 +212,3 @@ class BitCanvas(InputBuilder):
         bits, inputs = self.tok.self_correct(latents.float(), self.schedule.step_grids, flip_scales, strength,
                                              generator)
         return torch.cat([pack_bits(b) for b in bits], dim=1), inputs
-
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tok.decode(self.split(tokens))

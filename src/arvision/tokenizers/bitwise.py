@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from arvision.config import TokenizerConfig
 from arvision.errors import ArvisionError
-from arvision.tokenizers.models import TOKENIZERS, ConvTokenizer, check_scale_list
+from arvision.tokenizers.models import TOKENIZERS, ConvTokenizer, MultiScaleVQTokenizer, check_scale_list
 
 MAX_BITS = 62  # bits per token that fit in a non-negative int64 id
 
@@ -92,14 +92,9 @@ class MultiScaleBSQTokenizer(ConvTokenizer):
             raise ArvisionError(f"invalid vocab_size: {cfg.vocab_size!r} (2^embed_dim = {2 ** cfg.embed_dim} for "
                                 "bsq: every bit vector is a code)")
 
-    @staticmethod
-    def scale_sides(cfg: TokenizerConfig, image_size: int) -> tuple[int, ...]:
-        return cfg.patch_nums
-
-    @staticmethod
-    def design(code_dim: int) -> dict:
-        """z = code dim (bits), fused qkv convs, 3x3 quant convs; codes are fixed, not l2-normalised vectors."""
-        return {"z_channels": code_dim, "attn_style": "fused", "quant_conv_ks": 3, "l2_norm": False}
+    # the scale list and VAR's VQ-VAE design (z = code dim, here the bits; fused qkv; 3x3 quant convs)
+    scale_sides = staticmethod(MultiScaleVQTokenizer.scale_sides)
+    design = staticmethod(MultiScaleVQTokenizer.design)
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__(cfg)
