@@ -155,6 +155,24 @@ def test_search_controllers_apply_best_of_n_picks_the_verifiers_best():
     assert beam.tokens.shape == (1, 21)
 
 
+@pytest.mark.parametrize("mode", ["cross", "prefix"])
+def test_text_conditioning_through_the_registry(mode):
+    """A prompt-conditioned Infinity model (``TextCondition``, the trunk's cross or prefix text mode) samples with
+    guidance on a doubled batch of prompts and empty prompts."""
+    vocab = ("a", "red", "blue", "circle", "square", "on", "the", "left", "right")
+    tok = TokenizerConfig(kind="bsq", vocab_size=2 ** 8, embed_dim=8, z_channels=8, ch=32, ch_mult=(1, 1, 1),
+                          num_res_blocks=1, patch_nums=PATCH_NUMS)
+    tr = TransformerConfig(block="adaln", width=64, depth=2, num_heads=2, vocab_size=16, num_classes=1,
+                           in_channels=8, condition="text", text_vocab=vocab, text_len=8, text_mode=mode)
+    torch.manual_seed(0)
+    pipe = ARPipeline(ModelConfig(family="infinity", image_size=16, tokenizer=tok, transformer=tr))
+    pipe.transformer.init_weights()
+    prompts = ["a red circle", "a blue square on the left"]
+    a = pipe(prompts=prompts, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    b = pipe(prompts=prompts, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert a.tokens.shape == (2, 21) and torch.equal(a.tokens, b.tokens) and int(a.tokens.max()) < 256
+
+
 # -- self-correction and training --------------------------------------------------------------------------------------
 def test_self_correction_flips_requantise_the_later_scales():
     tok = bsq_tokenizer(16, (1, 2, 4, 8))

@@ -1,4 +1,5 @@
-"""Infinity (bitwise next-scale prediction; Han et al. 2025) on the scale-wise trunk, class-conditional.
+"""Infinity (bitwise next-scale prediction; Han et al. 2025) on the scale-wise trunk, class-conditional (or text-
+conditional through the registry's ``TextCondition``, with the trunk's cross or prefix text mode).
 
 Its slots: the multi-scale binary spherical quantiser (``kind="bsq"``, :mod:`arvision.tokenizers.bitwise`): a
 token is d bits, carried through the loop, the saved tokens and ``pipe.encode`` as one int64 id with the bits
