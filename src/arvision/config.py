@@ -295,8 +295,9 @@ class ModelConfig:
         tok, tr = self.tokenizer, self.transformer
         if self.image_size % tok.downsample:
             fail("image_size", self.image_size, f"a multiple of the tokenizer downsample {tok.downsample}")
-        if tok.vocab_size != tr.vocab_size:
-            fail("vocab sizes", (tok.vocab_size, tr.vocab_size), "tokenizer and transformer must agree")
+        if family.trunk_vocab(tok.vocab_size, tok.embed_dim) != tr.vocab_size:
+            fail("vocab sizes", (tok.vocab_size, tr.vocab_size), "tokenizer and transformer must agree (the "
+                 f"transformer's: {family.trunk_vocab(tok.vocab_size, tok.embed_dim)}, the logits per position)")
         family.check_config(self)
         if self.class_names is not None:
             self.class_names = tuple(str(c) for c in self.class_names)

@@ -8,12 +8,16 @@ schedule (``family.input_builder(tokenizer, schedule)``) and holds it as ``.sche
 ``PreviousScale`` (FlexVAR): state = the last step's code map; input of step s+1 = bicubic-up(it, pn_{s+1}).
 ``PreviousToken`` (raster, diagonal fronts): input of step s+1 = the ids produced at step s; tokens travel in the
 schedule's order (raster, or NAR's front order), the tokenizer sees the raster order.
+``BitCanvas`` (Infinity): ids are packed bit vectors; state = the sum of every step's codes upsampled to the latent
+grid; input of step s+1 = that sum trilinear-resized to step s+1's grid.
 
 The interface: ``start(B)`` -> state; ``advance(state, s, ids, embeds)`` -> (state, input of step s+1 or None);
 ``finish(state, tokens)`` -> image; ``preview(state, tokens, steps)`` -> the image so far (search, pictures);
 ``targets(img)`` -> ids; ``teacher(tokens)`` -> the inputs of steps 1..S-1 at once; ``training_inputs(tokens,
 generator)`` -> (the training input, loss weights or None) (default: ``teacher``, every position weighted);
 ``decode(tokens)``.
+Families that train on cached latents (``capabilities.latent_training`` or ``random_train_schedules``) also have
+``training_pair(latents, generator, flip_scales, strength)`` -> (targets, teacher inputs).
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ class InputBuilder:
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """(B, L) -> per-step list of (B, n_s)."""
         return self.schedule.split(tokens)
+
+    def training_pair(self, latents: torch.Tensor, generator: torch.Generator | None = None, flip_scales: int = 0,
+                      strength: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached pre-quantisation latents (B, D, h, w) -> (targets (B, L) ids, teacher inputs) of one training
+        step.  ``flip_scales`` / ``strength``: bitwise self-correction, for builders that support it (BitCanvas)."""
+        if flip_scales:
+            raise ValueError("self-correction (random bit flips) applies to bitwise tokens only")
+        tokens = self.targets_from_latents(latents)
+        return tokens, self.teacher(tokens)
 
 
 class ResidualCanvas(InputBuilder):
@@ -169,3 +182,46 @@ class PreviousToken(InputBuilder):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok.decode(self.schedule.to_raster(tokens), self.schedule.image_grid)
+
+
+class BitCanvas(ResidualCanvas):
+    """Infinity's inputs: the tokenizer is ``MultiScaleBSQTokenizer``; ids (B, n_s) are packed d-bit vectors.  The
+    canvas, its decode (``finish``, ``preview``, ``decode``) and the targets are ResidualCanvas's; the update is the
+    bits' codes summed, and the next input the canvas trilinear-resized."""
+
+    @property
+    def codes(self):
+        raise ValueError("soft codes are not defined for bitwise tokens")
+
+    def unpack(self, ids: torch.Tensor) -> torch.Tensor:
+        from arvision.tokenizers.bitwise import unpack_bits
+
+        return unpack_bits(ids, self.tok.bits)
+
+    def advance(self, state: torch.Tensor, s: int, ids: torch.Tensor,
+                embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Add step s's codes (from ids (B, n_s)) to the canvas (B, d, H, W) (out of place) -> (canvas, step s+1's
+        input (B, n_{s+1}, d) or None)."""
+        if embeds is not None:
+            raise ValueError("soft codes are not defined for bitwise tokens")
+        grids = self.schedule.step_grids
+        state = self.tok.add_codes(state, self.tok.code_map(self.unpack(ids), grids[s]))
+        return state, (None if s == self.schedule.num_steps - 1 else self.tok.next_input(state, grids[s + 1]))
+
+    def teacher(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L - n_0, d): the sampler's ``advance``, step after step."""
+        state, inputs = self.start(tokens.shape[0], tokens.device), []
+        for s, ids in enumerate(self.split(tokens)[:-1]):
+            state, x = self.advance(state, s, ids)
+            inputs.append(x)
+        return torch.cat(inputs, dim=1)
+
+    def training_pair(self, latents: torch.Tensor, generator: torch.Generator | None = None, flip_scales: int = 0,
+                      strength: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Infinity's training step: targets and inputs from ``flip_requant``'s chain (``self_correct``), with
+        random bit flips on the first ``flip_scales`` scales."""
+        from arvision.tokenizers.bitwise import pack_bits
+
+        bits, inputs = self.tok.self_correct(latents.float(), self.schedule.step_grids, flip_scales, strength,
+                                             generator)
+        return torch.cat([pack_bits(b) for b in bits], dim=1), inputs

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert official checkpoints into an arvision model folder")
     csub = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for family in all_families():
-        if not family.official_files:  # no released checkpoints to convert (MaskGIT's official code is JAX)
+        if not family.official_files:  # no released PyTorch checkpoints (MaskGIT: JAX; Infinity: no class model)
             continue
         c = csub.add_parser(family.name, help=family.convert_help)
         for option in (*family.official_files, *family.convert_options):

@@ -31,7 +31,8 @@ COMMON = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "w
 # training config field -> the flag that sets it (names the settings of run.json)
 FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup",
          "ckpt_every": "--ckpt-every", "sample_every": "--sample-every", "seed": "--seed", "precision": "--precision",
-         "label_drop": "--label-drop", "student_forcing": "--student-forcing", "recon": "--recon",
+         "label_drop": "--label-drop", "student_forcing": "--student-forcing", "self_correction": "--self-correction",
+         "self_correction_strength": "--self-correction-strength", "recon": "--recon",
          "disc_weight": "--disc-weight", "perceptual_weight": "--perceptual-weight",
          "train_part": "--train-part"}
 # train-tokenizer's architecture flags (argparse dests): with --init they come from the init folder
@@ -123,6 +124,12 @@ def add_parsers(sub) -> None:
                         f"{ARTrainConfig.label_drop})")
     p.add_argument("--student-forcing", action="store_true",
                    help="SAR: add a pass on inputs built from the model's own predictions (scale-wise families)")
+    p.add_argument("--self-correction", type=int, default=0, metavar="N",
+                   help="Infinity's bitwise self-correction: flip random bits of the first N scales' targets and "
+                        "train the later scales to correct them (bitwise families; Infinity: 13; default: off)")
+    p.add_argument("--self-correction-strength", type=float, default=ARTrainConfig.self_correction_strength,
+                   help="the most bits flipped, as a fraction; each step draws one in {0, 0.01, ..., this} "
+                        "(default: %(default)s)")
     p.add_argument("--condition", choices=["auto", "class", "text"], default="auto",
                    help="what the model is conditioned on: text (prompts; datasets with captions: shapes) or class "
                         "ids; auto: text when the data has captions (default: %(default)s)")
@@ -308,7 +315,8 @@ def cmd_train(args) -> None:
     # 1. every argument, and the run folder, before any model or data is loaded
     label_drop = {} if args.label_drop is None else {"label_drop": args.label_drop}
     cfg = ARTrainConfig(**_overrides(args, COMMON), **label_drop, precision=args.precision, seed=args.seed,
-                        student_forcing=args.student_forcing)
+                        student_forcing=args.student_forcing, self_correction=args.self_correction,
+                        self_correction_strength=args.self_correction_strength)
     data = _check_data(args.data)
     tok_cfg, image_size, _ = read_tokenizer_config(args.tokenizer)
     family = args.family or family_for_tokenizer(tok_cfg.kind).name

@@ -22,6 +22,7 @@ FAMILIES = {
     "hmar": "arvision.families.hmar",
     "maskgit": "arvision.families.maskgit",
     "flowar": "arvision.families.flowar",
+    "infinity": "arvision.families.infinity",
 }
 
 

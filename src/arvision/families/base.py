@@ -37,6 +37,10 @@ class Capabilities:
     speculative_decoding: bool = False  # Jacobi drafts: one token per causal step
     static_token_step: bool = False  # one fixed-shape compiled step serves every position
     student_forcing: bool = False  # SAR: a second pass on inputs built from the model's own predictions
+    latent_training: bool = False  # the trainer caches latents and the input builder makes targets per step
+    # (``training_pair``), on the trained schedule
+    self_correction: bool = False  # Infinity's bitwise self-correction (random bit flips of the first scales)
+    code_logits: bool = True  # the head gives one logit per code of the vocabulary (the watermark biases them)
     row_prefixes: bool = False  # steps fill the token grid row by row, one token each, and the tokens of the first
     # rows decode to a picture with the rest filled by repeating them (``preview``): GridAR's stages
 
@@ -153,6 +157,11 @@ class Family:
         """(L,) weights of the teacher-forced loss per position, summing to 1 (the trainer takes
         ``(ce * w).sum(-1).mean()``); None (the default): the plain mean over positions."""
         return None
+
+    def trunk_vocab(self, codes: int, code_dim: int) -> int:
+        """``TransformerConfig.vocab_size`` (the head's logits per position) for a tokenizer of ``codes`` codes of
+        ``code_dim`` channels: one logit per code by default (Infinity's bitwise head: 2 per bit)."""
+        return codes
 
     def from_scratch(self, latent_side: int) -> dict:
         """TransformerConfig fields this family derives from the tokenizer's latent side when training from

@@ -14,8 +14,10 @@ accuracy, or None), ``combines_guidance`` (False: the loop combines a guided bat
 guidance before ``choose``; True: ``choose`` gets both halves and guides inside, as a flow head guides velocities).
 
 :class:`CategoricalHead` is a softmax over the codebook (VAR, LlamaGen, FlexVAR); :class:`NeighbourHead` two of
-them whose per-position outputs a schedule combines into each token's logits (NAR); ``arvision.models.flow_head``
-has the flow-matching head over continuous tokens (FlowAR).
+them whose per-position outputs a schedule combines into each token's logits (NAR); :class:`BitwiseHead` two logits
+per bit of a d-bit token (Infinity); ``arvision.models.flow_head`` has the flow-matching head over continuous
+tokens (FlowAR).  ``hits(logits, targets)`` (B, L) is what the trainer logs as ``acc`` (a bitwise head: the
+fraction of bits right).
 """
 
 from __future__ import annotations
@@ -147,3 +149,50 @@ class NeighbourHead(CategoricalHead):
         both = (from_right + from_down) / 2
         out = torch.where((d < 0)[None, :, None], from_right, both)
         return torch.where((r < 0)[None, :, None], from_down, out)
+
+
+class BitwiseHead(CategoricalHead):
+    """Infinity's bitwise head: norm -> linear to 2 logits per bit (2d per token), token = d independent bits.
+
+    Logits (B, n, 2d) hold bit i's pair at channels (2i, 2i + 1) (index 1: the bit is set).  Tokens travel as int64
+    ids with the bits packed (``tokenizers.bitwise.pack_bits``); the loss is the per-bit cross-entropy averaged over
+    the d bits (Infinity's ``bitloss_type="mean"``)."""
+
+    def __init__(self, norm: nn.Module, width: int, bits: int):
+        super().__init__(norm, width, 2 * bits, bias=True)
+        self.bits = bits
+
+    def pairs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, n, 2d) -> (B, n, d, 2)."""
+        return logits.view(*logits.shape[:-1], self.bits, 2)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, schedule=None, generator=None) -> torch.Tensor:
+        """Mean per-bit cross-entropy of logits (B, L, 2d) against packed ids (B, L) -> (B, L) fp32."""
+        from arvision.tokenizers.bitwise import unpack_bits
+
+        bits = unpack_bits(targets, self.bits)
+        ce = F.cross_entropy(self.pairs(logits.float()).flatten(0, 2), bits.flatten(), reduction="none")
+        return ce.view_as(bits).mean(-1)
+
+    def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The fraction of bits the argmax gets right, (B, L)."""
+        from arvision.tokenizers.bitwise import unpack_bits
+
+        return (self.pairs(logits).argmax(-1) == unpack_bits(targets, self.bits)).float().mean(-1)
+
+    def choose(self, logits: torch.Tensor, s: int, run) -> tuple[torch.Tensor, None]:
+        """Guided logits (B, n, 2d) of step s -> (ids (B, n) with the drawn bits packed, None).
+
+        As Infinity's sampler: the logits are viewed as (B, n*d, 2), one row per bit, and the run's temperature /
+        top-k / top-p act on each pair (top-k 1: the likelier bit; top-p: the unlikelier bit is dropped when its
+        probability is at most 1 - p); then one multinomial draw over all B*n*d rows from the run's generator.
+        Forced tokens (editing) keep their ids.  No soft codes."""
+        from arvision.tokenizers.bitwise import pack_bits
+
+        B, n, _ = logits.shape
+        pairs = run.filtered(logits.reshape(B, n * self.bits, 2), s)
+        ids = pack_bits(run.options.tokens.draw(pairs, run.generator).view(B, n, self.bits))
+        forced = run.forced(s)
+        if forced is not None:
+            ids = torch.where(forced[1], forced[0], ids)
+        return ids, None

@@ -149,6 +149,8 @@ class WatermarkSpec:
     def processor(self, pipe_or_vocab) -> WatermarkProcessor:
         """The logits processor for a pipeline (or a vocabulary size)."""
         V = pipe_or_vocab if isinstance(pipe_or_vocab, int) else pipe_or_vocab.config.transformer.vocab_size
+        if not isinstance(pipe_or_vocab, int):
+            check_code_logits(pipe_or_vocab.family)
         if self.start_step and not isinstance(pipe_or_vocab, int):
             check_start_step(self, pipe_or_vocab.schedule)
             S = pipe_or_vocab.schedule.num_steps
@@ -164,6 +166,13 @@ def check_start_step(spec: WatermarkSpec, schedule) -> None:
         raise ArvisionError(f"watermark start step {spec.start_step} needs steps whose tokens sit at fixed positions; "
                             f"this model's steps ({schedule.describe()}) reveal tokens wherever they are chosen at "
                             "run time: use start step 0")
+
+
+def check_code_logits(family) -> None:
+    """Raise unless ``family``'s head scores every code of the vocabulary (the green lists are sets of codes)."""
+    if not family.capabilities.code_logits:
+        raise ArvisionError(f"the watermark biases one logit per code; {family.description} models score each bit of "
+                            "a token separately, so it does not apply to them")
 
 
 class WatermarkProcessor:
@@ -282,6 +291,7 @@ def detect_images(pipe, images: torch.Tensor, spec: WatermarkSpec, *, threshold:
                   unique: bool = True, batch_size: int = 256) -> list[DetectionResult]:
     """Re-tokenise images (B, 3, H, W) in [-1, 1] at the model's size with its own tokenizer (VAR: the multi-scale
     residual quantiser), then :func:`detect_tokens`."""
+    check_code_logits(pipe.family)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ArvisionError(f"images must be (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
     size = pipe.config.image_size
@@ -340,6 +350,7 @@ def align_images(pipe, images: torch.Tensor, spec: WatermarkSpec, lists, *, stre
     with a generator seed s and class k: ``spec.list_for(s, k)``).  Returns the aligned images, (B, 3, H, W) in
     [-1, 1], float32.  The tokenizer's weights are untouched.
     """
+    check_code_logits(pipe.family)
     from arvision.progress import progress as progress_of
 
     strength = (spec.align if spec.align is not None else 1.0) if strength is None else strength

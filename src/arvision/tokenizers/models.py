@@ -23,6 +23,13 @@ from arvision.tokenizers.quantizers import Codebook, PhiBank
 class ConvTokenizer(nn.Module):
     """Encoder -> quant_conv -> codebook -> post_quant_conv -> decoder."""
 
+    code_table = True  # its codes are rows of ``quantize.embedding`` (the tokenizer trainer restarts dead ones)
+
+    @staticmethod
+    def usage_size(cfg: TokenizerConfig) -> int:
+        """The length of each scale's usage counts that ``quantize_train`` returns (one per code)."""
+        return cfg.vocab_size
+
     @staticmethod
     def check_config(cfg: TokenizerConfig) -> None:
         """Raise ArvisionError for config fields this kind of tokenizer cannot use."""
@@ -347,9 +354,12 @@ def check_scale_list(sides, minimum: int) -> None:
                             "side(s), each >= 1)")
 
 
-TOKENIZERS = {"multiscale": MultiScaleVQTokenizer, "vq": VQTokenizer,
+TOKENIZERS = {"multiscale": MultiScaleVQTokenizer, "vq": VQTokenizer,  # + "bsq": tokenizers/bitwise.py
               "multiscale-independent": MultiScaleIndependentTokenizer}
 
 
 def build_tokenizer(cfg: TokenizerConfig) -> ConvTokenizer:
     return TOKENIZERS[cfg.kind](cfg)
+
+
+import arvision.tokenizers.bitwise  # noqa: E402,F401  (registers "bsq" in TOKENIZERS; it subclasses ConvTokenizer)

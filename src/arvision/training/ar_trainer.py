@@ -60,17 +60,25 @@ class ARTrainConfig:
     keep_last: int = 3
     sample_cfg: float | None = None  # guidance for the periodic sample grids (None: family default)
     student_forcing: bool = False  # SAR's second pass on the model's own predictions (scale-wise families)
+    # bitwise self-correction (Infinity; families with ``capabilities.self_correction``): the first N scales' bits
+    # are flipped with a probability drawn per step from {0, 0.01, ..., strength} (noise_apply_layers, _strength)
+    self_correction: int = 0
+    self_correction_strength: float = 0.3
 
     def __post_init__(self):
         # every field, on construction: the CLI builds this config before it reads or tokenises any data
         check_common(self, ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"),
                      ("warmup_steps", "keep_last", "seed"))
         check_range("label_drop", self.label_drop, 0.0, 1.0, hi_open=True)
+        check_range("self_correction", self.self_correction, 0)
+        check_range("self_correction_strength", self.self_correction_strength, 0.0, 1.0)
 
 
 def trains_on_latents(pipe) -> bool:
-    """Whether ``pipe``'s family draws a schedule per step, so its data is cached as latents, not tokens."""
-    return pipe.family.capabilities.random_train_schedules
+    """Whether ``pipe``'s family makes its targets per step (a random schedule, or self-correction's flips), so its
+    data is cached as latents, not tokens."""
+    caps = pipe.family.capabilities
+    return caps.random_train_schedules or caps.latent_training
 
 
 @torch.no_grad()
@@ -129,6 +137,9 @@ class ARTrainer:
         if not self.latents and tuple(tokens.shape[1:]) != per_image:
             raise ArvisionError(f"tokens have shape {tuple(tokens.shape)}; the schedule has {pipe.schedule.length} "
                                 f"positions per image (expected (N, {', '.join(map(str, per_image))}))")
+        if cfg.self_correction and not pipe.family.capabilities.self_correction:
+            raise ArvisionError(f"bitwise self-correction applies to bitwise-token families; {pipe.family.description}"
+                                " models do not take it")
         if cfg.student_forcing and not pipe.family.capabilities.student_forcing:
             raise ArvisionError(f"student forcing (SAR) applies to scale-wise families; {pipe.family.description} "
                                 "models do not take it")
@@ -151,15 +162,19 @@ class ARTrainer:
 
     # -- one optimisation step ---------------------------------------------------------------------
     def batch(self, idx: torch.Tensor):
-        """Rows ``idx`` of the data -> (schedule, input builder, targets (b, L)) of this step.  Every rank draws the
-        same schedule (one generator, seeded alike)."""
-        pipe, device = self.pipe, self.info.device
-        if not self.latents:
-            return pipe.schedule, pipe.inputs, self.tokens[idx].to(device)
-        schedule = pipe.family.training_schedule(pipe.config, self.schedule_gen)
-        inputs = pipe.family.input_builder(pipe.tokenizer, schedule)
+        """Rows ``idx`` of the data -> (schedule, input builder, targets (b, L), training inputs, loss weights (b, L)
+        or None) of this step.  Every rank draws the same schedule (one generator, seeded alike); self-correction's
+        flips come from it too; a masked model's masking from the per-rank input generator."""
+        pipe, device, cfg = self.pipe, self.info.device, self.cfg
         with torch.no_grad():
-            return schedule, inputs, inputs.targets_from_latents(self.tokens[idx].to(device))
+            if not self.latents:
+                tok = self.tokens[idx].to(device)
+                return pipe.schedule, pipe.inputs, tok, *pipe.inputs.training_inputs(tok, self.input_gen)
+            schedule = pipe.family.training_schedule(pipe.config, self.schedule_gen)
+            inputs = pipe.family.input_builder(pipe.tokenizer, schedule)
+            tok, x_in = inputs.training_pair(self.tokens[idx].to(device), self.schedule_gen, cfg.self_correction,
+                                             cfg.self_correction_strength)
+            return schedule, inputs, tok, x_in, None
 
     def train_step(self) -> dict:
         cfg, device = self.cfg, self.info.device
@@ -169,11 +184,9 @@ class ARTrainer:
         if self.conditions.draws:  # which caption of each image (class labels draw nothing)
             choice = shard(torch.randint(1 << 30, (cfg.batch_size,), generator=self.gen), self.info)
         idx, drop = shard(idx, self.info), shard(drop, self.info)
-        schedule, inputs, tok = self.batch(idx)
+        schedule, inputs, tok, x_in, weights = self.batch(idx)
         cond = self.conditions.batch(idx, drop, choice, device)
         head = self.model.head
-        with torch.no_grad():
-            x_in, weights = inputs.training_inputs(tok, self.input_gen)
         autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext())
         with autocast:
             logits = self.ddp(cond, x_in, schedule)

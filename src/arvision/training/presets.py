@@ -13,7 +13,8 @@ def transformer_config(family: str, preset: str, vocab: int, num_classes: int, i
                        heads: int | None = None, latent_side: int | None = None):
     """The ``TransformerConfig`` of ``family`` (a registered name) at size ``preset`` (a name of ``SIZES`` or a
     released size of the family); ``heads`` overrides the head count of the ``SIZES`` trunks.  ``latent_side``:
-    the tokenizer's latent grid side, for the fields a family derives from it (``Family.from_scratch``)."""
+    the tokenizer's latent grid side, for the fields a family derives from it (``Family.from_scratch``).  ``vocab``:
+    the tokenizer's code count (the head's logits: ``Family.trunk_vocab``)."""
     from arvision.config import TransformerConfig
     from arvision.families import get_family
 
@@ -27,5 +28,6 @@ def transformer_config(family: str, preset: str, vocab: int, num_classes: int, i
         known = sorted(SIZES) + sorted(fam.presets)
         raise ArvisionError(f"unknown preset {preset!r} for {family}; known: {', '.join(known)}")
     extra = fam.from_scratch(latent_side) if latent_side is not None else {}
-    return TransformerConfig(block=fam.block, width=width, depth=depth, num_heads=nh, vocab_size=vocab,
+    return TransformerConfig(block=fam.block, width=width, depth=depth, num_heads=nh,
+                             vocab_size=fam.trunk_vocab(vocab, in_channels),
                              num_classes=num_classes, in_channels=in_channels, **extra)

@@ -220,7 +220,8 @@ class TokenizerTrainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
-            bank = getattr(self.tok.quantize, "quant_resi", None)  # phi convs no scale maps to get no gradient
+            # phi convs no scale maps to get no gradient (a bsq tokenizer has no codebook module at all)
+            bank = getattr(getattr(self.tok, "quantize", None), "quant_resi", None)
             unused = bank is not None and len(set(bank.index)) < len(bank.qresi_ls)
             self.ddp = DDP(self.tok, device_ids=ids, find_unused_parameters=unused)
         self.optimizer = make_adamw(self.tok, cfg.lr, cfg.weight_decay)
@@ -231,7 +232,8 @@ class TokenizerTrainer:
         tc = tokenizer.cfg
         sides = tokenizer.scale_sides(tc, self.image_size)
         self.scale_tokens = torch.tensor([float(s * s) for s in sides])
-        self.usage_ema = torch.zeros(len(sides), tc.vocab_size)  # per-scale EMA of code hit frequencies
+        # per-scale EMA of code hit frequencies (bsq: of each bit's two values)
+        self.usage_ema = torch.zeros(len(sides), tokenizer.usage_size(tc))
         self.usage_updates = 0
         self.last_hits = torch.zeros_like(self.usage_ema)
         self.step = 0
@@ -347,7 +349,8 @@ class TokenizerTrainer:
             metrics.update(self.adversary.step(x, recon, lr, self._autocast()))
         self.step += 1
         self._track_usage(usage)
-        if cfg.dead_code_every and cfg.train_part == "all" and self.step % cfg.dead_code_every == 0:
+        if (cfg.dead_code_every and cfg.train_part == "all" and self.tok.code_table
+                and self.step % cfg.dead_code_every == 0):
             metrics["restarted_codes"] = self.restart_dead_codes(feats)
         return metrics
 
