@@ -88,7 +88,7 @@ class Family:
     convert_options: tuple[Option, ...] = ()
     convert_help: str = ""
     transformer_checkpoint_paths: tuple[tuple[str, ...], ...] = ()  # nested layouts the official loaders accept
-    # the family whose official checkpoint layout this one extends (HMAR's files carry VAR's buffers too): a state
+    # the family whose official transformer layout this one extends (HMAR's files carry VAR's buffers too): a state
     # this family owns is not that family's, whatever that family's own markers say
     refines: str | None = None
 
@@ -220,8 +220,8 @@ class Family:
             f.owns_transformer_checkpoint(state) if what == "transformer" else f.owns_tokenizer_checkpoint(state))]
         mine = (self.owns_transformer_checkpoint(state) if what == "transformer"
                 else self.owns_tokenizer_checkpoint(state))
-        refining = [f for f in owners if f.refines == self.name]
-        if refining:  # an extension of our layout: its markers are the more specific ones
+        refining = [f for f in owners if f.refines == self.name] if what == "transformer" else []
+        if refining:  # an extension of our trunk's layout (tokenizers may be shared): its markers are more specific
             owners, mine = refining, False
         if owners and not mine:
             names = " / ".join(f.description for f in owners)
