@@ -1,7 +1,7 @@
 """Where one image's sampling time goes: torch.profiler over one call, after one warm-up call.
 
     PYTHONPATH=src python bench/profile_sampling.py /tmp/arvision-official-speed/llamagen/arvision_model \
-        --cfg 4 --top-k 0 --top-p 0 --weights int8
+        --cfg 4 --top-k 0 --top-p 0 --weights int8      # or --weights fp32 (the AVX2 path)
 
 Prints the operators by self CPU time and, per operator, its share of the profiled total (tokens only, no decode).
 """
@@ -24,7 +24,8 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=None)
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--top-p", type=float, default=None)
-    ap.add_argument("--weights", choices=["bf16", "int8"], default="bf16")
+    ap.add_argument("--weights", choices=["bf16", "int8", "fp32"], default="bf16",
+                    help="fp32: the exact path (what `auto` runs on CPUs without AVX512-BF16/AMX)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=15)
     args = ap.parse_args()
@@ -32,9 +33,10 @@ def main() -> None:
     pipe = ARPipeline.from_pretrained(args.model)
     if args.weights == "int8":
         pipe.quantize_weights("int8")
-    else:
+    elif args.weights == "bf16":
         pipe.to(dtype=torch.bfloat16)
-    kw = dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, output_type="tokens", precision="bf16")
+    precision = "fp32" if args.weights == "fp32" else "bf16"
+    kw = dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, output_type="tokens", precision=precision)
     pipe(args.classes, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
