@@ -114,8 +114,9 @@ class Schedule:
 
     @property
     def sees_earlier_steps(self) -> bool:
-        """Whether a step attends to the positions of earlier steps (False: block-diagonal, nothing to cache)."""
-        return self.attention != "block-diagonal"
+        """Whether a step attends to keys that earlier steps wrote (False: nothing to cache — block-diagonal steps see
+        only themselves, and a bidirectional step re-feeds the whole map it attends to)."""
+        return self.attention == "block-causal"
 
     def visible(self, device=None) -> torch.Tensor:
         """(L, L) bool, [q, k] True where query position q may attend to key position k (the attention rule;

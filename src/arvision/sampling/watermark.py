@@ -148,16 +148,17 @@ class WatermarkSpec:
 
     def processor(self, pipe_or_vocab) -> WatermarkProcessor:
         """The logits processor for a pipeline (or a vocabulary size)."""
-        V = pipe_or_vocab if isinstance(pipe_or_vocab, int) else pipe_or_vocab.config.transformer.vocab_size
-        if not isinstance(pipe_or_vocab, int):
-            check_code_logits(pipe_or_vocab.family)
-        if self.start_step and not isinstance(pipe_or_vocab, int):
-            check_start_step(self, pipe_or_vocab.schedule)
-            S = pipe_or_vocab.schedule.num_steps
+        if isinstance(pipe_or_vocab, int):
+            return WatermarkProcessor(self, pipe_or_vocab)
+        pipe = pipe_or_vocab
+        check_code_logits(pipe.family)
+        if self.start_step:
+            check_start_step(self, pipe.schedule)
+            S = pipe.schedule.num_steps
             if self.start_step >= S:
                 raise ArvisionError(f"watermark start step {self.start_step} is past the model's last step "
                                     f"({S} steps: 0..{S - 1})")
-        return WatermarkProcessor(self, V)
+        return WatermarkProcessor(self, pipe.config.transformer.vocab_size)
 
 
 def check_start_step(spec: WatermarkSpec, schedule) -> None:

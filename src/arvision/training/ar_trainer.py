@@ -191,10 +191,12 @@ class ARTrainer:
         with autocast:
             logits = self.ddp(cond, x_in, schedule)
         ce = head.loss(logits, tok, schedule=schedule, generator=self.loss_gen)
-        scale_w = self.pipe.family.loss_weights(schedule)  # per position (HMAR's per-scale weights), or None
-        # per-position weights sum to 1 over a sequence (HMAR); mask weights (MaskGIT) pick the positions to average
-        loss = (weighted_mean(ce, weights) if scale_w is None
-                else (ce * scale_w.to(ce.device, ce.dtype)).sum(-1).mean())
+        # one weighted mean: a masked model's mask weights (B, L) times the family's per-position weights (L,)
+        # (HMAR's per-scale weights, summing to 1 over a sequence: the mean over images of each sequence's sum)
+        scale_w = self.pipe.family.loss_weights(schedule)
+        loss_w = weights if scale_w is None else scale_w.to(ce.device, ce.dtype).expand_as(ce) * (
+            1.0 if weights is None else weights)
+        loss = weighted_mean(ce, loss_w)
         student = None
         if cfg.student_forcing:
             with torch.no_grad():  # SAR's staggered roll-out: each step's input from the previous steps' argmax
