@@ -12,6 +12,10 @@ Everything goes through the documented commands:
 Prints a Markdown table and writes the raw outputs as JSON.
 
     python bench/eval_bundled.py [--model DIR] [--per-class 100] [--seed 0] [--work /tmp/arvision-eval]
+        [--setting CFG TOP_P ...]
+
+``--setting CFG TOP_P`` (repeatable) samples at guidance CFG and top-p TOP_P (top-k off) instead of the model's
+stored settings, one generated set and one row per setting: the measured quality frontier of the sampling knobs.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/arvision-eval")
+    ap.add_argument("--setting", nargs=2, type=float, action="append", metavar=("CFG", "TOP_P"),
+                    help="sample at this guidance and top-p (top-k off); repeatable (default: the stored settings)")
     args = ap.parse_args()
 
     from arvision.bundled import bundled_model_dir
@@ -78,29 +84,37 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     ref, held = write_real(work, cfg.image_size)
-    gen = work / f"gen-{model.name}-seed{args.seed}"
-    results: dict = {"model": str(model)}
-    _, results["sample_seconds"] = run(["eval", "sample", str(model), "--per-class", str(args.per_class),
-                                        "--seed", str(args.seed), "--out", str(gen), "--batch-size", "100"])
+    settings = args.setting or [None]
+    results: dict = {"model": str(model), "sets": []}
     cache = str(work / "features")
     flags = ["--sfid", "--pr", "--kid", "--cache-dir", cache]
-    results["generated"], results["fid_seconds"] = run(["eval", "fid", str(ref), str(gen), *flags])
+    for setting in settings:
+        knobs = [] if setting is None else ["--cfg", f"{setting[0]:g}", "--top-k", "0", "--top-p", f"{setting[1]:g}"]
+        label = "stored settings" if setting is None else f"cfg {setting[0]:g}, top-p {setting[1]:g}"
+        gen = work / f"gen-{model.name}-seed{args.seed}{''.join(knobs).replace('--', '-')}"
+        entry = {"setting": label}
+        _, entry["sample_seconds"] = run(["eval", "sample", str(model), "--per-class", str(args.per_class),
+                                          "--seed", str(args.seed), "--out", str(gen), "--batch-size", "100", *knobs])
+        entry["generated"], entry["fid_seconds"] = run(["eval", "fid", str(ref), str(gen), *flags])
+        entry["classify"], _ = run(["eval", "classify", str(gen), "--fid-real", "mnist-5k"])
+        results["sets"].append(entry)
     results["real_held"], _ = run(["eval", "fid", str(ref), str(held), *flags])
-    results["classify_generated"], _ = run(["eval", "classify", str(gen), "--fid-real", "mnist-5k"])
     results["classify_real_held"], _ = run(["eval", "classify", str(held), "--fid-real", "mnist-5k"])
     (work / f"results-{model.name}.json").write_text(json.dumps(results, indent=1))
 
-    g, r, cg, cr = (results[k] for k in ("generated", "real_held", "classify_generated", "classify_real_held"))
     print(f"| set (N = {10 * args.per_class}) vs 4,000 real | FID | sFID | precision | recall | KID | "
           "digit accuracy | classifier-FID vs 5,000 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, m, c in ((f"generated ({model.name}, seed {args.seed})", g, cg), ("1,000 real digits not in the "
-                                                                                 "reference", r, cr)):
+    rows = [(f"generated ({model.name}, seed {args.seed}, {e['setting']})", e["generated"], e["classify"])
+            for e in results["sets"]]
+    rows.append(("1,000 real digits not in the reference", results["real_held"], results["classify_real_held"]))
+    for name, m, c in rows:
         kid = f"{float(m['KID']):.4f} ± {float(m['KID std']):.4f}"
         print(f"| {name} | {float(m['FID']):.2f} | {float(m['sFID']):.2f} | {float(m['precision']):.3f} | "
               f"{float(m['recall']):.3f} | {kid} | {float(c['accuracy']):.4f} | "
               f"{float(c['classifier-FID vs mnist-5k']):.2f} |")
-    print(f"\nsampling {results['sample_seconds']:.0f} s; features + metrics {results['fid_seconds']:.0f} s")
+    for e in results["sets"]:
+        print(f"{e['setting']}: sampling {e['sample_seconds']:.0f} s; features + metrics {e['fid_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,40 +1,53 @@
-"""The paradigm table of docs/paradigms.md: digit models of different families, judged the same way.
+"""The paradigm table of docs/paradigms.md: digit models of every family, trained at equal FLOPs by
+``bench/train_paradigm_table.sh``, judged the same way in one run.
 
-For every model folder given (default: the bundled VAR and the FlexVAR runs of ``bench/train_paradigms.sh``):
+For every model of ``--runs`` (and every extra folder of ``--models``; ``bundled``: the bundled VAR):
 
-1. ``arvision sample MODEL --classes <P of each digit> --seed S --out-dir GEN --batch-size 100`` (the CLI, at the
-   sampling defaults stored with each model; timed), for every seed of ``--seeds``;
-2. accuracy of those digits under the shipped mnist-5k classifier, and FID on the classifier's penultimate features
-   against all 5,000 real digits: per seed, and their mean and standard deviation over the seeds (how large a
-   difference between models has to be before it means anything); ``--inception`` adds the TF-Inception FID of the
-   first seed, as ``bench/bundled_quality.py`` measures it.
+1. **the sweep**: ``arvision sample MODEL --classes <P of each digit> --seed 0 --cfg G [--top-k 0 --top-p T]`` (the
+   CLI, one thread per process, ``--jobs`` processes at once; timed) for every guidance G of ``--guidance`` and top-p
+   T of ``--top-p`` (top-p is skipped for continuous-token heads, where nothing is drawn from logits);
+2. the setting with the lowest classifier-FID is the model's best; it is sampled again at the other ``--seeds``;
+3. every folder is judged by the shipped mnist-5k classifier: digit accuracy, and on its penultimate features the
+   FID and improved precision / recall (k = 3) against 4,000 real digits (index i % 5 != 4); the 1,000 real digits
+   kept apart (i % 5 == 4) give the floor of each at the same N. ``--inception`` adds the TF-Inception FID of the best
+   setting's first seed against the same 4,000;
+4. forwards and token forwards per image come from the pipeline's own counters (one batch of 10 at the best
+   setting); seconds per image from the timed sampling of the best setting's first seed;
+5. training FLOPs and seconds come from the files ``bench/train_paradigm_table.sh`` leaves beside each model.
 
-For the first model whose family samples on other scale lists (FlexVAR; or every such model with ``--all-lists``),
-also every list of ``--lists`` (zero-shot: lists and resolutions never trained on), with accuracy / classifier-FID
-measured on the images area-resized to the model's size, and a picture: one row per list, one column per digit
-(``--picture``).
+``--picture``: one row per model (its best setting, seed 0), one column per digit.  ``--lists``: for models that
+sample on other scale lists (FlexVAR), also those lists zero-shot, with their own picture (``--lists-picture``).
 
-    python bench/paradigm_table.py [--models DIR ...] [--per-class 100] [--zero-shot-per-class 50]
-        [--work /tmp/arvision-paradigms] [--out-json table.json] [--picture docs/img/flexvar_zero_shot.png]
+    python bench/paradigm_table.py --runs runs/paradigms [--models bundled] [--guidance 1.5 3] [--top-p 0.9 1.0]
+        [--seeds 0 1 2] [--per-class 100] [--jobs 2] [--inception] [--picture docs/img/paradigms.png]
+        [--work /tmp/arvision-paradigms] [--out-json table.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_MODELS = ["bundled", "runs/flexvar-mnist", "runs/flexvar-mnist-tf300-seed1", "runs/flexvar-mnist-sar300-seed1",
-                  "runs/flexvar-mnist-tf300-seed2", "runs/flexvar-mnist-sar300-seed2"]
-DEFAULT_LISTS = ["1,2,4,8", "1,2,3,4,5,6,7,8", "1,2,3,4,6,8,10,12", "1,2,3,4,6,8,10,12,14,16"]
+# (name in the table, run folder in --runs, the FLOP file bench/train_paradigm_table.sh wrote for it)
+RUNS = [("VAR", "var", "flops-var"), ("raster (LlamaGen)", "llamagen", "flops-llamagen"),
+        ("FlexVAR", "flexvar", "flops-flexvar"),
+        ("FlexVAR + TF (control)", "flexvar-tf", "flops-flexvar-teacher-forcing"),
+        ("FlexVAR + SAR", "flexvar-sar", "flops-flexvar-student-forcing"),
+        ("HMAR (next-scale stage)", "hmar", "flops-hmar"), ("NAR", "nar", "flops-nar"),
+        ("MaskGIT", "maskgit", "flops-maskgit"), ("Infinity (bitwise)", "infinity", "flops-infinity"),
+        ("FlowAR (flow head)", "flowar", "flops-flowar")]
+POST_TRAINED = {"flexvar-tf": "flexvar", "flexvar-sar": "flexvar"}  # continuations: their FLOPs add to these
 
 
 def cpu_name() -> str:
@@ -44,15 +57,22 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def sample_folder(model: str, per_class: int, seed: int, out_dir: Path, extra: list[str]) -> tuple[list[str], float]:
-    """``arvision sample`` of ``per_class`` digits of each class into ``out_dir`` -> (command, seconds)."""
+def sample_folder(model: str, per_class: int, seed: int, out_dir: Path, extra: list[str]) -> tuple[str, float]:
+    """``arvision sample`` of ``per_class`` digits of each class into ``out_dir`` (one thread) -> (command, seconds
+    of sampling as the CLI reports it)."""
     classes = [str(k) for k in range(10) for _ in range(per_class)]
     cmd = [sys.executable, "-m", "arvision", "sample", *([] if model == "bundled" else [model]), "--classes",
            *classes, "--seed", str(seed), "--out-dir", str(out_dir), "--batch-size", "100", *extra]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return cmd, time.perf_counter() - t0
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds = time.perf_counter() - t0
+    # the CLI's own "N image(s) in S s" (sampling and decoding, without the start-up and loading of the process)
+    for line in out.stdout.splitlines():
+        if " image(s) in " in line:
+            seconds = float(line.rsplit(" in ", 1)[1].split()[0])
+    shown = " ".join(["arvision", "sample", *([] if model == "bundled" else [model]), "--classes <...>", *cmd[-8:]])
+    return shown, seconds
 
 
 def read_folder(out_dir: Path, size: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -68,34 +88,91 @@ def read_folder(out_dir: Path, size: int) -> tuple[np.ndarray, torch.Tensor]:
 
 
 class Judge:
-    """The shipped mnist-5k classifier and the 5,000 real digits, at one image size."""
+    """The shipped mnist-5k classifier and the real digits at one size: 4,000 reference, 1,000 kept apart."""
 
     def __init__(self, size: int, work: Path, inception: bool):
         sys.path.insert(0, str(Path(__file__).parent))
-        from bundled_quality import real_digits, real_inception
+        from bundled_quality import real_digits
 
         from arvision.evaluation.classifier import classifier_features, load_mnist_classifier
 
         self.clf, self.features = load_mnist_classifier(), classifier_features
-        self.real, self.real_labels = real_digits(size)
-        _, self.real_cf = self._clf(self.real)
-        self.real_if = real_inception(work, size, self.real) if inception else None
+        real, labels = real_digits(size)
+        held = np.arange(len(real)) % 5 == 4
+        self.ref = real[~held]
+        _, self.ref_cf = self._clf(self.ref)
+        self.ref_if = self._inception(work / f"real_ref_inception_{size}.npy", self.ref) if inception else None
+        self.floor = self(real[held], labels[held], inception=inception, cache=work / f"real_held_inc_{size}.npy")
 
     def _clf(self, images: np.ndarray):
         return self.features(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), self.clf)
 
-    def __call__(self, images: np.ndarray, labels: torch.Tensor, inception: bool = True) -> dict:
-        from arvision.evaluation.fid import fid_from_features
+    @staticmethod
+    def _inception(cache: Path | None, images: np.ndarray) -> np.ndarray:
         from arvision.evaluation.inception import InceptionFeatures
 
+        if cache is not None and cache.is_file():
+            return np.load(cache)
+        feats = np.asarray(InceptionFeatures()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()),
+                           dtype=np.float64)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, feats)
+        return feats
+
+    def __call__(self, images: np.ndarray, labels: torch.Tensor, inception: bool = False,
+                 cache: Path | None = None) -> dict:
+        from arvision.evaluation.fid import fid_from_features
+        from arvision.evaluation.metrics import precision_recall
+
         logits, cf = self._clf(images)
+        precision, recall = precision_recall(self.ref_cf, cf)
         out = {"images": len(images), "accuracy": (logits.argmax(1) == labels).float().mean().item(),
-               "fid_classifier": fid_from_features(cf, self.real_cf)}
-        if self.real_if is not None and inception:
-            feats = np.asarray(InceptionFeatures()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()),
-                               dtype=np.float64)
-            out["fid_inception"] = fid_from_features(feats, self.real_if)
+               "fid_classifier": fid_from_features(cf, self.ref_cf), "precision": precision, "recall": recall}
+        if inception and self.ref_if is not None:
+            out["fid_inception"] = fid_from_features(self._inception(cache, images), self.ref_if)
         return out
+
+
+def settings(guidance: list[float], top_p: list[float], continuous: bool) -> list[tuple[str, list[str]]]:
+    """(label, sample flags) of every swept setting."""
+    out = []
+    for g in guidance:
+        for p in ([None] if continuous else top_p):
+            label = f"cfg {g:g}" + ("" if p is None else f", top-p {p:g}")
+            out.append((label, ["--cfg", f"{g:g}"] + ([] if p is None else ["--top-k", "0", "--top-p", f"{p:g}"])))
+    return out
+
+
+def counters(pipe, flags: list[str]) -> dict:
+    """Forwards and token forwards per image of one batch of 10 at the sample flags ``flags``."""
+    opts = dict(zip(flags[::2], flags[1::2]))
+    kw = {"guidance_scale": float(opts["--cfg"])}
+    if "--top-p" in opts:
+        kw.update(top_k=0, top_p=float(opts["--top-p"]))
+    out = pipe(list(range(10)), generator=torch.Generator().manual_seed(0), output_type="tokens", batch_size=10,
+               **kw)
+    return {"forwards": out.stats["forwards"], "token_forwards_per_image": out.stats["token_forwards"] / 10}
+
+
+def training_info(runs: Path, run: str, flops_file: str) -> dict:
+    """Training FLOPs / steps / seconds of a run of bench/train_paradigm_table.sh (continuations include the run they
+    continue)."""
+    info = {}
+    f = runs / f"{flops_file}.json"
+    if f.is_file():
+        d = json.loads(f.read_text())
+        info = {"train_steps": d["steps"], "train_flops": d["flops"], "flops_per_step": d["flops_per_step"]}
+    s = runs / f"{run}.seconds"
+    if s.is_file():
+        info["train_seconds"] = int(s.read_text())
+    base = POST_TRAINED.get(run)
+    if base and info:
+        b = training_info(runs, base, f"flops-{base}")
+        info["train_flops"] += b.get("train_flops", 0)
+        info["train_seconds"] = info.get("train_seconds", 0) + b.get("train_seconds", 0)
+        info["train_steps"] = f"{b.get('train_steps')} + {info['train_steps']}"
+    return info
 
 
 def picture(rows: list[tuple[str, Path]], path: Path) -> None:
@@ -108,80 +185,142 @@ def picture(rows: list[tuple[str, Path]], path: Path) -> None:
             first = sorted(folder.glob(f"*_class{k}.png"))[0]
             cells.append(read_image(first).resize((96, 96), resample=0))
             captions.append(caption if k == 0 else str(k))
+    path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(cells, captions, ncol=10).save(path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="model folders ('bundled': the bundled one)")
+    ap.add_argument("--runs", type=Path, default=None, help="the work folder of bench/train_paradigm_table.sh")
+    ap.add_argument("--models", nargs="*", default=[], help="more model folders ('bundled': the bundled one)")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 3.0])
+    ap.add_argument("--top-p", type=float, nargs="+", default=[0.9, 1.0])
     ap.add_argument("--per-class", type=int, default=100)
-    ap.add_argument("--zero-shot-per-class", type=int, default=50)
-    ap.add_argument("--lists", nargs="*", default=DEFAULT_LISTS, help="scale lists for models that take them")
-    ap.add_argument("--all-lists", action="store_true", help="the lists for every model that takes them")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--inception", action="store_true", help="also the TF-Inception FID (slower)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2, help="sampling processes at once (one thread each)")
+    ap.add_argument("--inception", action="store_true", help="also the TF-Inception FID of each best setting")
+    ap.add_argument("--lists", nargs="*", default=[], help="zero-shot scale lists for models that take them")
+    ap.add_argument("--lists-per-class", type=int, default=50)
     ap.add_argument("--work", type=Path, default=Path("/tmp/arvision-paradigms"))
     ap.add_argument("--out-json", type=Path, default=None)
-    ap.add_argument("--picture", type=Path, default=None, help="zero-shot picture of the first scale-list model")
+    ap.add_argument("--picture", type=Path, default=None)
+    ap.add_argument("--lists-picture", type=Path, default=None)
     args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from arvision.bundled import bundled_model_dir
     from arvision.pipeline import ARPipeline
 
-    judges: dict[int, Judge] = {}
-    report = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "models": []}
-    picture_rows = None
-    for model in args.models:
-        folder = bundled_model_dir() if model == "bundled" else Path(model)
-        pipe = ARPipeline.from_pretrained(folder)
-        size = pipe.config.image_size
-        judge = judges.setdefault(size, Judge(size, args.work, args.inception))
-        name = folder.name if model != "bundled" else "bundled"
-        per_seed = []
-        for seed in args.seeds:
-            gen = args.work / name / f"trained-list-seed{seed}"
-            cmd, seconds = sample_folder(model, args.per_class, seed, gen, [])
-            per_seed.append({"seed": seed, "sample_seconds": round(seconds, 1),
-                             **judge(*read_folder(gen, size), inception=seed == args.seeds[0])})
-        gen = args.work / name / f"trained-list-seed{args.seeds[0]}"
-        entry = {"model": model, "family": pipe.config.family, "schedule": pipe.schedule.describe(),
-                 "params_m": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e6, 2),
-                 "sampling": pipe.config.sampling, "command": " ".join(cmd[1:4] + ["..."] + cmd[-8:]),
-                 "per_seed": per_seed, **per_seed[0]}
-        for key in ("accuracy", "fid_classifier"):
-            values = np.array([r[key] for r in per_seed])
-            entry[f"{key}_mean"], entry[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1)) \
-                if len(values) > 1 else 0.0
-        if pipe.family.capabilities.scale_lists and (args.all_lists or picture_rows is None):
-            entry["lists"] = {}
-            rows = [(f"trained, {size}px", gen)]
-            for spec in args.lists:
-                out = args.work / name / f"list-{spec.replace(',', '-')}"
-                _, seconds = sample_folder(model, args.zero_shot_per_class, args.seeds[0], out,
-                                           ["--patch-nums", spec])
-                sides = [int(p) for p in spec.split(",")]
-                entry["lists"][spec] = {"image_px": sides[-1] * pipe.config.tokenizer.downsample,
-                                        "sample_seconds": round(seconds, 1), **judge(*read_folder(out, size))}
-                rows.append((f"{len(sides)} steps, {entry['lists'][spec]['image_px']}px", out))
-            picture_rows = picture_rows or rows
+    models = []  # (name, folder argument, folder, run, flops file)
+    if args.runs is not None:
+        models += [(name, str(args.runs / run), args.runs / run, run, ff) for name, run, ff in RUNS
+                   if (args.runs / run / "transformer.safetensors").is_file()]
+    for m in args.models:
+        folder = bundled_model_dir() if m == "bundled" else Path(m)
+        models.append(("VAR (bundled)" if m == "bundled" else folder.name, m, folder, None, None))
+    pipes = {name: ARPipeline.from_pretrained(folder) for name, _, folder, _, _ in models}
+    configs = {name: pipe.config for name, pipe in pipes.items()}
+    sizes = {c.image_size for c in configs.values()}
+    judges = {s: Judge(s, args.work, args.inception) for s in sizes}
+    pool = ThreadPoolExecutor(args.jobs)
+
+    # 1. the sweep (seed 0), all models at once
+    jobs = {}
+    for name, arg, _folder, _, _ in models:
+        continuous = bool(pipes[name].transformer.head.token_dims)  # nothing drawn from logits: no top-p
+        for label, flags in settings(args.guidance, args.top_p, continuous):
+            out = args.work / Path(arg).name / f"{label.replace(' ', '').replace(',', '_')}-seed{args.seeds[0]}"
+            jobs[name, label] = (flags, out, pool.submit(sample_folder, arg, args.per_class, args.seeds[0], out, flags))
+    sweep = {}
+    for (name, label), (flags, out, fut) in jobs.items():
+        cmd, seconds = fut.result()
+        r = judges[configs[name].image_size](*read_folder(out, configs[name].image_size))
+        sweep.setdefault(name, []).append({"setting": label, "flags": flags, "folder": str(out), "command": cmd,
+                                           "sample_seconds": round(seconds, 1), **r})
+        print(json.dumps({"model": name, **sweep[name][-1]}), flush=True)
+    # 2. the best setting per model, at the other seeds
+    best = {name: min(rows, key=lambda r: r["fid_classifier"]) for name, rows in sweep.items()}
+    extra = {}
+    for name, arg, _folder, _, _ in models:
+        for seed in args.seeds[1:]:
+            out = Path(best[name]["folder"]).with_name(Path(best[name]["folder"]).name.rsplit("-seed", 1)[0]
+                                                        + f"-seed{seed}")
+            extra[name, seed] = (out, pool.submit(sample_folder, arg, args.per_class, seed, out, best[name]["flags"]))
+    report = {"cpu": cpu_name(), "torch": torch.__version__, "guidance": args.guidance, "top_p": args.top_p,
+              "seeds": args.seeds, "per_class": args.per_class,
+              "floor": {s: j.floor for s, j in judges.items()}, "models": []}
+    for name, arg, _folder, run, ff in models:
+        size = configs[name].image_size
+        per_seed = [best[name]]
+        for seed in args.seeds[1:]:
+            out, fut = extra[name, seed]
+            fut.result()
+            per_seed.append({"seed": seed, **judges[size](*read_folder(out, size))})
+        entry = {"name": name, "model": arg, "family": configs[name].family, "sweep": sweep[name],
+                 "best": best[name]["setting"], "per_seed": per_seed,
+                 "params_m": round(sum(p.numel() for p in pipes[name].transformer.parameters()) / 1e6, 2),
+                 **counters(pipes[name], best[name]["flags"]),
+                 "seconds_per_image": best[name]["sample_seconds"] / best[name]["images"]}
+        if run is not None:
+            entry.update(training_info(args.runs, run, ff))
+        for key in ("accuracy", "fid_classifier", "precision", "recall"):
+            v = np.array([r[key] for r in per_seed])
+            entry[key], entry[f"{key}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        if args.inception:
+            entry["fid_inception"] = judges[size](*read_folder(Path(best[name]["folder"]), size), inception=True,
+                                                  cache=Path(best[name]["folder"] + "-inception.npy"))["fid_inception"]
         report["models"].append(entry)
-        print(json.dumps(entry), flush=True)
-    if args.picture and picture_rows:
-        picture(picture_rows, args.picture)
-    n = len(args.seeds)
-    print(f"\n| model | family | steps | accuracy (mean ± sd, {n} seeds) | classifier-FID (mean ± sd) | "
-          "seconds / 1000 images |")
-    print("|---|---|---|---|---|---|")
-    for e in report["models"]:
-        per_1000 = e["sample_seconds"] / e["images"] * 1000
-        print(f"| {e['model']} | {e['family']} | {e['schedule']} | {e['accuracy_mean']:.4f} ± {e['accuracy_std']:.4f} "
-              f"| {e['fid_classifier_mean']:.2f} ± {e['fid_classifier_std']:.2f} | {per_1000:.0f} |")
-    for e in report["models"]:
-        for spec, r in e.get("lists", {}).items():
-            print(f"| {e['model']} @ {spec} ({r['image_px']} px) | | | {r['accuracy']:.3f} | {r['fid_classifier']:.2f} "
-                  f"| {r['sample_seconds'] / r['images'] * 1000:.0f} |")
+        print(json.dumps({k: v for k, v in entry.items() if k != "sweep"}), flush=True)
+    # 3. zero-shot scale lists (models whose family samples on other lists)
+    lists_rows = []
+    for name, arg, _folder, _, _ in models:
+        if not args.lists or not pipes[name].family.capabilities.scale_lists or lists_rows:
+            continue
+        size, entry = configs[name].image_size, next(e for e in report["models"] if e["name"] == name)
+        lists_rows.append((f"trained, {size}px", Path(best[name]["folder"])))
+        entry["lists"] = {}
+        for spec in args.lists:
+            out = args.work / Path(arg).name / f"list-{spec.replace(',', '-')}"
+            _, seconds = sample_folder(arg, args.lists_per_class, args.seeds[0], out,
+                                       best[name]["flags"] + ["--patch-nums", spec])
+            px = int(spec.split(",")[-1]) * configs[name].tokenizer.downsample
+            entry["lists"][spec] = {"image_px": px, "sample_seconds": round(seconds, 1),
+                                    **judges[size](*read_folder(out, size))}
+            lists_rows.append((f"{len(spec.split(','))} steps, {px}px", out))
+    if args.picture:
+        picture([(e["name"], Path(best[e["name"]]["folder"])) for e in report["models"]], args.picture)
+    if args.lists_picture and lists_rows:
+        picture(lists_rows, args.lists_picture)
+    print_table(report)
     if args.out_json:
         args.out_json.write_text(json.dumps(report, indent=1))
+
+
+def print_table(report: dict) -> None:
+    n = len(report["seeds"])
+    print(f"\n| model | training FLOPs | training time | best setting | accuracy | classifier-FID | precision | recall "
+          f"| forwards / image | token forwards / image | s / image |  (mean ± sd over {n} seeds)")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for e in report["models"]:
+        flops = f"{e['train_flops'] / 1e15:.1f} PF" if "train_flops" in e else "—"
+        secs = f"{e['train_seconds'] / 60:.0f} min" if "train_seconds" in e else "—"
+        print(f"| {e['name']} | {flops} | {secs} | {e['best']} | {e['accuracy']:.3f} ± {e['accuracy_std']:.3f} | "
+              f"{e['fid_classifier']:.2f} ± {e['fid_classifier_std']:.2f} | {e['precision']:.3f} ± "
+              f"{e['precision_std']:.3f} | {e['recall']:.3f} ± {e['recall_std']:.3f} | {e['forwards']} | "
+              f"{e['token_forwards_per_image']:.0f} | {e['seconds_per_image']:.3f} |")
+    for size, f in report["floor"].items():
+        print(f"| 1,000 real digits kept apart ({size} px) | | | | {f['accuracy']:.3f} | {f['fid_classifier']:.2f} | "
+              f"{f['precision']:.3f} | {f['recall']:.3f} | | | |")
+    print("\n| model | setting | accuracy | classifier-FID | precision | recall |  (seed 0)")
+    print("|---|---|---:|---:|---:|---:|")
+    for e in report["models"]:
+        for r in e["sweep"]:
+            print(f"| {e['name']} | {r['setting']} | {r['accuracy']:.3f} | {r['fid_classifier']:.2f} | "
+                  f"{r['precision']:.3f} | {r['recall']:.3f} |")
+    for e in report["models"]:
+        for spec, r in e.get("lists", {}).items():
+            print(f"| {e['name']} @ {spec} ({r['image_px']} px) | {r['accuracy']:.3f} | {r['fid_classifier']:.2f} | "
+                  f"{r['precision']:.3f} | {r['recall']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -397,3 +397,16 @@ def test_training_step_uses_the_weighted_next_scale_loss(tmp_path):
     w = pipe.family.loss_weights(pipe.schedule)
     assert abs(metrics["loss"] - (ce * w).sum(-1).mean().item()) < 1e-5
     assert abs(metrics["loss"] - ce.mean().item()) > 1e-4  # the weights are not the plain mean
+
+
+def test_a_preset_trunk_trains_from_scratch():
+    """`arvision train --family hmar --preset ...` builds a valid HMAR (one block per route) without any official
+    file: the from-scratch path must not leave branch_depth at the shared config's 0."""
+    from arvision.training.presets import transformer_config
+
+    tr = transformer_config("hmar", "tiny", 48, 4, 8, latent_side=3)
+    assert tr.branch_depth == 1
+    tok = TokenizerConfig(vocab_size=48, embed_dim=8, z_channels=8, ch=32, ch_mult=(1, 1), patch_nums=(1, 2, 3))
+    pipe = ARPipeline(ModelConfig(family="hmar", image_size=6, tokenizer=tok, transformer=tr))
+    routes = pipe.family.block_routes(pipe.config)
+    assert routes["next-scale"] == (0, 1) and routes["masked"] == (0, 2)

@@ -162,6 +162,11 @@ class HMARFamily(VARFamily):
             raise ArvisionError(f"invalid HMAR branch_depth: {config.transformer.branch_depth!r} (the blocks copied "
                                 f"per route, n_layers_train: 1 to depth={config.transformer.depth})")
 
+    def from_scratch(self, latent_side: int) -> dict:
+        """One block per route (the official ``n_layers_train`` ranges 1..depth; the masked copy is trained in a
+        second stage, so a from-scratch run keeps the copy small)."""
+        return {"branch_depth": 1}
+
     def schedule(self, config: ModelConfig, patch_nums=None) -> ScaleSchedule:
         trained = super().schedule(config, patch_nums)
         return ScaleSchedule.from_sides(trained.sides, attention="block-diagonal")
