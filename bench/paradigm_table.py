@@ -12,14 +12,18 @@ For every model of ``--runs`` (and every extra folder of ``--models``; ``bundled
    kept apart (i % 5 == 4) give the floor of each at the same N. ``--inception`` adds the TF-Inception FID of the best
    setting's first seed against the same 4,000;
 4. forwards and token forwards per image come from the pipeline's own counters (one batch of 10 at the best
-   setting); seconds per image from the timed sampling of the best setting's first seed;
-5. training FLOPs and seconds come from the files ``bench/train_paradigm_table.sh`` leaves beside each model.
+   setting), seconds per image from one timed batch of 100 after it (tokens and decoding), model after model in
+   this one process (``--threads``, default 1) once every folder is sampled: one run, the same conditions;
+5. the tokenizer's round trip on 256 mnist-5k digits (PSNR, SSIM: ``arvision eval tokenizer``'s function);
+6. training FLOPs and seconds come from the files ``bench/train_paradigm_table.sh`` leaves beside each model.
 
-``--picture``: one row per model (its best setting, seed 0), one column per digit.  ``--lists``: for models that
+A sampled folder is kept with its timing (``FOLDER.json``, written last), so a rerun with more models (as they
+finish training) samples only what is new.  ``--picture``: one row per model (its best setting, seed 0), one column
+per digit.  ``--lists``: for models that
 sample on other scale lists (FlexVAR), also those lists zero-shot, with their own picture (``--lists-picture``).
 
     python bench/paradigm_table.py --runs runs/paradigms [--models bundled] [--guidance 1.5 3] [--top-p 0.9 1.0]
-        [--seeds 0 1 2] [--per-class 100] [--jobs 2] [--inception] [--picture docs/img/paradigms.png]
+        [--seeds 0 1] [--per-class 100] [--jobs 2] [--inception] [--picture docs/img/paradigms.png]
         [--work /tmp/arvision-paradigms] [--out-json table.json]
 """
 
@@ -60,6 +64,10 @@ def cpu_name() -> str:
 def sample_folder(model: str, per_class: int, seed: int, out_dir: Path, extra: list[str]) -> tuple[str, float]:
     """``arvision sample`` of ``per_class`` digits of each class into ``out_dir`` (one thread) -> (command, seconds
     of sampling as the CLI reports it)."""
+    done = out_dir.with_name(out_dir.name + ".json")  # written last: a rerun of the table reuses finished folders
+    if done.is_file():
+        d = json.loads(done.read_text())
+        return d["command"], d["seconds"]
     classes = [str(k) for k in range(10) for _ in range(per_class)]
     cmd = [sys.executable, "-m", "arvision", "sample", *([] if model == "bundled" else [model]), "--classes",
            *classes, "--seed", str(seed), "--out-dir", str(out_dir), "--batch-size", "100", *extra]
@@ -72,6 +80,7 @@ def sample_folder(model: str, per_class: int, seed: int, out_dir: Path, extra: l
         if " image(s) in " in line:
             seconds = float(line.rsplit(" in ", 1)[1].split()[0])
     shown = " ".join(["arvision", "sample", *([] if model == "bundled" else [model]), "--classes <...>", *cmd[-8:]])
+    done.write_text(json.dumps({"command": shown, "seconds": seconds}))
     return shown, seconds
 
 
@@ -144,15 +153,27 @@ def settings(guidance: list[float], top_p: list[float], continuous: bool) -> lis
     return out
 
 
-def counters(pipe, flags: list[str]) -> dict:
-    """Forwards and token forwards per image of one batch of 10 at the sample flags ``flags``."""
+def cost(pipe, flags: list[str], images: int = 100) -> dict:
+    """Forwards and token forwards per image (the pipeline's counters, one batch of 10) and seconds per image (one
+    batch of ``images``, tokens and decoding, after that warm-up) at the sample flags ``flags``, in this process."""
     opts = dict(zip(flags[::2], flags[1::2]))
     kw = {"guidance_scale": float(opts["--cfg"])}
     if "--top-p" in opts:
         kw.update(top_k=0, top_p=float(opts["--top-p"]))
-    out = pipe(list(range(10)), generator=torch.Generator().manual_seed(0), output_type="tokens", batch_size=10,
-               **kw)
-    return {"forwards": out.stats["forwards"], "token_forwards_per_image": out.stats["token_forwards"] / 10}
+    out = pipe(list(range(10)), generator=torch.Generator().manual_seed(0), batch_size=10, **kw)
+    t0 = time.perf_counter()
+    pipe([i % 10 for i in range(images)], generator=torch.Generator().manual_seed(1), batch_size=images, **kw)
+    return {"forwards": out.stats["forwards"], "token_forwards_per_image": out.stats["token_forwards"] / 10,
+            "seconds_per_image": (time.perf_counter() - t0) / images}
+
+
+def reconstruction(pipe, n: int = 256) -> dict:
+    """The tokenizer's round trip on the first ``n`` mnist-5k digits (as the model tokenises them: codes, bits or the
+    continuous latent): PSNR and SSIM."""
+    from arvision.evaluation.tokenizer_bench import benchmark_tokenizer
+
+    r = benchmark_tokenizer(pipe, "mnist-5k", n=n, inception=False, progress=False)
+    return {"tokenizer_psnr": float(r["psnr"]), "tokenizer_ssim": float(r["ssim"])}
 
 
 def training_info(runs: Path, run: str, flops_file: str) -> dict:
@@ -196,8 +217,9 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 3.0])
     ap.add_argument("--top-p", type=float, nargs="+", default=[0.9, 1.0])
     ap.add_argument("--per-class", type=int, default=100)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--jobs", type=int, default=2, help="sampling processes at once (one thread each)")
+    ap.add_argument("--threads", type=int, default=1, help="threads of the timed batches")
     ap.add_argument("--inception", action="store_true", help="also the TF-Inception FID of each best setting")
     ap.add_argument("--lists", nargs="*", default=[], help="zero-shot scale lists for models that take them")
     ap.add_argument("--lists-per-class", type=int, default=50)
@@ -206,7 +228,7 @@ def main() -> None:
     ap.add_argument("--picture", type=Path, default=None)
     ap.add_argument("--lists-picture", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
 
     from arvision.bundled import bundled_model_dir
     from arvision.pipeline import ARPipeline
@@ -249,18 +271,19 @@ def main() -> None:
     report = {"cpu": cpu_name(), "torch": torch.__version__, "guidance": args.guidance, "top_p": args.top_p,
               "seeds": args.seeds, "per_class": args.per_class,
               "floor": {s: j.floor for s, j in judges.items()}, "models": []}
+    for _, fut in extra.values():
+        fut.result()  # every folder sampled before the timed batches, so nothing else runs beside them
+    pool.shutdown()
     for name, arg, _folder, run, ff in models:
         size = configs[name].image_size
         per_seed = [best[name]]
         for seed in args.seeds[1:]:
-            out, fut = extra[name, seed]
-            fut.result()
+            out, _ = extra[name, seed]
             per_seed.append({"seed": seed, **judges[size](*read_folder(out, size))})
         entry = {"name": name, "model": arg, "family": configs[name].family, "sweep": sweep[name],
                  "best": best[name]["setting"], "per_seed": per_seed,
                  "params_m": round(sum(p.numel() for p in pipes[name].transformer.parameters()) / 1e6, 2),
-                 **counters(pipes[name], best[name]["flags"]),
-                 "seconds_per_image": best[name]["sample_seconds"] / best[name]["images"]}
+                 **cost(pipes[name], best[name]["flags"]), **reconstruction(pipes[name])}
         if run is not None:
             entry.update(training_info(args.runs, run, ff))
         for key in ("accuracy", "fid_classifier", "precision", "recall"):
@@ -298,18 +321,19 @@ def main() -> None:
 
 def print_table(report: dict) -> None:
     n = len(report["seeds"])
-    print(f"\n| model | training FLOPs | training time | best setting | accuracy | classifier-FID | precision | recall "
-          f"| forwards / image | token forwards / image | s / image |  (mean ± sd over {n} seeds)")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n| model | tokenizer PSNR | training FLOPs | training time | best setting | accuracy | classifier-FID | "
+          f"precision | recall | forwards / image | token forwards / image | s / image |  (mean ± sd over {n} seeds)")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for e in report["models"]:
         flops = f"{e['train_flops'] / 1e15:.1f} PF" if "train_flops" in e else "—"
         secs = f"{e['train_seconds'] / 60:.0f} min" if "train_seconds" in e else "—"
-        print(f"| {e['name']} | {flops} | {secs} | {e['best']} | {e['accuracy']:.3f} ± {e['accuracy_std']:.3f} | "
+        print(f"| {e['name']} | {e['tokenizer_psnr']:.1f} dB | {flops} | {secs} | {e['best']} | "
+              f"{e['accuracy']:.3f} ± {e['accuracy_std']:.3f} | "
               f"{e['fid_classifier']:.2f} ± {e['fid_classifier_std']:.2f} | {e['precision']:.3f} ± "
               f"{e['precision_std']:.3f} | {e['recall']:.3f} ± {e['recall_std']:.3f} | {e['forwards']} | "
               f"{e['token_forwards_per_image']:.0f} | {e['seconds_per_image']:.3f} |")
     for size, f in report["floor"].items():
-        print(f"| 1,000 real digits kept apart ({size} px) | | | | {f['accuracy']:.3f} | {f['fid_classifier']:.2f} | "
+        print(f"| 1,000 real digits kept apart ({size} px) | | | | | {f['accuracy']:.3f} | {f['fid_classifier']:.2f} | "
               f"{f['precision']:.3f} | {f['recall']:.3f} | | | |")
     print("\n| model | setting | accuracy | classifier-FID | precision | recall |  (seed 0)")
     print("|---|---|---:|---:|---:|---:|")
