@@ -37,15 +37,20 @@ def real_digits(image_size: int) -> tuple[np.ndarray, torch.Tensor]:
 
 def real_inception(work: Path, image_size: int, real: np.ndarray) -> np.ndarray:
     """Inception features of the real digits, cached in ``work`` (they do not depend on the model)."""
+    return cached_inception(work / f"real_inception_{image_size}.npy", real)
+
+
+def cached_inception(cache: Path | None, images: np.ndarray) -> np.ndarray:
+    """Inception pool features (N, 2048) float64 of uint8 images (N, S, S, 3), kept in ``cache`` (.npy) when given."""
     from arvision.evaluation.inception import InceptionFeatures
 
-    cache = work / f"real_inception_{image_size}.npy"
-    if cache.is_file():
+    if cache is not None and cache.is_file():
         return np.load(cache)
-    feats = np.asarray(InceptionFeatures()(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous()),
+    feats = np.asarray(InceptionFeatures()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()),
                        dtype=np.float64)
-    work.mkdir(parents=True, exist_ok=True)
-    np.save(cache, feats)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, feats)
     return feats
 
 

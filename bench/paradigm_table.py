@@ -101,33 +101,20 @@ class Judge:
 
     def __init__(self, size: int, work: Path, inception: bool):
         sys.path.insert(0, str(Path(__file__).parent))
-        from bundled_quality import real_digits
+        from bundled_quality import cached_inception, real_digits
 
         from arvision.evaluation.classifier import classifier_features, load_mnist_classifier
 
-        self.clf, self.features = load_mnist_classifier(), classifier_features
+        self.clf, self.features, self.inception = load_mnist_classifier(), classifier_features, cached_inception
         real, labels = real_digits(size)
         held = np.arange(len(real)) % 5 == 4
         self.ref = real[~held]
         _, self.ref_cf = self._clf(self.ref)
-        self.ref_if = self._inception(work / f"real_ref_inception_{size}.npy", self.ref) if inception else None
+        self.ref_if = cached_inception(work / f"real_ref_inception_{size}.npy", self.ref) if inception else None
         self.floor = self(real[held], labels[held], inception=inception, cache=work / f"real_held_inc_{size}.npy")
 
     def _clf(self, images: np.ndarray):
         return self.features(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), self.clf)
-
-    @staticmethod
-    def _inception(cache: Path | None, images: np.ndarray) -> np.ndarray:
-        from arvision.evaluation.inception import InceptionFeatures
-
-        if cache is not None and cache.is_file():
-            return np.load(cache)
-        feats = np.asarray(InceptionFeatures()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()),
-                           dtype=np.float64)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, feats)
-        return feats
 
     def __call__(self, images: np.ndarray, labels: torch.Tensor, inception: bool = False,
                  cache: Path | None = None) -> dict:
@@ -139,7 +126,7 @@ class Judge:
         out = {"images": len(images), "accuracy": (logits.argmax(1) == labels).float().mean().item(),
                "fid_classifier": fid_from_features(cf, self.ref_cf), "precision": precision, "recall": recall}
         if inception and self.ref_if is not None:
-            out["fid_inception"] = fid_from_features(self._inception(cache, images), self.ref_if)
+            out["fid_inception"] = fid_from_features(self.inception(cache, images), self.ref_if)
         return out
 
 
