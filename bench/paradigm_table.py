@@ -24,7 +24,7 @@ sample on other scale lists (FlexVAR), also those lists zero-shot, with their ow
 
     python bench/paradigm_table.py --runs runs/paradigms [--models bundled] [--guidance 1.5 3] [--top-p 0.9 1.0]
         [--seeds 0 1] [--per-class 100] [--jobs 2] [--inception] [--picture docs/img/paradigms.png]
-        [--work /tmp/arvision-paradigms] [--out-json table.json]
+        [--work /tmp/arvision-paradigms] [--out-json table.json] [--sample-only]
 """
 
 from __future__ import annotations
@@ -214,6 +214,9 @@ def main() -> None:
     ap.add_argument("--out-json", type=Path, default=None)
     ap.add_argument("--picture", type=Path, default=None)
     ap.add_argument("--lists-picture", type=Path, default=None)
+    ap.add_argument("--sample-only", action="store_true",
+                    help="sample (sweep and seeds) what has finished training, then stop: run it niced beside the "
+                         "training, the full run later reuses its folders and does the timing alone")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -261,6 +264,8 @@ def main() -> None:
     for _, fut in extra.values():
         fut.result()  # every folder sampled before the timed batches, so nothing else runs beside them
     pool.shutdown()
+    if args.sample_only:
+        return
     for name, arg, _folder, run, ff in models:
         size = configs[name].image_size
         per_seed = [best[name]]
