@@ -9,7 +9,7 @@ does not know, with its own SDPA formulas); element-wise work and the optimiser 
 ``--var-steps`` steps of ``--preset small`` on ``--var-tokenizer``.
 
     python bench/paradigm_flops.py --tokenizer runs/tok-vq --family llamagen --var-tokenizer runs/tok-ms \\
-        --var-steps 480 [--fraction 0.1 --student-forcing] [--json out.json]
+        --var-steps 480 [--fraction 0.1 --student-forcing|--masked-stage] [--json out.json]
 
 prints the step count (stdout, one integer); the JSON holds both FLOP counts.
 """
@@ -45,7 +45,8 @@ CPU_ATTENTION = {ATEN._scaled_dot_product_flash_attention_for_cpu: _sdpa,
 
 
 def step_flops(tokenizer_dir: str, family: str, preset: str = "small", batch: int = 32, repeat: int = 4,
-               student_forcing: bool = False, images: int = 256, seed: int = 0) -> float:
+               student_forcing: bool = False, masked_stage: bool = False, images: int = 256,
+               seed: int = 0) -> float:
     """Mean FLOPs of one training step of ``family`` on the tokenizer in ``tokenizer_dir``."""
     tok_cfg, _, _ = read_tokenizer_config(tokenizer_dir)
     tokenizer, image_size, _ = load_tokenizer_folder(tokenizer_dir)
@@ -60,7 +61,7 @@ def step_flops(tokenizer_dir: str, family: str, preset: str = "small", batch: in
     subset = torch.utils.data.Subset(dataset, range(images))
     tokens, labels = tokenize_dataset(pipe, subset, progress=False)
     cfg = ARTrainConfig(steps=repeat + 1, batch_size=batch, precision="fp32", seed=seed,
-                        student_forcing=student_forcing)
+                        student_forcing=student_forcing, masked_stage=masked_stage)
     with tempfile.TemporaryDirectory() as out:
         trainer = ARTrainer(pipe, tokens, labels, cfg, out, progress=False)
         trainer.train_step()  # first step outside the count (lazy initialisation)
@@ -79,18 +80,21 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=1.0, help="this share of the budget (post-training)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--student-forcing", action="store_true", help="SAR's steps (two passes)")
+    mode.add_argument("--masked-stage", action="store_true", help="HMAR's masked stage (the masked route learns)")
     mode.add_argument("--teacher-forcing", action="store_true", help="plain steps (the default; for the control)")
     p.add_argument("--repeat", type=int, default=4)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
     var = step_flops(args.var_tokenizer, "var", repeat=2)
-    mine = step_flops(args.tokenizer, args.family, repeat=args.repeat, student_forcing=args.student_forcing)
+    mine = step_flops(args.tokenizer, args.family, repeat=args.repeat, student_forcing=args.student_forcing,
+                      masked_stage=args.masked_stage)
     budget = var * args.var_steps * args.fraction
     steps = max(1, round(budget / mine))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"family": args.family, "student_forcing": args.student_forcing, "flops_per_step": mine,
+            json.dump({"family": args.family, "student_forcing": args.student_forcing,
+                       "masked_stage": args.masked_stage, "flops_per_step": mine,
                        "var_flops_per_step": var, "var_steps": args.var_steps, "fraction": args.fraction,
                        "budget_flops": budget, "steps": steps, "flops": steps * mine}, f, indent=2)
     print(steps)

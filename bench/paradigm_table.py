@@ -50,8 +50,13 @@ RUNS = [("VAR", "var", "flops-var"), ("raster (LlamaGen)", "llamagen", "flops-ll
         ("FlexVAR + SAR", "flexvar-sar", "flops-flexvar-student-forcing"),
         ("HMAR (next-scale stage)", "hmar", "flops-hmar"), ("NAR", "nar", "flops-nar"),
         ("MaskGIT", "maskgit", "flops-maskgit"), ("Infinity (bitwise)", "infinity", "flops-infinity"),
-        ("FlowAR (flow head)", "flowar", "flops-flowar")]
-POST_TRAINED = {"flexvar-tf": "flexvar", "flexvar-sar": "flexvar"}  # continuations: their FLOPs add to these
+        ("FlowAR (flow head)", "flowar", "flops-flowar"),
+        ("HMAR + masked stage", "hmar-masked", "flops-hmar-masked-stage")]
+# continuations: their FLOPs add to these
+POST_TRAINED = {"flexvar-tf": "flexvar", "flexvar-sar": "flexvar", "hmar-masked": "hmar"}
+# sampling flags a run always takes: HMAR's masked sub-steps, the official default schedule on the scales our list
+# shares with its 256 px one (one sub-step at 2x2 re-predicting 3 tokens, three at 3x3 re-predicting 8, 7, 5)
+RUN_FLAGS = {"hmar-masked": ["--mask-steps", "1/1,3/1,1,2,5/16/36/64"]}
 
 
 def cpu_name() -> str:
@@ -79,7 +84,8 @@ def sample_folder(model: str, per_class: int, seed: int, out_dir: Path, extra: l
     for line in out.stdout.splitlines():
         if " image(s) in " in line:
             seconds = float(line.rsplit(" in ", 1)[1].split()[0])
-    shown = " ".join(["arvision", "sample", *([] if model == "bundled" else [model]), "--classes <...>", *cmd[-8:]])
+    shown = " ".join(["arvision", "sample", *([] if model == "bundled" else [model]), "--classes <...>",
+                      *cmd[cmd.index("--seed"):]])
     done.write_text(json.dumps({"command": shown, "seconds": seconds}))
     return shown, seconds
 
@@ -147,6 +153,8 @@ def cost(pipe, flags: list[str], images: int = 100) -> dict:
     kw = {"guidance_scale": float(opts["--cfg"])}
     if "--top-p" in opts:
         kw.update(top_k=0, top_p=float(opts["--top-p"]))
+    if "--mask-steps" in opts:
+        kw["mask_steps"] = opts["--mask-steps"]
     out = pipe(list(range(10)), generator=torch.Generator().manual_seed(0), batch_size=10, **kw)
     t0 = time.perf_counter()
     pipe([i % 10 for i in range(images)], generator=torch.Generator().manual_seed(1), batch_size=images, **kw)
@@ -223,7 +231,7 @@ def main() -> None:
     from arvision.bundled import bundled_model_dir
     from arvision.pipeline import ARPipeline
 
-    models = []  # (name, folder argument, folder, run, flops file)
+    models = []  # (name, folder argument, folder, run, flops file); a run's own sampling flags: RUN_FLAGS
     if args.runs is not None:
         models += [(name, str(args.runs / run), args.runs / run, run, ff) for name, run, ff in RUNS
                    if (args.runs / run / "transformer.safetensors").is_file()]
@@ -241,6 +249,7 @@ def main() -> None:
     for name, arg, _folder, _, _ in models:
         continuous = bool(pipes[name].transformer.head.token_dims)  # nothing drawn from logits: no top-p
         for label, flags in settings(args.guidance, args.top_p, continuous):
+            flags = flags + RUN_FLAGS.get(Path(arg).name, [])
             out = args.work / Path(arg).name / f"{label.replace(' ', '').replace(',', '_')}-seed{args.seeds[0]}"
             jobs[name, label] = (flags, out, pool.submit(sample_folder, arg, args.per_class, args.seeds[0], out, flags))
     sweep = {}

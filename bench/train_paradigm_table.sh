@@ -12,12 +12,15 @@
 #    FLOP budget (VAR at VAR_STEPS steps) over its own FLOPs per step, counted by bench/paradigm_flops.py.
 # 3. FlexVAR + SAR: the FlexVAR model continued for POST_FRAC of the budget with SAR's student forcing, and the
 #    control: continued for the same FLOPs with teacher forcing only (SAR's steps cost twice, so half the steps).
+# 4. HMAR's masked stage: the HMAR model continued for MASK_FRAC of the budget training only its masked route (the
+#    official mask fine-tune: a copy of the next-scale route's own blocks and head, the rest frozen, at the same lr).
 # Two lanes of one thread each (a 2-core CPU); a finished model is skipped, so a rerun resumes the table.
 set -euo pipefail
 WORK=${1:-runs/paradigms}
 TOK_STEPS=${TOK_STEPS:-400}
 VAR_STEPS=${VAR_STEPS:-360}
 POST_FRAC=${POST_FRAC:-0.1}
+MASK_FRAC=${MASK_FRAC:-0.25}
 ARV=${ARVISION:-arvision}
 PY=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -34,8 +37,10 @@ tokenizer() {  # NAME QUANTIZER [extra flags]
 }
 
 steps_of() {  # FAMILY TOKENIZER [SAR]: this family's steps for the budget (bench/paradigm_flops.py)
+  local frac=$POST_FRAC
+  [ "${3:-}" = --masked-stage ] && frac=$MASK_FRAC
   $PY bench/paradigm_flops.py --tokenizer "$WORK/$2" --family "$1" --var-tokenizer "$WORK/tok-ms" \
-      --var-steps "$VAR_STEPS" ${3:+--fraction $POST_FRAC $3} --json "$WORK/flops-$1${3:+-${3#--}}.json"
+      --var-steps "$VAR_STEPS" ${3:+--fraction $frac $3} --json "$WORK/flops-$1${3:+-${3#--}}.json"
 }
 
 model() {  # NAME FAMILY TOKENIZER STEPS [extra flags]
@@ -75,6 +80,7 @@ lane_b() {
   model flexvar-tf flexvar tok-flex "$(steps_of flexvar tok-flex --teacher-forcing)" --init "$WORK/flexvar" \
       --lr 1e-4
   paradigm flowar flowar tok-vq
+  model hmar-masked hmar tok-ms "$(steps_of hmar tok-ms --masked-stage)" --init "$WORK/hmar" --masked-stage
 }
 
 lane_a & A=$!

@@ -71,6 +71,19 @@ def few_shapes(monkeypatch):
     monkeypatch.setattr(train, "_dataset", lambda spec, size, seed, augment: Shapes(size, num_scenes=6))
 
 
+def random_image_folder(root: Path, size: int, classes=("a", "b"), per_class: int = 4) -> Path:
+    """An image-folder data set of random RGB noise (one sub-folder per class), for CLI training tests."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in classes:
+        (root / k).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / k / f"{i}.png")
+    return root
+
+
 def _setting(name: str, default: Path) -> Path:
     value = os.environ.get(name, "").strip()
     return Path(value).expanduser() if value else default

@@ -23,7 +23,7 @@ from arvision.families.hmar_parts import MaskedInput, parse_mask_steps
 from arvision.models.attention import StepLocalCache
 from arvision.pipeline import ARPipeline
 from arvision.schedules import ScaleSchedule
-from conftest import missing_reference
+from conftest import missing_reference, random_image_folder
 
 ATOL = 1e-4
 CASE = "hmar_tiny"
@@ -410,3 +410,118 @@ def test_a_preset_trunk_trains_from_scratch():
     pipe = ARPipeline(ModelConfig(family="hmar", image_size=6, tokenizer=tok, transformer=tr))
     routes = pipe.family.block_routes(pipe.config)
     assert routes["next-scale"] == (0, 1) and routes["masked"] == (0, 2)
+
+
+def test_masked_stage_trains_only_the_masked_route_on_the_masked_positions(tmp_path):
+    """HMAR's second stage (`arvision train --masked-stage`): the masked copies start as the next-scale route's own
+    blocks and head, the loss is the mean cross-entropy of the masked route over the masked positions only, each
+    scale after the first masks ceil(p * n) of its n positions, and nothing outside the masked route moves (so
+    next-scale sampling is unchanged)."""
+    import copy
+    import math
+
+    import torch.nn.functional as F
+
+    from arvision.training.ar_trainer import ARTrainConfig, ARTrainer
+
+    config = hidden_config(3, 32, 2, 1, False, (1, 2, 3))
+    pipe = ARPipeline(config)
+    torch.manual_seed(0)
+    pipe.transformer.init_weights()
+    tokens = torch.randint(0, 48, (4, pipe.schedule.length), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3])
+    sample = dict(guidance_scale=2.0, top_k=10, mask_steps="none", output_type="tokens")
+    before_tokens = pipe([1, 3], generator=torch.Generator().manual_seed(5), **sample).tokens
+    cfg = ARTrainConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, sample_every=100,
+                        ckpt_every=100, precision="fp32", label_drop=0.0, masked_stage=True)
+    trainer = ARTrainer(pipe, tokens, labels, cfg, tmp_path, progress=False)
+    tr = pipe.transformer
+    assert trainer.route == "masked"
+    routes = pipe.family.block_routes(config)
+    assert routes == {"next-scale": (0, 1, 2), "masked": (0, 1, 3)}
+    own, copy_ = 2, 3
+    for (k, a), b in zip(tr.blocks[own].state_dict().items(), tr.blocks[copy_].state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(tr.head.mask_proj.weight, tr.head.proj.weight)
+    trainable = {n for n, p in tr.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("blocks.3.", "head.mask_norm.", "head.mask_proj.", "embed.mask_embed."))
+                             for n in trainable)
+    before = copy.deepcopy(tr)
+
+    # the same draws as the trainer's input generator (seed + 29)
+    g = torch.Generator().manual_seed(cfg.seed + 29)
+    p = torch.rand((), generator=g).item()
+    x_in, w = pipe.inputs.masked_training_inputs(tokens, torch.Generator().manual_seed(cfg.seed + 29))
+    assert isinstance(x_in, MaskedInput) and w.shape == tokens.shape
+    assert torch.equal(x_in.masked, w[:, 1:].bool())
+    for (begin, end), n in zip(pipe.schedule.begin_ends, pipe.schedule.step_sizes):
+        want = 0 if begin == 0 else max(1, math.ceil(n * p))
+        assert (w[:, begin:end].sum(1) == want).all()
+    metrics = trainer.train_step()
+    with torch.no_grad():
+        logits = before(pipe.condition(labels.tolist()), x_in, pipe.schedule, route="masked")
+        ce = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view_as(tokens)
+    assert abs(metrics["loss"] - ((ce * w).sum() / w.sum()).item()) < 1e-5
+    moved = {n for (n, a), b in zip(tr.named_parameters(), before.parameters()) if not torch.equal(a, b)}
+    assert moved and moved <= trainable
+    tr.eval()
+    after_tokens = pipe([1, 3], generator=torch.Generator().manual_seed(5), **sample).tokens
+    assert torch.equal(after_tokens, before_tokens)
+
+
+def test_masked_stage_is_refused_where_there_is_no_masked_route(tmp_path):
+    from arvision.training.ar_trainer import ARTrainConfig, ARTrainer
+
+    with pytest.raises(ArvisionError, match="not with student forcing"):
+        ARTrainConfig(masked_stage=True, student_forcing=True)
+    tok = TokenizerConfig(kind="multiscale", vocab_size=48, embed_dim=6, z_channels=6, ch=32, ch_mult=(1, 1),
+                          num_res_blocks=1, patch_nums=(1, 2))
+    tr = TransformerConfig(block="adaln", width=32, depth=1, num_heads=2, vocab_size=48, num_classes=2, in_channels=6)
+    pipe = ARPipeline(ModelConfig(family="var", image_size=4, tokenizer=tok, transformer=tr))
+    with pytest.raises(ArvisionError, match="no masked route"):
+        ARTrainer(pipe, torch.zeros(2, 5, dtype=torch.long), torch.tensor([0, 1]), ARTrainConfig(masked_stage=True),
+                  tmp_path, progress=False)
+
+
+def test_cli_masked_stage_needs_a_model_to_continue(tmp_path, capsys):
+    from arvision.cli import main
+
+    code = main(["train", "--tokenizer", str(tmp_path / "tok"), "--data", "mnist-5k", "--out", str(tmp_path / "m"),
+                 "--family", "hmar", "--masked-stage"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "--init MODEL" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_trains_the_masked_stage_of_a_trained_model_and_samples_with_substeps(tmp_path, capsys):
+    """`arvision train --family hmar`, then `--masked-stage --init` that model, then `sample --mask-steps`: the
+    continued model keeps every weight outside the masked route, and its sub-steps run."""
+    from safetensors.torch import load_file
+
+    from arvision.cli import main
+    from arvision.tokenizers.models import build_tokenizer
+    from arvision.training.tokenizer_trainer import save_tokenizer_folder
+
+    size, data = 8, random_image_folder(tmp_path / "data", 8)
+    torch.manual_seed(0)
+    tok_cfg = TokenizerConfig(kind="multiscale", vocab_size=32, embed_dim=6, z_channels=6, ch=32, ch_mult=(1, 1),
+                              num_res_blocks=1, patch_nums=(1, 2, 4))
+    tok = save_tokenizer_folder(tmp_path / "tok", build_tokenizer(tok_cfg), size)
+    common = ["--tokenizer", str(tok), "--data", str(data), "--family", "hmar", "--preset", "tiny", "--batch-size",
+              "4", "--lr", "1e-3", "--warmup", "0", "--ckpt-every", "3", "--sample-every", "1000", "--precision",
+              "fp32", "--device", "cpu", "--steps", "3"]
+    assert main(["train", *common, "--out", str(tmp_path / "ns")]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "mp"), "--init", str(tmp_path / "ns"),
+                 "--masked-stage"]) == 0
+    ns = load_file(tmp_path / "ns" / "transformer.safetensors")
+    mp = load_file(tmp_path / "mp" / "transformer.safetensors")
+    depth = json.loads((tmp_path / "ns" / "config.json").read_text())["transformer"]["depth"]
+    masked = (f"blocks.{depth}.", "head.mask_norm.", "head.mask_proj.", "embed.mask_embed.")
+    assert ns.keys() == mp.keys()
+    assert all(torch.equal(ns[k], mp[k]) for k in ns if not k.startswith(masked))
+    assert any(not torch.equal(ns[k], mp[k]) for k in ns if k.startswith(masked))
+    saved = tmp_path / "tokens.safetensors"
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "mp"), "--classes", "0", "1", "--seed", "0", "--mask-steps", "1/1,2,1/16",
+                 "--out", str(tmp_path / "grid.png"), "--save-tokens", str(saved)]) == 0
+    assert load_file(saved)["step.1"].shape == (2, 4) and (tmp_path / "grid.png").is_file()

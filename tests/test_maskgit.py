@@ -22,6 +22,7 @@ from arvision.pipeline import ARPipeline
 from arvision.sampling.loop import generate
 from arvision.sampling.masked import halton_order, masked_counts
 from arvision.training.ar_trainer import ARTrainConfig, ARTrainer, weighted_mean
+from conftest import random_image_folder
 
 V, CLASSES, SIDE = 32, 4, 4  # a 4 x 4 token grid: N = 16
 
@@ -334,8 +335,6 @@ def test_the_web_demo_streams_every_iteration_with_its_revealed_count(tmp_path):
 
 # -- the command line ----------------------------------------------------------------------------------------------
 def test_cli_train_then_sample_end_to_end(tmp_path, capsys):
-    import numpy as np
-    from PIL import Image
     from safetensors.torch import load_file
 
     from arvision.cli import main
@@ -343,12 +342,7 @@ def test_cli_train_then_sample_end_to_end(tmp_path, capsys):
     from arvision.training.tokenizer_trainer import save_tokenizer_folder
 
     size = 8
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for k in ("a", "b"):
-        (data / k).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(data / k / f"{i}.png")
+    data = random_image_folder(tmp_path / "data", size)
     torch.manual_seed(0)
     tok_cfg = TokenizerConfig(kind="vq", vocab_size=V, embed_dim=8, z_channels=16, ch=32, ch_mult=(1, 1),
                               num_res_blocks=1, attn_style="split", quant_conv_ks=1, l2_norm=True)

@@ -31,7 +31,8 @@ COMMON = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "w
 # training config field -> the flag that sets it (names the settings of run.json)
 FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup",
          "ckpt_every": "--ckpt-every", "sample_every": "--sample-every", "seed": "--seed", "precision": "--precision",
-         "label_drop": "--label-drop", "student_forcing": "--student-forcing", "self_correction": "--self-correction",
+         "label_drop": "--label-drop", "student_forcing": "--student-forcing", "masked_stage": "--masked-stage",
+         "self_correction": "--self-correction",
          "self_correction_strength": "--self-correction-strength", "recon": "--recon",
          "disc_weight": "--disc-weight", "perceptual_weight": "--perceptual-weight",
          "train_part": "--train-part"}
@@ -124,6 +125,10 @@ def add_parsers(sub) -> None:
                         f"{ARTrainConfig.label_drop})")
     p.add_argument("--student-forcing", action="store_true",
                    help="SAR: add a pass on inputs built from the model's own predictions (scale-wise families)")
+    p.add_argument("--masked-stage", action="store_true",
+                   help="HMAR's second stage (with --init MODEL): train only the masked route (a copy of the "
+                        "next-scale route's own blocks and head at the start) on inputs with a random share of "
+                        "each scale masked; the rest stays frozen")
     p.add_argument("--self-correction", type=int, default=0, metavar="N",
                    help="Infinity's bitwise self-correction: flip random bits of the first N scales' targets and "
                         "train the later scales to correct them (bitwise families; Infinity: 13; default: off)")
@@ -315,8 +320,11 @@ def cmd_train(args) -> None:
     # 1. every argument, and the run folder, before any model or data is loaded
     label_drop = {} if args.label_drop is None else {"label_drop": args.label_drop}
     cfg = ARTrainConfig(**_overrides(args, COMMON), **label_drop, precision=args.precision, seed=args.seed,
-                        student_forcing=args.student_forcing, self_correction=args.self_correction,
+                        student_forcing=args.student_forcing, masked_stage=args.masked_stage,
+                        self_correction=args.self_correction,
                         self_correction_strength=args.self_correction_strength)
+    if args.masked_stage and args.init is None:
+        raise ArvisionError("--masked-stage continues a trained HMAR model: give it with --init MODEL")
     data = _check_data(args.data)
     tok_cfg, image_size, _ = read_tokenizer_config(args.tokenizer)
     family = args.family or family_for_tokenizer(tok_cfg.kind).name

@@ -37,6 +37,7 @@ class Capabilities:
     speculative_decoding: bool = False  # Jacobi drafts: one token per causal step
     static_token_step: bool = False  # one fixed-shape compiled step serves every position
     student_forcing: bool = False  # SAR: a second pass on inputs built from the model's own predictions
+    masked_stage: bool = False  # a second training stage of a masked block route (HMAR): ``start_masked_stage``
     latent_training: bool = False  # the trainer caches latents and the input builder makes targets per step
     # (``training_pair``), on the trained schedule
     self_correction: bool = False  # Infinity's bitwise self-correction (random bit flips of the first scales)
@@ -157,6 +158,12 @@ class Family:
         """(L,) weights of the teacher-forced loss per position, summing to 1 (the trainer takes
         ``(ce * w).sum(-1).mean()``); None (the default): the plain mean over positions."""
         return None
+
+    def start_masked_stage(self, transformer) -> str:
+        """Families with ``capabilities.masked_stage``: prepare ``transformer`` for its masked stage (initialise the
+        masked route, leave only its own parameters trainable) and return the route's name; the input builder's
+        ``masked_training_inputs(tokens, generator)`` gives (inputs, loss weights (B, L)) per step."""
+        raise NotImplementedError(f"{self.description} has no masked training stage")
 
     def trunk_vocab(self, codes: int, code_dim: int) -> int:
         """``TransformerConfig.vocab_size`` (the head's logits per position) for a tokenizer of ``codes`` codes of

@@ -13,7 +13,9 @@ HMAR is VAR's next-scale prediction made Markovian, plus masked re-prediction in
   call), then re-predicted in masked sub-steps (``mask_steps``, the official ``mask_schedule``): the least confident
   positions are replaced by ``mask_embed`` and drawn again through the masked route;
 * **training loss**: the next-scale route's cross-entropy (``head.loss``) under HMAR's per-scale "lognorm" weights
-  (``loss_weights``); the masked route's fine-tuning (its second training stage) is not implemented here.
+  (``loss_weights``); the masked route is trained in a second stage (``start_masked_stage``, ``arvision train
+  --masked-stage --init MODEL``, the official ``mp_trainer.py``): it starts as a copy of the next-scale route's own
+  blocks and head, everything else frozen, on inputs with a random share of each scale's tokens masked.
 
 Official files: VAR's VQ-VAE (unchanged) and ``HMAR.state_dict()``: ``base_blocks.{i}``, ``ns_blocks.{j}``,
 ``mask_blocks.{j}``, ``ns_head_nm``/``ns_head``, ``mask_head_nm``/``mask_head``, ``word_embed.weight`` (no bias)
@@ -141,7 +143,8 @@ class HMARFamily(VARFamily):
     name = "hmar"
     description = "HMAR"
     refines = "var"  # its official files carry VAR's lvl_1L buffer as well: `convert var` on one names `convert hmar`
-    capabilities = Capabilities(progression=True)  # no KV cache: no KV policies, no speculative decoding
+    # no KV cache: no KV policies, no speculative decoding; the masked route trains in a second stage
+    capabilities = Capabilities(progression=True, masked_stage=True)
     sampling_options = {
         "mask_steps": "masked sub-steps per scale: 'none', or counts per scale separated by '/', within a scale by "
                       "',' (e.g. 1/1,3/1,1,2,5/16/...); sub-step k re-predicts the sum of the counts after the k-th "
@@ -207,6 +210,28 @@ class HMARFamily(VARFamily):
         with torch.no_grad():
             transformer.head.mask_proj.weight.mul_(0.02)
             transformer.head.mask_norm.ada_lin.weight.mul_(0.5)
+
+    def start_masked_stage(self, transformer) -> str:
+        """The official mask fine-tune (``models/mp.py``, ``mp_trainer.py``): it trains a copy of the next-scale
+        model in which only the last ``n_layers_train`` blocks, the head and ``mask_embed`` learn, then keeps those
+        as ``mask_blocks`` and ``mask_head``.  Here: the masked copies and head start as copies of the next-scale
+        route's own blocks and head; every other parameter (shared blocks, input projection, positions, class
+        embedding, next-scale route) is frozen, so the next-scale route samples exactly as before."""
+        routes = transformer.routes
+        own = [i for i in routes["next-scale"] if i not in routes["masked"]]
+        copies = [i for i in routes["masked"] if i not in routes["next-scale"]]
+        head = transformer.head
+        with torch.no_grad():
+            for src, dst in zip(own, copies):
+                transformer.blocks[dst].load_state_dict(transformer.blocks[src].state_dict())
+            head.mask_norm.load_state_dict(head.norm.state_dict())
+            head.mask_proj.load_state_dict(head.proj.state_dict())
+        transformer.requires_grad_(False)
+        for i in copies:
+            transformer.blocks[i].requires_grad_(True)
+        for module in (head.mask_norm, head.mask_proj, transformer.embed.mask_embed):
+            module.requires_grad_(True)
+        return "masked"
 
     def loss_weights(self, schedule) -> torch.Tensor:
         """HMAR's "lognorm" per-scale weights (its released next-scale training configs): scale i's share is a

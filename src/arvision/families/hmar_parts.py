@@ -16,6 +16,7 @@ The masked sub-steps of scale s (the official ``HMAR.generate`` with ``mask=True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -100,6 +101,24 @@ class HMARCanvas(ResidualCanvas):
         per_step = self.split(tokens)
         codes = torch.cat([self.code_term(s, ids) for s, ids in enumerate(per_step) if s > 0], dim=1)
         return MaskedInput(self.teacher(tokens), codes, masked)
+
+    def masked_training_inputs(self, tokens: torch.Tensor,
+                               generator: torch.Generator | None = None) -> tuple[MaskedInput, torch.Tensor]:
+        """The masked stage's inputs (the official ``idxBl_to_mask_input`` with ``p_mask`` ~ U(0, 1) per step):
+        tokens (B, L) -> (the masked route's input, loss weights (B, L)).  Every step after the first masks
+        ceil(p * n_s) of its n_s positions (at least one), drawn uniformly and the same for the whole batch, as
+        the official trainer does; the weights are 1 at the masked positions and 0 elsewhere (its
+        "mask_unweighted" loss: the plain mean over masked positions)."""
+        p = torch.rand((), generator=generator).item()
+        first = self.schedule.step_sizes[0]
+        masked = torch.zeros(self.schedule.length, dtype=torch.bool)
+        begin = first
+        for n in self.schedule.step_sizes[1:]:
+            k = min(n, max(1, math.ceil(n * p)))
+            masked[begin + torch.randperm(n, generator=generator)[:k]] = True
+            begin += n
+        masked = masked.to(tokens.device).expand(tokens.shape[0], -1)
+        return self.teacher_masked(tokens, masked[:, first:]), masked.to(torch.float32)
 
 
 class HMARHead(CategoricalHead):

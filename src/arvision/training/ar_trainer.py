@@ -11,6 +11,10 @@ every step (``capabilities.random_train_schedules``: FlexVAR), which are then qu
 built, by the same input builder, from the first pass's argmax predictions (each scale sees the model's own
 one-step-shifted prediction of the previous scales); loss = teacher-forced CE + student-forced CE, the latter over
 every step after the first (whose input is the condition in both passes).
+
+``masked_stage`` (HMAR's second stage, for families with ``capabilities.masked_stage``): the family readies its
+masked block route and freezes everything else (``family.start_masked_stage``); each step feeds the input builder's
+``masked_training_inputs`` (a random share of each scale masked) through that route, loss on the masked positions.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class ARTrainConfig:
     keep_last: int = 3
     sample_cfg: float | None = None  # guidance for the periodic sample grids (None: family default)
     student_forcing: bool = False  # SAR's second pass on the model's own predictions (scale-wise families)
+    masked_stage: bool = False  # train only the family's masked route on masked inputs (HMAR's second stage)
     # bitwise self-correction (Infinity; families with ``capabilities.self_correction``): the first N scales' bits
     # are flipped with a probability drawn per step from {0, 0.01, ..., strength} (noise_apply_layers, _strength)
     self_correction: int = 0
@@ -72,6 +77,9 @@ class ARTrainConfig:
         check_range("label_drop", self.label_drop, 0.0, 1.0, hi_open=True)
         check_range("self_correction", self.self_correction, 0)
         check_range("self_correction_strength", self.self_correction_strength, 0.0, 1.0)
+        if self.masked_stage and (self.student_forcing or self.self_correction):
+            raise ArvisionError("the masked stage trains the masked route alone: not with student forcing or "
+                                "self-correction")
 
 
 def trains_on_latents(pipe) -> bool:
@@ -143,7 +151,12 @@ class ARTrainer:
         if cfg.student_forcing and not pipe.family.capabilities.student_forcing:
             raise ArvisionError(f"student forcing (SAR) applies to scale-wise families; {pipe.family.description} "
                                 "models do not take it")
+        if cfg.masked_stage and not pipe.family.capabilities.masked_stage:
+            raise ArvisionError(f"the masked stage is HMAR's second training stage; {pipe.family.description} models "
+                                "have no masked route")
         self.model = pipe.transformer.train().requires_grad_(True)
+        # the masked stage: the family readies its masked route and freezes the rest (the optimiser skips it)
+        self.route = pipe.family.start_masked_stage(self.model) if cfg.masked_stage else None
         self.ddp = self.model
         if self.info.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -169,6 +182,8 @@ class ARTrainer:
         with torch.no_grad():
             if not self.latents:
                 tok = self.tokens[idx].to(device)
+                if cfg.masked_stage:
+                    return pipe.schedule, pipe.inputs, tok, *pipe.inputs.masked_training_inputs(tok, self.input_gen)
                 return pipe.schedule, pipe.inputs, tok, *pipe.inputs.training_inputs(tok, self.input_gen)
             schedule = pipe.family.training_schedule(pipe.config, self.schedule_gen)
             inputs = pipe.family.input_builder(pipe.tokenizer, schedule)
@@ -189,11 +204,12 @@ class ARTrainer:
         head = self.model.head
         autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext())
         with autocast:
-            logits = self.ddp(cond, x_in, schedule)
+            logits = self.ddp(cond, x_in, schedule, route=self.route)
         ce = head.loss(logits, tok, schedule=schedule, generator=self.loss_gen)
         # one weighted mean: a masked model's mask weights (B, L) times the family's per-position weights (L,)
         # (HMAR's per-scale weights, summing to 1 over a sequence: the mean over images of each sequence's sum)
-        scale_w = self.pipe.family.loss_weights(schedule)
+        # (not in the masked stage: its loss is the plain mean over the masked positions, as the official one)
+        scale_w = None if cfg.masked_stage else self.pipe.family.loss_weights(schedule)
         loss_w = weights if scale_w is None else scale_w.to(ce.device, ce.dtype).expand_as(ce) * (
             1.0 if weights is None else weights)
         loss = weighted_mean(ce, loss_w)
@@ -233,7 +249,7 @@ class ARTrainer:
         """The named generators a checkpoint saves (the input masking's only where the input builder draws, so
         checkpoints of the other families keep their layout)."""
         gens = {"label_drop": self.gen, "schedules": self.schedule_gen, "loss": self.loss_gen}
-        if self.pipe.inputs.random_teacher:
+        if self.pipe.inputs.random_teacher or self.cfg.masked_stage:
             gens["inputs"] = self.input_gen
         return gens
 
