@@ -18,8 +18,8 @@ Mistakes in the input (files, arguments) print one ``error:`` line and exit with
 """
 
 # One module per command (or family of commands), each with its parser and its command function: sample.py
-# (sample, info, demo), convert.py, train.py, evaluate.py, bench.py, edit.py, watermark.py, calibrate_kv.py, data.py
-# (make-data), serve.py (the web page of arvision.serve); and
+# (its outputs: sample_outputs.py), info.py (info, demo), convert.py, train.py, evaluate.py, bench.py, edit.py,
+# watermark.py, calibrate_kv.py, data.py (make-data), serve.py (the web page of arvision.serve); and
 # loading.py (the model a command names).  Only this package imports the pipeline on behalf of a command: the
 # library layers below (sampling, models, tokenizers, families, evaluation, training) never import it.
 
@@ -52,7 +52,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from arvision import __version__
-    from arvision.cli import bench, calibrate_kv, convert, data, edit, evaluate, sample, serve, train, watermark
+    from arvision.cli import bench, calibrate_kv, convert, data, edit, evaluate, info, sample, serve, train, watermark
 
     examples = __doc__.split("\n", 1)[1].replace("``", "").strip("\n")  # the docstring's body, as plain text
     parser = OneLineParser(
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_kv.add_parser(sub)
     data.add_parser(sub)
     serve.add_parser(sub)
-    sample.add_info_parser(sub)
-    sample.add_demo_parser(sub)
+    info.add_info_parser(sub)
+    info.add_demo_parser(sub)
     _values_may_start_with_minus(parser)
     return parser
 

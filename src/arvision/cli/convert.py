@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_convert(args) -> None:
-    from arvision.cli.sample import describe
+    from arvision.cli.info import describe
     from arvision.images import check_output_dir
     from arvision.pipeline import ARPipeline
 

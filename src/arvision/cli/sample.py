@@ -1,16 +1,15 @@
-"""``arvision sample``, ``info`` and ``demo``: drawing images from a model folder (or a bundled model).
+"""``arvision sample``: drawing images from a model folder (or a bundled model).
 
     arvision sample [MODEL] --classes 1 3 7 --seed 42 --out grid.png
     arvision sample shapes --prompt "a photo of a red circle" --per-prompt 4 --out grid.png
     arvision sample shapes --prompts-file prompts.txt --per-prompt 2 --out-dir images/
-    arvision info [MODEL]
-    arvision demo
 
 Class-conditional models take ``--classes``; text models take ``--prompt`` or ``--prompts-file`` (one prompt per
 line), with ``--per-prompt`` images each.
 
 Also what other commands share with ``sample``: the loop's efficiency options (:func:`add_policy_args`, also
-``bench``), ``--weights int8`` (:func:`apply_weights`, also ``bench``) and :func:`describe` (also ``convert``).
+``bench``), ``--weights int8`` (:func:`apply_weights`, also ``bench``).  Its outputs (grid, PNGs, progression,
+tokens) are written by ``cli/sample_outputs.py``; ``info`` and ``demo`` are ``cli/info.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from arvision.cli import types
 from arvision.cli.loading import load_pipeline, model_help
+from arvision.cli.sample_outputs import SampleWriters
 from arvision.cli.watermark import add_sample_args as add_watermark_args
 from arvision.cli.watermark import spec_from_args
 from arvision.errors import ArvisionError
@@ -139,25 +139,9 @@ def add_sample_parser(sub) -> None:
     p.set_defaults(func=cmd_sample)
 
 
-def add_info_parser(sub) -> None:
-    p = sub.add_parser("info", help="describe a model folder (family, sizes, stored sampling defaults); without "
-                                    "MODEL, also list the bundled models")
-    p.add_argument("model", nargs="?", help=model_help())
-    p.set_defaults(func=cmd_info)
-
-
-def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="sample a labelled grid from the bundled model into the current folder")
-    p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
-    p.add_argument("--out", default="arvision_demo.png", help="the grid to write (default arvision_demo.png)")
-    p.set_defaults(func=cmd_demo)
-
-
 # -- commands -----------------------------------------------------------------------------------------
 
 GRID_MAX_IMAGES = 1024  # a labelled grid holds every image until it is written; past this it is no picture anyway
-TEXT_CELL = 128  # text models' grid cells are at least this wide, so that a caption shows a few words of its prompt
-GRID_MAX_COLUMNS = 16  # a grid of several images per prompt has one row per prompt up to this many per row
 PROGRESSION_MAX_IMAGES = 64  # a progression picture has one row per image and one cell per step
 ALIGN_BATCH = 256  # images aligned together by --watermark-align (align_images' own batch, kept for exactness)
 
@@ -398,102 +382,6 @@ def run_sampling(pipe, args, progress: bool = True):
     return GenerationOutput.concat(list(iter_sampling(pipe, args, progress)))
 
 
-def caption(pipe, k: int | str) -> str:
-    """The label under an image: its prompt (text models), else the name of class ``k``, else "class k"."""
-    if isinstance(k, str):
-        return k
-    names = pipe.config.class_names
-    return names[k] if names else f"class {k}"
-
-
-def sample_grid(pipe, images, labels, per_prompt: int | None = None):
-    """The labelled grid ``sample --out`` writes: one cell per image captioned by :func:`caption`; text models get
-    wider cells (room for a few words of each prompt) and, with several images per prompt, one row per prompt."""
-    from arvision.images import make_grid
-
-    text = pipe.takes_text
-    cell = {"min_cell": TEXT_CELL} if text else {}
-    per = per_prompt or 1
-    ncol = per if text and 1 < per <= GRID_MAX_COLUMNS else None
-    return make_grid(list(images), [caption(pipe, k) for k in labels], ncol=ncol, **cell)
-
-
-def save_tokens(path, pipe, schedule, tokens, labels, seed: int) -> None:
-    """The safetensors file of ``sample --save-tokens``: ``step.{s}`` per scale (or ``tokens``), with the class
-    labels (or, for text models, the prompts as a JSON list: a prompt may hold commas) and the seed as metadata."""
-    import json
-
-    from safetensors.torch import save_file
-
-    if pipe.takes_text:
-        metadata = {"prompts": json.dumps(list(labels))}
-    else:
-        metadata = {"class_labels": ",".join(map(str, labels))}
-    save_file(schedule.named_tokens(tokens), str(path), metadata={**metadata, "seed": str(seed)})
-
-
-class _Writers:
-    """``sample``'s outputs, fed batch after batch: PNGs go to --out-dir as each batch finishes (each written
-    under a temporary name and renamed, so an interrupted run leaves only whole files); the grid, the progression
-    picture (both capped in size by ``_check_outputs``) and the tokens (small integers) are written at the end."""
-
-    def __init__(self, pipe, args):
-        self.pipe, self.args = pipe, args
-        self.count = 0
-        self.grid = []
-        self.cells, self.cell_captions, self.ncol = [], [], 0
-        self.tokens, self.labels, self.schedule, self.stats = [], [], None, {}
-
-    def add(self, out) -> None:
-        from arvision.images import save_image
-
-        args, pipe = self.args, self.pipe
-        if args.out_dir:
-            folder = Path(args.out_dir)
-            folder.mkdir(exist_ok=True)
-            for j, (im, k) in enumerate(zip(out.images, out.class_labels)):  # k: a class id, or a prompt
-                name = f"{self.count + j:05d}.png" if pipe.takes_text else f"{self.count + j:05d}_class{k}.png"
-                save_image(im, folder / name)
-        if args.out:
-            self.grid += out.images
-        if args.progression:
-            from arvision.images import to_pil
-
-            steps = out.schedule.step_grids
-            self.ncol = len(out.progression)
-            for b, k in enumerate(out.class_labels):  # one row per image, one column per scale
-                for s, stage in enumerate(out.progression):
-                    self.cells += to_pil(stage[b:b + 1])
-                    self.cell_captions.append(caption(pipe, k) if s == 0 else f"{steps[s][0]}x{steps[s][1]}")
-        if args.save_tokens:
-            self.tokens.append(out.tokens.cpu())
-        self.labels += out.class_labels
-        self.schedule, self.stats = out.schedule, out.stats
-        self.count += len(out.class_labels)
-
-    def finish(self) -> None:
-        args = self.args
-        text = self.pipe.takes_text
-        cell = {"min_cell": TEXT_CELL} if text else {}  # room for a few words of each prompt
-        if args.out:
-            from arvision.images import save_image
-
-            save_image(sample_grid(self.pipe, self.grid, self.labels, getattr(args, "per_prompt", None)), args.out)
-            print(f"wrote {args.out}")
-        if args.out_dir:
-            print(f"wrote {self.count} images to {args.out_dir}")
-        if args.progression:
-            from arvision.images import make_grid, save_image
-
-            save_image(make_grid(self.cells, self.cell_captions, ncol=self.ncol, **cell), args.progression)
-            print(f"wrote {args.progression}")
-        if args.save_tokens:
-            import torch
-
-            save_tokens(args.save_tokens, self.pipe, self.schedule, torch.cat(self.tokens), self.labels, args.seed)
-            print(f"wrote {args.save_tokens}")
-
-
 def cmd_sample(args) -> None:
     check_condition_args(args)
     _check_outputs(args)
@@ -516,7 +404,7 @@ def cmd_sample(args) -> None:
         print("note: without --watermark-align the watermark is in the sampled tokens only; the detector re-tokenises "
               "the images and finds it in almost none of them on the models measured (docs/watermark.md)")
     t0 = time.perf_counter()
-    writers = _Writers(pipe, args)
+    writers = SampleWriters(pipe, args)
     batches = iter_sampling(pipe, args, progress=n <= args.batch_size)
     from arvision.progress import progress
 
@@ -533,89 +421,3 @@ def cmd_sample(args) -> None:
               f"plain sampling), {cost['verifier_calls']} verifier calls, {cost['decoder_calls']} decoder calls; "
               f"verifier scores " + " ".join(f"{x:.3f}" for x in writers.stats["search_scores"]))
     print(f"{writers.count} image(s) in {dt:.2f} s")
-
-
-def describe(pipe) -> str:
-    """Three lines about a pipeline: family, size and schedule; the transformer; the tokenizer."""
-    cfg, tr, tok = pipe.config, pipe.config.transformer, pipe.config.tokenizer
-    n_tr = sum(p.numel() for p in pipe.transformer.parameters())
-    n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
-    reads = {"cross": "by cross-attention", "prefix": "as a prefix"}[tr.text_mode]
-    condition = (f"text-conditioned ({pipe.transformer.text_encoder.describe()}) {reads}" if pipe.takes_text
-                 else f"{cfg.num_classes} classes")
-    return (f"{cfg.family}: {cfg.image_size}px, {condition}, {pipe.schedule.describe()}\n"
-            f"  transformer: {tr.block} depth {tr.depth}, width {tr.width}, {tr.num_heads} heads, "
-            f"{n_tr / 1e6:.1f}M params\n"
-            f"  tokenizer: {tok.kind}, {tok.vocab_size} codes x {tok.embed_dim}, /{tok.downsample}, "
-            f"{n_tok / 1e6:.1f}M params")
-
-
-_SETTING_NAMES = {"guidance_scale": "cfg", "top_k": "top-k", "top_p": "top-p", "temperature": "temperature"}
-
-
-def describe_sampling(pipe) -> str:
-    """One line: the settings ``sample`` uses when none is given, and where each comes from."""
-    stored = pipe.config.sampling or {}
-    parts = [f"{_SETTING_NAMES.get(k, k.replace('_', '-'))} {v}" for k, v in pipe.sampling_defaults().items()]
-    if stored:
-        mine = ", ".join(_SETTING_NAMES.get(k, k) for k in stored)
-        source = f"stored in the model: {mine}; the rest: the {pipe.family.description} family's"
-    else:
-        source = f"the {pipe.family.description} family's published defaults"
-    return f"  sampling defaults: {', '.join(parts)} ({source})"
-
-
-def _bundled_name_of(model: str | None) -> str | None:
-    """The bundled model ``model`` (a command's MODEL argument) is, if any: a bundled name (or nothing: the
-    default), or the folder of a bundled model."""
-    from arvision.bundled import bundled_model_dir, bundled_name, bundled_names
-
-    name = bundled_name(model)
-    if name is not None:
-        return name
-    folder = Path(model).resolve()
-    return next((n for n in bundled_names() if bundled_model_dir(n).resolve() == folder), None)
-
-
-def cmd_info(args) -> None:
-    from arvision.bundled import DEFAULT_BUNDLED, bundled_names
-
-    if not args.model:
-        names = bundled_names()
-        if names:
-            listed = ", ".join(f"{n} (the default)" if n == DEFAULT_BUNDLED else n for n in names)
-            print(f"bundled models: {listed}; `arvision info NAME` describes one, `arvision sample NAME ...` "
-                  "samples it")
-    pipe = load_pipeline(args.model)
-    name = _bundled_name_of(args.model)
-    if name is not None:
-        print(f"the model bundled with arvision as {name}, in {pipe.folder}")
-    print(describe(pipe))
-    print(describe_sampling(pipe))
-    if pipe.takes_text and pipe.config.transformer.text_vocab:
-        print(f"  vocabulary: {' '.join(pipe.config.transformer.text_vocab)}")
-    if pipe.takes_text and pipe.config.transformer.text_encoder_package:
-        print(f"  text encoder: {pipe.config.transformer.text_encoder_package} (frozen, from the installed package)")
-
-
-def cmd_demo(args) -> None:
-    from arvision.bundled import bundled_model_dir, tiny_random_pipeline
-    from arvision.images import check_output_file, make_grid, save_image
-
-    check_output_file(args.out, image=True)
-    try:
-        pipe = load_pipeline(str(bundled_model_dir()))
-        note = ""
-    except ArvisionError:
-        pipe = tiny_random_pipeline()
-        note = ("note: this installation has no bundled model; this demo samples a tiny "
-                "randomly initialised VAR model, so the images are noise.\n")
-    ns = argparse.Namespace(classes=list(range(min(pipe.config.num_classes, 10))), seed=args.seed, cfg=None,
-                            top_k=None, top_p=None, temperature=None, smooth=False, batch_size=None,
-                            precision="auto", device="cpu", kv_policy=None, decoding=None)
-    t0 = time.perf_counter()
-    out = run_sampling(pipe, ns, progress=False)
-    save_image(make_grid(out.images, [caption(pipe, k) for k in out.class_labels], ncol=5), args.out)
-    sys.stdout.write(note)
-    print(f"{len(out.images)} images in {time.perf_counter() - t0:.1f} s")
-    print(Path(args.out).resolve())

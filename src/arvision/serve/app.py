@@ -107,7 +107,7 @@ class Page:
         return note + (f" Not available: {m.search_note}" if m.search_note else "")
 
     def describe(self, name: str) -> str:
-        from arvision.cli.sample import describe
+        from arvision.cli.info import describe
 
         return "```\n" + describe(self.model(name).pipe) + "\n```"
 

@@ -188,7 +188,8 @@ def _sample(model: ServedModel, args, argv: list[str], folder: Path, emit) -> Sa
     """The run of :func:`generate`, in its worker thread."""
     import torch
 
-    from arvision.cli.sample import iter_sampling, sample_grid, sampled_prompts, save_tokens
+    from arvision.cli.sample import iter_sampling, sampled_prompts
+    from arvision.cli.sample_outputs import sample_grid, save_tokens
     from arvision.images import save_image, to_pil
 
     pipe = model.pipe
