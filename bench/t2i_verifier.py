@@ -1,7 +1,7 @@
 """How often the shapes GenEval verifier says "correct" for images that are correct by construction.
 
 For every prompt of ``arvision.evaluation.geneval.prompt_set()`` (553), K scenes that satisfy it
-(``geneval.scene_for``, drawn from one generator seeded ``--seed``) are rendered and judged (``geneval.check``):
+(``geneval_scenes.scene_for``, drawn from one generator seeded ``--seed``) are rendered and judged (``geneval.check``):
 the pass rate per task is the verifier's own ceiling on clean renders (it should be 100%).  With ``--tokenizer DIR``
 (a folder written by ``arvision train-tokenizer``) each render is also encoded and decoded by that tokenizer and
 the reconstructions are judged: the ceiling a model generating through that tokenizer can reach, and which tasks its
@@ -30,6 +30,7 @@ import torch
 
 from arvision import captions, scenes
 from arvision.evaluation import geneval
+from arvision.evaluation.geneval_scenes import scene_for
 
 
 def cpu_name() -> str:
@@ -123,7 +124,7 @@ def main() -> None:
     metas, lines, images = [], [], []
     for line, meta in enumerate(prompts):
         for _ in range(args.per_prompt):
-            images.append(scenes.render(geneval.scene_for(meta, rng)))
+            images.append(scenes.render(scene_for(meta, rng)))
             metas.append(meta)
             lines.append(line)
     images = np.stack(images)

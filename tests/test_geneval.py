@@ -16,6 +16,7 @@ from arvision.cli import main
 from arvision.errors import ArvisionError
 from arvision.evaluation import geneval as G
 from arvision.evaluation.geneval import Detection
+from arvision.evaluation.geneval_scenes import scene_for, wrong_scenes
 from arvision.training.datasets import Shapes
 
 
@@ -62,7 +63,7 @@ def test_verifier_passes_clean_renders_of_every_prompt(prompts):
     results = []
     for line, meta in enumerate(_distinct(prompts)):  # repeated prompts are the same test: each distinct one twice
         for _ in range(2):
-            ok, why = G.check(scenes.render(G.scene_for(meta, rng)), meta)
+            ok, why = G.check(scenes.render(scene_for(meta, rng)), meta)
             results.append({"tag": meta["tag"], "correct": ok, "line": line, "why": why, "prompt": meta["prompt"]})
     summary = G.summarize(results)
     for tag, row in summary["tasks"].items():
@@ -74,7 +75,7 @@ def test_verifier_rejects_deliberately_wrong_scenes(prompts):
     rng = np.random.default_rng(1)
     kinds = Counter()
     for meta in _distinct(prompts)[::2]:
-        for kind, scene in G.wrong_scenes(meta, rng).items():
+        for kind, scene in wrong_scenes(meta, rng).items():
             ok, why = G.check(scenes.render(scene), meta)
             assert not ok and why, (kind, meta["prompt"], scene)
             kinds[kind] += 1
@@ -202,7 +203,7 @@ def test_score_folder_reads_line_times_per_prompt_plus_j(tmp_path, prompts):
     rng = np.random.default_rng(3)
     for line, meta in enumerate(metas):
         for j in range(2):
-            scene = G.scene_for(meta, rng) if j == 0 else G.wrong_scenes(meta, rng)["missing_object"]
+            scene = scene_for(meta, rng) if j == 0 else wrong_scenes(meta, rng)["missing_object"]
             Image.fromarray(scenes.render(scene)).save(tmp_path / f"{line * 2 + j:05d}.png")
     results = G.score_folder(tmp_path, metas, 2)
     assert [(r["line"], r["index"], r["file"], r["correct"]) for r in results] == [

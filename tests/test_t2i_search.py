@@ -10,6 +10,7 @@ import torch
 from arvision import captions, scenes
 from arvision.cli import main
 from arvision.evaluation import geneval
+from arvision.evaluation.geneval_scenes import scene_for, wrong_scenes
 from arvision.evaluation.matcher import (
     MatcherConfig,
     MatcherVerifier,
@@ -31,12 +32,12 @@ def render_batch(scene_list) -> torch.Tensor:
 def test_oracle_scores_right_and_wrong_scenes():
     rng = np.random.default_rng(0)
     metas = [m for m in geneval.prompt_set()[::50]]
-    right = render_batch([geneval.scene_for(m, rng) for m in metas])
+    right = render_batch([scene_for(m, rng) for m in metas])
     oracle = geneval.OracleVerifier()
     assert oracle(right, [m["prompt"] for m in metas]).tolist() == [1.0] * len(metas)
     wrong, prompts = [], []
     for m in metas:
-        for scene in geneval.wrong_scenes(m, rng).values():
+        for scene in wrong_scenes(m, rng).values():
             wrong.append(scene)
             prompts.append(m["prompt"])
     assert oracle(render_batch(wrong), prompts).sum() == 0
