@@ -198,7 +198,6 @@ def test_any_option_value_is_accepted_or_refused_in_one_line(files, capsys, case
     with mock.patch.object(ARPipeline, "from_pretrained", _reached), \
             mock.patch.object(ARPipeline, "from_official", _reached), \
             mock.patch("arvision.cli.sample.load_pipeline", _reached), \
-            mock.patch("arvision.cli.info.load_pipeline", _reached), \
             mock.patch("arvision.cli.loading.load_pipeline", _reached), \
             mock.patch("arvision.bundled.tiny_random_pipeline", _reached), \
             mock.patch("arvision.training.distributed.init_distributed", _reached):

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from arvision.cli import types
-from arvision.cli.loading import load_pipeline, model_help
+from arvision.cli import loading, types  # loading.load_pipeline read at call time: tests replace it there
+from arvision.cli.loading import model_help
 from arvision.cli.sample import run_sampling
 from arvision.cli.sample_outputs import caption
 from arvision.errors import ArvisionError
@@ -85,7 +85,7 @@ def cmd_info(args) -> None:
             listed = ", ".join(f"{n} (the default)" if n == DEFAULT_BUNDLED else n for n in names)
             print(f"bundled models: {listed}; `arvision info NAME` describes one, `arvision sample NAME ...` "
                   "samples it")
-    pipe = load_pipeline(args.model)
+    pipe = loading.load_pipeline(args.model)
     name = _bundled_name_of(args.model)
     if name is not None:
         print(f"the model bundled with arvision as {name}, in {pipe.folder}")
@@ -103,7 +103,7 @@ def cmd_demo(args) -> None:
 
     check_output_file(args.out, image=True)
     try:
-        pipe = load_pipeline(str(bundled_model_dir()))
+        pipe = loading.load_pipeline(str(bundled_model_dir()))
         note = ""
     except ArvisionError:
         pipe = tiny_random_pipeline()
