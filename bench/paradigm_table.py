@@ -6,7 +6,9 @@ For every model of ``--runs`` (and every extra folder of ``--models``; ``bundled
 1. **the sweep**: ``arvision sample MODEL --classes <P of each digit> --seed 0 --cfg G [--top-k 0 --top-p T]`` (the
    CLI, one thread per process, ``--jobs`` processes at once; timed) for every guidance G of ``--guidance`` and top-p
    T of ``--top-p`` (top-p is skipped for continuous-token heads, where nothing is drawn from logits);
-2. the setting with the lowest classifier-FID is the model's best; it is sampled again at the other ``--seeds``;
+2. the setting with the lowest classifier-FID is the model's best; it is sampled again at the other ``--seeds``
+   (with ``--sweep-per-class`` below ``--per-class``: the sweep has that many images per class, and the best
+   setting is sampled again at every seed with ``--per-class``);
 3. every folder is judged by the shipped mnist-5k classifier: digit accuracy, and on its penultimate features the
    FID and improved precision / recall (k = 3) against 4,000 real digits (index i % 5 != 4); the 1,000 real digits
    kept apart (i % 5 == 4) give the floor of each at the same N. ``--inception`` adds the TF-Inception FID of the best
@@ -23,8 +25,8 @@ per digit.  ``--lists``: for models that
 sample on other scale lists (FlexVAR), also those lists zero-shot, with their own picture (``--lists-picture``).
 
     python bench/paradigm_table.py --runs runs/paradigms [--models bundled] [--guidance 1.5 3] [--top-p 0.9 1.0]
-        [--seeds 0 1] [--per-class 100] [--jobs 2] [--inception] [--picture docs/img/paradigms.png]
-        [--work /tmp/arvision-paradigms] [--out-json table.json] [--sample-only]
+        [--seeds 0 1] [--per-class 100] [--sweep-per-class 10] [--jobs 2] [--inception]
+        [--picture docs/img/paradigms.png] [--work /tmp/arvision-paradigms] [--out-json table.json] [--sample-only]
 """
 
 from __future__ import annotations
@@ -212,6 +214,9 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 3.0])
     ap.add_argument("--top-p", type=float, nargs="+", default=[0.9, 1.0])
     ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--sweep-per-class", type=int, default=None,
+                    help="images per class of each swept setting (default: --per-class); when fewer, the best "
+                         "setting is sampled again with --per-class at every seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--jobs", type=int, default=2, help="sampling processes at once (one thread each)")
     ap.add_argument("--threads", type=int, default=1, help="threads of the timed batches")
@@ -244,14 +249,17 @@ def main() -> None:
     judges = {s: Judge(s, args.work, args.inception) for s in sizes}
     pool = ThreadPoolExecutor(args.jobs)
 
-    # 1. the sweep (seed 0), all models at once
+    # 1. the sweep (seed 0), all models at once; at --sweep-per-class (fewer images) when given
+    sweep_k = args.sweep_per_class or args.per_class
+    reduced = sweep_k != args.per_class
     jobs = {}
     for name, arg, _folder, _, _ in models:
         continuous = bool(pipes[name].transformer.head.token_dims)  # nothing drawn from logits: no top-p
         for label, flags in settings(args.guidance, args.top_p, continuous):
             flags = flags + RUN_FLAGS.get(Path(arg).name, [])
-            out = args.work / Path(arg).name / f"{label.replace(' ', '').replace(',', '_')}-seed{args.seeds[0]}"
-            jobs[name, label] = (flags, out, pool.submit(sample_folder, arg, args.per_class, args.seeds[0], out, flags))
+            tag = label.replace(' ', '').replace(',', '_')
+            out = args.work / Path(arg).name / (f"{tag}-seed{args.seeds[0]}" + (f"-n{10 * sweep_k}" if reduced else ""))
+            jobs[name, label] = (flags, out, pool.submit(sample_folder, arg, sweep_k, args.seeds[0], out, flags))
     sweep = {}
     for (name, label), (flags, out, fut) in jobs.items():
         cmd, seconds = fut.result()
@@ -259,16 +267,19 @@ def main() -> None:
         sweep.setdefault(name, []).append({"setting": label, "flags": flags, "folder": str(out), "command": cmd,
                                            "sample_seconds": round(seconds, 1), **r})
         print(json.dumps({"model": name, **sweep[name][-1]}), flush=True)
-    # 2. the best setting per model, at the other seeds
+    # 2. the best setting per model, at the other seeds (at every seed, with --per-class images, after a reduced
+    # sweep)
     best = {name: min(rows, key=lambda r: r["fid_classifier"]) for name, rows in sweep.items()}
-    extra = {}
+    final_seeds = args.seeds if reduced else args.seeds[1:]
+    extra, best_folder = {}, {name: Path(best[name]["folder"]) for name in best}
     for name, arg, _folder, _, _ in models:
-        for seed in args.seeds[1:]:
-            out = Path(best[name]["folder"]).with_name(Path(best[name]["folder"]).name.rsplit("-seed", 1)[0]
-                                                        + f"-seed{seed}")
+        for seed in final_seeds:
+            out = best_folder[name].with_name(best_folder[name].name.split("-seed", 1)[0] + f"-seed{seed}")
             extra[name, seed] = (out, pool.submit(sample_folder, arg, args.per_class, seed, out, best[name]["flags"]))
+        if reduced:
+            best_folder[name] = extra[name, args.seeds[0]][0]
     report = {"cpu": cpu_name(), "torch": torch.__version__, "guidance": args.guidance, "top_p": args.top_p,
-              "seeds": args.seeds, "per_class": args.per_class,
+              "seeds": args.seeds, "per_class": args.per_class, "sweep_per_class": sweep_k,
               "floor": {s: j.floor for s, j in judges.items()}, "models": []}
     for _, fut in extra.values():
         fut.result()  # every folder sampled before the timed batches, so nothing else runs beside them
@@ -277,8 +288,8 @@ def main() -> None:
         return
     for name, arg, _folder, run, ff in models:
         size = configs[name].image_size
-        per_seed = [best[name]]
-        for seed in args.seeds[1:]:
+        per_seed = [] if reduced else [best[name]]
+        for seed in final_seeds:
             out, _ = extra[name, seed]
             per_seed.append({"seed": seed, **judges[size](*read_folder(out, size))})
         entry = {"name": name, "model": arg, "family": configs[name].family, "sweep": sweep[name],
@@ -291,8 +302,8 @@ def main() -> None:
             v = np.array([r[key] for r in per_seed])
             entry[key], entry[f"{key}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
         if args.inception:
-            entry["fid_inception"] = judges[size](*read_folder(Path(best[name]["folder"]), size), inception=True,
-                                                  cache=Path(best[name]["folder"] + "-inception.npy"))["fid_inception"]
+            entry["fid_inception"] = judges[size](*read_folder(best_folder[name], size), inception=True,
+                                                  cache=Path(f"{best_folder[name]}-inception.npy"))["fid_inception"]
         report["models"].append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "sweep"}), flush=True)
     # 3. zero-shot scale lists (models whose family samples on other lists)
@@ -301,7 +312,7 @@ def main() -> None:
         if not args.lists or not pipes[name].family.capabilities.scale_lists or lists_rows:
             continue
         size, entry = configs[name].image_size, next(e for e in report["models"] if e["name"] == name)
-        lists_rows.append((f"trained, {size}px", Path(best[name]["folder"])))
+        lists_rows.append((f"trained, {size}px", best_folder[name]))
         entry["lists"] = {}
         for spec in args.lists:
             out = args.work / Path(arg).name / f"list-{spec.replace(',', '-')}"
@@ -312,7 +323,7 @@ def main() -> None:
                                     **judges[size](*read_folder(out, size))}
             lists_rows.append((f"{len(spec.split(','))} steps, {px}px", out))
     if args.picture:
-        picture([(e["name"], Path(best[e["name"]]["folder"])) for e in report["models"]], args.picture)
+        picture([(e["name"], best_folder[e["name"]]) for e in report["models"]], args.picture)
     if args.lists_picture and lists_rows:
         picture(lists_rows, args.lists_picture)
     print_table(report)
@@ -336,7 +347,8 @@ def print_table(report: dict) -> None:
     for size, f in report["floor"].items():
         print(f"| 1,000 real digits kept apart ({size} px) | | | | | {f['accuracy']:.3f} | {f['fid_classifier']:.2f} | "
               f"{f['precision']:.3f} | {f['recall']:.3f} | | | |")
-    print("\n| model | setting | accuracy | classifier-FID | precision | recall |  (seed 0)")
+    print(f"\n| model | setting | accuracy | classifier-FID | precision | recall |  (seed {report['seeds'][0]}, "
+          f"{10 * report['sweep_per_class']} images)")
     print("|---|---|---:|---:|---:|---:|")
     for e in report["models"]:
         for r in e["sweep"]:
