@@ -177,8 +177,8 @@ def test_student_forcing_inputs_come_from_the_teacher_passs_argmax(tmp_path, mon
     seen = []
     original = pipe.transformer.forward
 
-    def spy(cond, x_in, layout):
-        out = original(cond, x_in, layout)
+    def spy(cond, x_in, layout, **kwargs):
+        out = original(cond, x_in, layout, **kwargs)
         seen.append((x_in, layout, out.detach()))
         return out
 
