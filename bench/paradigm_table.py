@@ -230,7 +230,12 @@ def main() -> None:
     ap.add_argument("--sample-only", action="store_true",
                     help="sample (sweep and seeds) what has finished training, then stop: run it niced beside the "
                          "training, the full run later reuses its folders and does the timing alone")
+    ap.add_argument("--print-json", type=Path, default=None,
+                    help="print the tables of an earlier run's --out-json and stop (nothing is sampled)")
     args = ap.parse_args()
+    if args.print_json is not None:
+        print_table(json.loads(args.print_json.read_text()))
+        return
     torch.set_num_threads(args.threads)
 
     from arvision.bundled import bundled_model_dir
@@ -337,7 +342,7 @@ def print_table(report: dict) -> None:
           f"precision | recall | forwards / image | token forwards / image | s / image |  (mean ± sd over {n} seeds)")
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for e in report["models"]:
-        flops = f"{e['train_flops'] / 1e15:.1f} PF" if "train_flops" in e else "—"
+        flops = f"{e['train_flops'] / 1e12:.1f} TFLOP" if "train_flops" in e else "—"
         secs = f"{e['train_seconds'] / 60:.0f} min" if "train_seconds" in e else "—"
         print(f"| {e['name']} | {e['tokenizer_psnr']:.1f} dB | {flops} | {secs} | {e['best']} | "
               f"{e['accuracy']:.3f} ± {e['accuracy_std']:.3f} | "
