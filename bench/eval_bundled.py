@@ -16,6 +16,8 @@ Prints a Markdown table and writes the raw outputs as JSON.
 
 ``--setting CFG TOP_P`` (repeatable) samples at guidance CFG and top-p TOP_P (top-k off) instead of the model's
 stored settings, one generated set and one row per setting: the measured quality frontier of the sampling knobs.
+``--reconstructions`` adds a row for the model's tokenizer round trip of the 1,000 held digits: what a generator
+that drew exactly the real distribution in this tokenizer's codes would score, the ceiling of any generator on it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,25 @@ def write_real(work: Path, image_size: int) -> tuple[Path, Path]:
     return ref, held
 
 
+def write_reconstructions(work: Path, model: Path, held: Path) -> Path:
+    """The tokenizer's encode -> decode of every HELD digit, as PNGs of the same names."""
+    from PIL import Image
+
+    from arvision.evaluation.tokenizer_bench import reconstruct
+    from arvision.pipeline import ARPipeline
+
+    out = work / f"recon-held-{model.name}"
+    files = sorted(held.glob("*.png"))
+    if out.is_dir() and len(list(out.glob("*.png"))) == len(files):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    recons, _, _ = reconstruct(ARPipeline.from_pretrained(model), images, batch_size=100)
+    for f, r in zip(files, recons):
+        Image.fromarray(r).save(out / f.name)
+    return out
+
+
 def run(cmd: list[str]) -> tuple[dict[str, str], float]:
     """Run an arvision command; parse its "name value" lines."""
     t0 = time.perf_counter()
@@ -74,6 +95,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/arvision-eval")
     ap.add_argument("--setting", nargs=2, type=float, action="append", metavar=("CFG", "TOP_P"),
                     help="sample at this guidance and top-p (top-k off); repeatable (default: the stored settings)")
+    ap.add_argument("--reconstructions", action="store_true",
+                    help="also the tokenizer's reconstructions of the held digits (the ceiling of its generators)")
     args = ap.parse_args()
 
     from arvision.bundled import bundled_model_dir
@@ -98,6 +121,10 @@ def main() -> None:
         entry["generated"], entry["fid_seconds"] = run(["eval", "fid", str(ref), str(gen), *flags])
         entry["classify"], _ = run(["eval", "classify", str(gen), "--fid-real", "mnist-5k"])
         results["sets"].append(entry)
+    if args.reconstructions:
+        recon = write_reconstructions(work, model, held)
+        results["recon_held"], _ = run(["eval", "fid", str(ref), str(recon), *flags])
+        results["classify_recon_held"], _ = run(["eval", "classify", str(recon), "--fid-real", "mnist-5k"])
     results["real_held"], _ = run(["eval", "fid", str(ref), str(held), *flags])
     results["classify_real_held"], _ = run(["eval", "classify", str(held), "--fid-real", "mnist-5k"])
     (work / f"results-{model.name}.json").write_text(json.dumps(results, indent=1))
@@ -107,6 +134,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(f"generated ({model.name}, seed {args.seed}, {e['setting']})", e["generated"], e["classify"])
             for e in results["sets"]]
+    if "recon_held" in results:
+        rows.append(("tokenizer reconstructions of the 1,000 held digits", results["recon_held"],
+                     results["classify_recon_held"]))
     rows.append(("1,000 real digits not in the reference", results["real_held"], results["classify_real_held"]))
     for name, m, c in rows:
         kid = f"{float(m['KID']):.4f} ± {float(m['KID std']):.4f}"
