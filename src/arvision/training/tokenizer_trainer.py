@@ -129,13 +129,20 @@ def save_tokenizer_folder(folder: str | Path, tokenizer, image_size: int, extra:
 
 def read_tokenizer_config(folder: str | Path) -> tuple[TokenizerConfig, int, dict]:
     """The configuration of tokenizer folder ``folder`` -> (config, image_size, the other keys), checked, without
-    loading the weights (cheap: for checking a command's arguments before any work)."""
+    loading the weights (cheap: for checking a command's arguments before any work).
+
+    A model folder (``config.json`` with its ``tokenizer`` beside ``tokenizer.safetensors``) is a tokenizer folder
+    too: its tokenizer is read from there (no other keys), so a model's tokenizer can be fine-tuned or reused."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArvisionError(f"tokenizer folder not found: {folder}")
     path = folder / TOKENIZER_CONFIG
+    if not path.is_file() and (folder / "config.json").is_file():
+        path = folder / "config.json"
     try:
         info = json.loads(path.read_text())
+        if path.name == "config.json" and isinstance(info, dict):  # a model folder: only its tokenizer's keys
+            info = {k: info[k] for k in ("tokenizer", "image_size") if k in info}
     except FileNotFoundError:
         if (folder / "checkpoints").is_dir():
             raise ArvisionError(f"{folder} is a tokenizer training run that has not finished (no {TOKENIZER_CONFIG} "
