@@ -53,10 +53,12 @@ def write_real(work: Path, image_size: int) -> tuple[Path, Path]:
 
 
 def write_reconstructions(work: Path, model: Path, held: Path) -> Path:
-    """The tokenizer's encode -> decode of every HELD digit, as PNGs of the same names."""
+    """The tokenizer's encode -> decode of every HELD digit, as PNGs of the same names (the project's own image
+    reader and its whole-or-nothing writer, so an interrupted run leaves no truncated file to be counted)."""
     from PIL import Image
 
     from arvision.evaluation.tokenizer_bench import reconstruct
+    from arvision.images import read_image, save_image
     from arvision.pipeline import ARPipeline
 
     out = work / f"recon-held-{model.name}"
@@ -64,10 +66,10 @@ def write_reconstructions(work: Path, model: Path, held: Path) -> Path:
     if out.is_dir() and len(list(out.glob("*.png"))) == len(files):
         return out
     out.mkdir(parents=True, exist_ok=True)
-    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    images = np.stack([np.asarray(read_image(f)) for f in files])
     recons, _, _ = reconstruct(ARPipeline.from_pretrained(model), images, batch_size=100)
     for f, r in zip(files, recons):
-        Image.fromarray(r).save(out / f.name)
+        save_image(Image.fromarray(r), out / f.name)
     return out
 
 
