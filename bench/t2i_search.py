@@ -11,7 +11,8 @@ only, it never sees a verdict of the exact verifier).  Best-of-N is also run wit
 verifier): an upper bound, and a check of the code -- its verdicts must equal pass@N of the same N candidates
 sampled plainly (``candidate_generators``: the very generators best-of-N draws its candidates from).  On a raster
 model (a family with ``capabilities.row_prefixes``) GridAR (``gridar:N``: the token forwards of best-of-N) runs
-too, at the budgets that are multiples of 4, ranked by the matcher.
+instead of beam search and TTS-VAR (searches over scales), at the budgets that are multiples of 4, ranked by the
+matcher.
 
 Reported per method and budget: GenEval overall (mean of the six task accuracies), the measured cost (token
 forwards in plain-sample units, guidance doubling and roll-outs included; decoder calls and reward calls per
@@ -122,8 +123,11 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     for seed in args.seeds:
         for budget in args.budgets:
-            plan = [(name, ctl, "matcher") for name, ctl in methods_for(budget, sizes) if not name.startswith("look")]
-            if pipe.family.capabilities.row_prefixes and budget % 4 == 0:  # GridAR: raster models only
+            raster = pipe.family.capabilities.row_prefixes
+            # beam per scale and TTS-VAR are scale-wise searches; a raster model gets its own, GridAR
+            plan = [(name, ctl, "matcher") for name, ctl in methods_for(budget, sizes)
+                    if not name.startswith("look") and (not raster or name.startswith("bon"))]
+            if raster and budget % 4 == 0:
                 plan.append((GridAR(budget).spec(), GridAR(budget), "matcher"))
             plan.append((f"bon:{budget}", BestOfN(budget), "oracle"))
             for name, ctl, reward in plan:

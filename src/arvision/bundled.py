@@ -1,10 +1,10 @@
 """The models shipped inside the package, addressable by name, and a tiny random stand-in for demos.
 
 ``BUNDLED`` maps each name to its folder under ``assets/``: ``mnist`` (the class-conditional digits model, the
-default of every command that takes a MODEL) and ``shapes`` (the text-to-image model of the shapes world).  A build
-may lack some of them; :func:`bundled_names` lists those present.  Wherever a model folder is accepted (the command
-line, ``ARPipeline.from_pretrained``) a bundled name works too, unless a file or folder of that name exists in the
-working directory: a path that exists always wins.
+default of every command that takes a MODEL), ``shapes`` and ``shapes-raster`` (the text-to-image VAR and raster
+models of the shapes world).  A build may lack some of them; :func:`bundled_names` lists those present.  Wherever a
+model folder is accepted (the command line, ``ARPipeline.from_pretrained``) a bundled name works too, unless a file
+or folder of that name exists in the working directory: a path that exists always wins.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from arvision.errors import ArvisionError
 
 ASSETS = Path(__file__).parent / "assets"
-BUNDLED = {"mnist": "model", "shapes": "shapes"}  # name -> folder under ASSETS
+BUNDLED = {"mnist": "model", "shapes": "shapes", "shapes-raster": "shapes_raster"}  # name -> folder under ASSETS
 DEFAULT_BUNDLED = "mnist"
 
 
