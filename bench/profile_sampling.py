@@ -1,7 +1,7 @@
 """Where one image's sampling time goes: torch.profiler over one call, after one warm-up call.
 
     PYTHONPATH=src python bench/profile_sampling.py /tmp/arvision-official-speed/llamagen/arvision_model \
-        --cfg 4 --top-k 0 --top-p 0 --weights int8      # or --weights fp32 (the AVX2 path)
+        --cfg 4 --top-k 0 --top-p 0 --weights int8      # or fp32 (exact), fp32-packed (`auto` on AVX2)
 
 Prints the operators by self CPU time and, per operator, its share of the profiled total (tokens only, no decode).
 """
@@ -24,8 +24,8 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=None)
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--top-p", type=float, default=None)
-    ap.add_argument("--weights", choices=["bf16", "int8", "fp32"], default="bf16",
-                    help="fp32: the exact path (what `auto` runs on CPUs without AVX512-BF16/AMX)")
+    ap.add_argument("--weights", choices=["bf16", "int8", "fp32", "fp32-packed"], default="bf16",
+                    help="fp32: the exact path; fp32-packed: what `auto` runs on CPUs without AVX512-BF16/AMX")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=15)
     args = ap.parse_args()
@@ -35,7 +35,9 @@ def main() -> None:
         pipe.quantize_weights("int8")
     elif args.weights == "bf16":
         pipe.to(dtype=torch.bfloat16)
-    precision = "fp32" if args.weights == "fp32" else "bf16"
+    elif args.weights == "fp32-packed":
+        pipe.pack_weights()
+    precision = "fp32" if args.weights.startswith("fp32") else "bf16"
     kw = dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, output_type="tokens", precision=precision)
     pipe(args.classes, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
     t = time.perf_counter()

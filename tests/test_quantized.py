@@ -46,7 +46,7 @@ def test_quantized_pipeline_keeps_the_bf16_logits_and_refuses_exact_mode(name, t
         pipe.quantize_weights("int8")
         got = tr(labels, x_in, pipe.schedule)
     linears = [m for m in tr.blocks.modules() if isinstance(m, nn.Linear)]
-    assert not linears and isinstance(tr.head.proj, Int8Linear) and pipe.weight_quantization == "int8"
+    assert not linears and isinstance(tr.head.proj, Int8Linear) and pipe.weight_format == "int8"
     cos = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1), dim=1)
     assert (cos > 0.99).all(), cos
     out = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="tokens", precision="bf16")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from arvision.cli import types
 from arvision.cli.loading import model_help
-from arvision.cli.sample import add_knob_args, add_policy_args, apply_weights, check_sampling_args
+from arvision.cli.sample import add_knob_args, add_policy_args, add_weights_arg, apply_weights, check_sampling_args
 from arvision.errors import ArvisionError
 
 
@@ -37,11 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=types.seed, default=0, help="seeds torch.Generator().manual_seed(SEED) (default 0)")
     add_knob_args(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, else fp32 (exact) (default "
-                        "auto)")
-    p.add_argument("--weights", choices=["full", "int8"], default="full",
-                   help="int8: weight-only int8 linear layers with bf16 activations (half of bf16's bytes; lossy; "
-                        "default full)")
+                   help="auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, else fp32 through packed weights "
+                        "(--weights); fp32 = the exact mode (default auto)")
+    add_weights_arg(p)
     p.add_argument("--warmup", type=types.nonneg_int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--repeat", type=types.positive_int, default=3, help="timed runs (default 3)")
     p.add_argument("--threads", type=types.threads, default=None,
@@ -100,7 +98,7 @@ def _bench(args) -> None:
     pipe = load_pipeline(args.model, args.device)
     apply_weights(pipe, args)
     dtype = resolve_precision(args.precision, pipe.device)
-    if dtype != torch.float32:
+    if dtype != torch.float32 and dtype != pipe.weight_dtype:
         pipe.to(dtype=dtype)  # weights cast once: half the memory, no per-call casts
     if args.compile:
         pipe.compile()

@@ -19,7 +19,7 @@ import torch
 from arvision.cli import types
 from arvision.cli.bench import add_throughput_args
 from arvision.cli.loading import model_help
-from arvision.cli.sample import add_knob_args
+from arvision.cli.sample import add_knob_args, add_weights_arg, apply_weights
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
 
@@ -51,7 +51,9 @@ def add_parsers(sub) -> None:
                         "one of most images/s within --memory-budget (the images do not depend on it) (default 25)")
     add_throughput_args(e, default_max=256)
     e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
+                   help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it, "
+                        "else fp32 through packed weights (--weights)")
+    add_weights_arg(e)
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.set_defaults(func=cmd_sample)
 
@@ -115,6 +117,7 @@ def cmd_sample(args) -> None:
     info = init_distributed(args.device)
     model = args.model if args.model else str(bundled_model_dir())
     pipe = ARPipeline.from_pretrained(model, device=info.device)
+    apply_weights(pipe, args)
     spec = EvalSamplingSpec(per_class=args.per_class, classes=tuple(args.classes) if args.classes else None,
                             seed=args.seed, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                             temperature=args.temperature, precision=args.precision)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from arvision.cli import types
-from arvision.cli.sample import add_knob_args
+from arvision.cli.sample import add_knob_args, add_weights_arg, apply_weights
 from arvision.errors import ArvisionError
 
 
@@ -31,7 +31,9 @@ def add_parser(esub) -> None:
     add_knob_args(e)
     e.add_argument("--batch-size", type=types.positive_int, default=64, help="images per batch (default 64)")
     e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="fp32 = exact (default); auto = bf16 where the hardware is fast at it")
+                   help="fp32 = exact (default); auto = bf16 where the hardware is fast at it, else fp32 "
+                        "through packed weights (--weights)")
+    add_weights_arg(e)
     e.add_argument("--search", default=None, help="test-time search spec (bon:N, beam:W, tts-var, ...; "
                                                   "docs/search.md) with --reward")
     e.add_argument("--reward", choices=["matcher", "oracle"], default="matcher",
@@ -83,6 +85,7 @@ def cmd_geneval(args) -> None:
         raise ArvisionError(f"--per-prompt {args.per_prompt}: at most 1000 images per prompt")
     metas = prompt_metas(args)
     pipe = load_pipeline(args.model, args.device)
+    apply_weights(pipe, args)
     if not pipe.takes_text:
         raise ArvisionError(f"{args.model} is a class-conditional model; geneval needs a text-to-image model "
                             "(e.g. the bundled `shapes`)")

@@ -37,13 +37,38 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
 
 
 def apply_weights(pipe, args) -> None:
-    """``--weights int8``: quantize the pipeline's linear layers, which compute in bf16 (so ``--precision`` becomes
-    bf16; an explicit fp32 is an error)."""
+    """``--weights``: ``int8`` quantizes the pipeline's linear layers, which compute in bf16 (so ``--precision``
+    becomes bf16; an explicit fp32 is an error); ``packed`` casts the weights to the sampling precision and packs
+    them once for oneDNN's CPU GEMM; ``auto`` (the default) packs where ``--precision auto`` picks fp32 on a CPU
+    (AVX2-only CPUs: the fast path there), else keeps the weights as loaded.  ``args.weights`` ends as the
+    choice made, so reports name it."""
+    import torch
+
+    from arvision.models.packed import packing_available
+    from arvision.precision import resolve_precision
+
+    if args.weights == "auto":
+        fast_fp32 = (args.precision == "auto" and pipe.device.type == "cpu"
+                     and resolve_precision("auto", pipe.device) == torch.float32)
+        args.weights = "packed" if fast_fp32 and packing_available(torch.float32) else "full"
     if args.weights == "int8":
         if args.precision == "fp32":
             raise ArvisionError("--weights int8 computes in bf16: use --precision bf16 (or auto)")
         args.precision = "bf16"
         pipe.quantize_weights("int8")
+    elif args.weights == "packed":
+        dtype = resolve_precision(args.precision, pipe.device)
+        if dtype != pipe.weight_dtype:
+            pipe.to(dtype=dtype)
+        pipe.pack_weights()
+        args.weights = pipe.weight_format or "full"  # layers too small to gain are left as they are
+
+
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=["auto", "full", "int8", "packed"], default="auto",
+                   help="full: as loaded; packed: packed once for oneDNN's CPU GEMM, same precision, equal within "
+                        "rounding; int8: weight-only int8 linear layers computing in bf16 (needs --precision bf16 or "
+                        "auto); auto (default): packed when --precision auto picks fp32 on a CPU, else full")
 
 
 def _family_defaults(key: str) -> str:
@@ -109,10 +134,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         f"{MAX_DEFAULT_BATCH}; printed when there is more than one batch). With one --seed the images "
                         "depend on it: give it to repeat a run exactly")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it")
-    p.add_argument("--weights", choices=["full", "int8"], default="full",
-                   help="int8: weight-only int8 linear layers, computing in bf16 (needs --precision bf16 or auto; "
-                        "default full)")
+                   help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it, "
+                        "else fp32 through packed weights (--weights)")
+    add_weights_arg(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
 

@@ -68,5 +68,5 @@ def quantize_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16, onl
 
 
 def linear_dtype(layer: nn.Module) -> torch.dtype:
-    """The dtype a linear layer computes in: its weight's, or an ``Int8Linear``'s activation dtype."""
-    return layer.dtype if isinstance(layer, Int8Linear) else layer.weight.dtype
+    """The dtype a linear layer computes in: its weight's, or an ``Int8Linear``'s (``PackedLinear``'s) own."""
+    return layer.weight.dtype if isinstance(layer, nn.Linear) else layer.dtype
