@@ -56,6 +56,9 @@ untimed runs, then the median of ``--repeat`` runs), each job in a fresh child p
   is the decoder's floor.  ``auto`` is ``arvision bench --precision auto``: bf16 where the CPU has native bf16,
   else fp32 through packed weights (``--weights auto``), whose tokens are compared by hash too.
 
+``--rounds N`` runs the official and arvision jobs of a batch size N times in turn and reports the median of the
+rounds beside each round's ratio: on a shared VM a neighbour's busy minute then slows every side alike.
+
 Prints a table and writes every number to --out-json.  Ratios are official / arvision: > 1 means arvision is
 faster (or smaller).  Timings on a busy machine are noisy: the load average is recorded around every job.
 """
@@ -616,6 +619,22 @@ def compare_tokens(a_file: str, b_file: str, key: str, family: str) -> dict:
     return res
 
 
+TIMES = ("seconds_per_image", "transformer_seconds_per_image", "decode_seconds_per_image")
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """The first round's result with each time replaced by the median over the rounds (each round's in
+    ``rounds``); tokens, memory and the rest are the first round's."""
+    merged = dict(results[0])
+    if len(results) > 1:
+        for key in TIMES:
+            values = [r[key] for r in results if r.get(key) is not None]
+            if values:
+                merged[key] = _med(values)
+        merged["rounds"] = [{k: r.get(k) for k in TIMES} for r in results]
+    return merged
+
+
 def ratios(off: dict, arv: dict) -> dict:
     def r(a, b):
         return a / b if a and b else None
@@ -667,6 +686,11 @@ def print_entry(family: str, B: int, entry: dict) -> None:
         for p in precs:
             line += f"{_fmt(runs[p].get(ka), unit):>16s}{_fmt(entry['ratios'][p].get(rkey[ko]), 'x'):>9s}"
         print(line)
+    for p in precs:
+        rounds = entry["ratios"][p].get("rounds")
+        if rounds:
+            per = ", ".join(f"{r['transformer_seconds_per_image']:.2f}x" for r in rounds)
+            print(f"  official/arvision {p}, transformer, each round: {per}")
     par = entry.get("parity", {})
     for name, res in par.items():
         if not isinstance(res, dict):
@@ -724,6 +748,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     ap.add_argument("--repeat", type=int, default=3, help="measured runs, median reported (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up runs (default 1)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the official and arvision jobs of a batch size this many times, interleaved, and "
+                         "report the median of the rounds (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the usable cores)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/arvision-official-speed"),
                     help="weights, converted models, tokens, logs (default /tmp/arvision-official-speed)")
@@ -794,19 +821,27 @@ def main(argv: list[str] | None = None) -> None:
             for i, B in enumerate(args.batch):
                 first = i == 0
                 tok_off = str(args.work / "tokens" / f"{family}_official_b{B}.npz")
-                print(f"  official {family}, batch {B} ...", flush=True)
-                off = runner.child(f"official_{family}", src=str(src), folder=str(folder), batch=B,
-                                   label=args.label, seed=args.seed, warmup=args.warmup, repeat=args.repeat,
-                                   sampling=sett["official"], tokens_out=tok_off,
-                                   count_flops=first and family == "var",
-                                   greedy=first and model_dir is not None)
+                offs, arvs = [], {prec: [] for prec in args.arvision_precision}
+                for rnd in range(args.rounds):  # interleaved: a slow minute of the shared machine hits every side
+                    tag = f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""
+                    print(f"  official {family}, batch {B}{tag} ...", flush=True)
+                    offs.append(runner.child(f"official_{family}", src=str(src), folder=str(folder), batch=B,
+                                             label=args.label, seed=args.seed, warmup=args.warmup,
+                                             repeat=args.repeat, sampling=sett["official"], tokens_out=tok_off,
+                                             count_flops=first and rnd == 0 and family == "var",
+                                             greedy=first and rnd == 0 and model_dir is not None))
+                    for prec in (args.arvision_precision if model_dir is not None else []):
+                        print(f"  arvision {family}, batch {B}, {prec}{tag} ...", flush=True)
+                        arvs[prec].append(arvision_bench(runner, family, model_dir, B, prec, args))
+                off = merge_rounds(offs)
                 entry = {"official": off, "arvision": {}, "ratios": {}, "parity": {}}
                 if model_dir is not None:
                     for prec in args.arvision_precision:
-                        print(f"  arvision {family}, batch {B}, {prec} ...", flush=True)
-                        arv = arvision_bench(runner, family, model_dir, B, prec, args)
+                        arv = merge_rounds(arvs[prec])
                         entry["arvision"][prec] = arv
                         entry["ratios"][prec] = ratios(off, arv)
+                        if args.rounds > 1:  # the ratio of each round, official and arvision run back to back
+                            entry["ratios"][prec]["rounds"] = [ratios(o, a) for o, a in zip(offs, arvs[prec])]
                         if arv.get("tokens_sha256") and arv.get("precision") == "float32":
                             # fp32 through packed weights (auto on CPUs without fast bf16) is checked too: equal
                             # within rounding, so its tokens should be the official ones as well

@@ -64,9 +64,13 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., K) -> (..., N).  ``bias`` replaces the layer's own (VAR's q/k/v biases are passed per call)."""
         bias = self.bias if bias is None else bias
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.packed.dtype), self.packed,
-                                                  None if bias is None else bias.to(self.packed.dtype),
-                                                  "none", [], "")
+        dtype = self.packed.dtype
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        if bias is not None and bias.dtype != dtype:
+            bias = bias.to(dtype)
+        # the op overload itself: a raster step makes ~60 of these calls, each saving the packet's lookup
+        return torch.ops.mkldnn._linear_pointwise.default(x, self.packed, bias, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN-packed {self.dtype}"
