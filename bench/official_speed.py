@@ -827,7 +827,9 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  official {family}, batch {B}{tag} ...", flush=True)
                     offs.append(runner.child(f"official_{family}", src=str(src), folder=str(folder), batch=B,
                                              label=args.label, seed=args.seed, warmup=args.warmup,
-                                             repeat=args.repeat, sampling=sett["official"], tokens_out=tok_off,
+                                             repeat=args.repeat, sampling=sett["official"],
+                                             # round 0 keeps the greedy tokens of the parity check
+                                             tokens_out=tok_off if rnd == 0 else tok_off[:-4] + f"_r{rnd}.npz",
                                              count_flops=first and rnd == 0 and family == "var",
                                              greedy=first and rnd == 0 and model_dir is not None))
                     for prec in (args.arvision_precision if model_dir is not None else []):

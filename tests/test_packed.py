@@ -103,3 +103,14 @@ def test_bench_auto_packs_fp32_weights_where_bf16_is_slow(tmp_path, capsys, monk
     assert main(argv + ["--precision", "auto"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["weights"] == "full" and r["precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize("name", ["mnist", "shapes", "shapes-raster"])
+def test_bundled_models_are_too_small_to_pack(name):
+    """Their layers (width 192) are below ``MIN_WEIGHTS``: ``auto`` samples them as ``fp32`` does, bit for bit."""
+    from arvision.cli.loading import load_pipeline
+    pipe = load_pipeline(name, "cpu").to(dtype=torch.float32)
+    assert [m for m in pipe.transformer.blocks.modules() if isinstance(m, nn.Linear)]
+    pipe.pack_weights()
+    assert pipe.weight_format is None
+    assert not [m for m in pipe.transformer.modules() if isinstance(m, PackedLinear)]
