@@ -3,7 +3,7 @@
 ``F.linear`` on a CPU calls the BLAS GEMM, which re-lays the weight out into its blocked format at every call.
 At the small row counts of sampling (raster decoding multiplies 2 rows per image through every weight; VAR's
 early scales 2-72) that repacking, not the arithmetic, is most of the time: on a 2-core AVX2 AMD EPYC a GPT-B
-step's linear layers stream their fp32 weights at 6 GB/s through ``F.linear`` and at 15 GB/s through oneDNN with
+step's linear layers stream their fp32 weights at 6 GB/s through ``F.linear`` and at 14-16 GB/s through oneDNN with
 the weights packed once at load (``bench/packed_linear.py``).  The result is fp32 (or bf16) arithmetic like
 ``F.linear``'s, summed in another order: equal to it within rounding (~1e-6 relative), not bit for bit, so the
 exact mode (``--precision fp32``, the official tokens) keeps ``F.linear``.
@@ -16,11 +16,11 @@ import functools
 import torch
 from torch import nn
 
-# oneDNN picks its blocking for a row count; any count runs on any packing, and between 2 and 512 rows the
-# choice moved a GPT-B step by < 10% here (bench/packed_linear.py), so one hint serves every batch
+# oneDNN picks its blocking for a row count; any count runs on any packing, and hints of 2, 64 and 512 rows moved
+# a GPT-B step by 4-20% here (bench/packed_linear.py), near the machine's noise, so one hint serves every batch
 ROWS_HINT = 64
 # below ~256K weights a layer sits in the cache and both kernels cost their call overhead (~40 us here), packed
-# no faster (0.8-1.0x at 192x576, 1.4x at 256x1024, 2.8x at 768x2304; bench/packed_linear.py): only larger ones
+# no faster (0.8x at 192x576, 1.4x at 256x1024, 3.4x at 768x2304 at 2 rows; bench/packed_linear.py): only larger ones
 # are packed
 MIN_WEIGHTS = 1 << 18
 
