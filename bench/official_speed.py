@@ -576,28 +576,24 @@ def add_floor(entry: dict, family: str, B: int, probe: dict, decode_flops: float
     fl = var_floor(B) if family == "var" else llamagen_floor(B)
     compute = fl["total_flops_per_image"] / probe["gemm_flops_per_s"]
     memory = fl["weight_bytes_per_image"] / probe["stream_bytes_per_s"]
-    moved = (fl["weight_bytes_per_image"] + fl["kv_bytes_per_image"]) / probe["stream_bytes_per_s"]
+    moved_bytes = fl["weight_bytes_per_image"] + fl["kv_bytes_per_image"]
+    moved = moved_bytes / probe["stream_bytes_per_s"]
     fl.update(compute_floor_seconds_per_image=compute, bandwidth_floor_seconds_per_image=memory,
-              floor_seconds_per_image=max(compute, memory),
-              bytes_moved_per_step=(fl["weight_bytes_per_image"] + fl["kv_bytes_per_image"]) * B / fl["steps"],
+              floor_seconds_per_image=max(compute, memory), bytes_moved_per_step=moved_bytes * B / fl["steps"],
               with_kv_floor_seconds_per_image=max(compute, moved))
-    for side in ("official", "arvision"):
-        sides = {side: entry.get(side)} if side == "official" else entry.get("arvision", {})
-        for name, res in sides.items():
-            t = (res or {}).get("transformer_seconds_per_image")
-            if t:
-                fl[f"{name}_transformer_over_floor"] = t / fl["floor_seconds_per_image"]
-                fl[f"{name}_transformer_over_with_kv_floor"] = t / fl["with_kv_floor_seconds_per_image"]
-                if side == "arvision":
-                    fl[f"{name}_effective_bytes_per_s"] = (fl["weight_bytes_per_image"]
-                                                           + fl["kv_bytes_per_image"]) / t
     if decode_flops:  # the decoder's convolutions at the GEMM rate (its norms and activations are not counted)
         fl["decode_flops_per_image"] = decode_flops
         fl["decode_floor_seconds_per_image"] = decode_flops / probe["gemm_flops_per_s"]
-        for name, res in (("official", entry.get("official")), *entry.get("arvision", {}).items()):
-            t = (res or {}).get("decode_seconds_per_image")
-            if t:
-                fl[f"{name}_decode_over_floor"] = t / fl["decode_floor_seconds_per_image"]
+    for name, res in (("official", entry.get("official")), *entry.get("arvision", {}).items()):
+        t = (res or {}).get("transformer_seconds_per_image")
+        if t:
+            fl[f"{name}_transformer_over_floor"] = t / fl["floor_seconds_per_image"]
+            fl[f"{name}_transformer_over_with_kv_floor"] = t / fl["with_kv_floor_seconds_per_image"]
+            if name != "official":
+                fl[f"{name}_effective_bytes_per_s"] = moved_bytes / t
+        t = (res or {}).get("decode_seconds_per_image")
+        if t and decode_flops:
+            fl[f"{name}_decode_over_floor"] = t / fl["decode_floor_seconds_per_image"]
     entry["floor"] = fl
 
 
@@ -665,6 +661,11 @@ def _fmt(v, unit: str) -> str:
     return str(v)
 
 
+def _per_side(fl: dict, names, key: str, fmt) -> str:
+    """``fmt(name, fl[name_key])`` joined over the sides (official, each arvision precision) that have the key."""
+    return "".join(fmt(n, fl[f"{n}_{key}"]) for n in names if f"{n}_{key}" in fl)
+
+
 def print_entry(family: str, B: int, entry: dict) -> None:
     off, runs = entry["official"], entry.get("arvision", {})
     precs = list(runs)
@@ -713,26 +714,21 @@ def print_entry(family: str, B: int, entry: dict) -> None:
               f"({fl['weight_bytes_per_image'] / 1e9:.2f} GB/image)")
         line = (f"    -> compute {fl['compute_floor_seconds_per_image']:.3f} s, bandwidth "
                 f"{fl['bandwidth_floor_seconds_per_image']:.3f} s: floor {fl['floor_seconds_per_image']:.3f} s/image")
-        for name in ("official", *precs):
-            if f"{name}_transformer_over_floor" in fl:
-                line += f"; {name} transformer {fl[f'{name}_transformer_over_floor']:.2f}x the floor"
-        print(line)
+        names = ("official", *precs)
+        print(line + _per_side(fl, names, "transformer_over_floor", lambda n, v: f"; {n} transformer {v:.2f}x "
+                                                                                    "the floor"))
         line = (f"    with the KV cache read ({fl['kv_bytes_per_image'] / 1e9:.2f} GB/image; "
                 f"{fl['bytes_moved_per_step'] / 1e6:.0f} MB moved per step): floor "
                 f"{fl['with_kv_floor_seconds_per_image']:.3f} s/image")
-        for name in ("official", *precs):
-            if f"{name}_transformer_over_with_kv_floor" in fl:
-                line += f"; {name} {fl[f'{name}_transformer_over_with_kv_floor']:.2f}x"
-                if f"{name}_effective_bytes_per_s" in fl:
-                    line += f" ({fl[f'{name}_effective_bytes_per_s'] / 1e9:.1f} GB/s)"
-        print(line)
+
+        def with_rate(n, v):  # arvision's sides also say the rate they moved those bytes at
+            rate = fl.get(f"{n}_effective_bytes_per_s")
+            return f"; {n} {v:.2f}x" + (f" ({rate / 1e9:.1f} GB/s)" if rate else "")
+        print(line + _per_side(fl, names, "transformer_over_with_kv_floor", with_rate))
         if "decode_floor_seconds_per_image" in fl:
             line = (f"    decode: {fl['decode_flops_per_image'] / 1e9:.1f} GFLOP/image, floor "
                     f"{fl['decode_floor_seconds_per_image']:.3f} s/image")
-            for name in ("official", *precs):
-                if f"{name}_decode_over_floor" in fl:
-                    line += f"; {name} {fl[f'{name}_decode_over_floor']:.2f}x"
-            print(line)
+            print(line + _per_side(fl, names, "decode_over_floor", lambda n, v: f"; {n} {v:.2f}x"))
         cf = off.get("counted_flops_per_image")
         if cf:
             print(f"    FlopCounterMode (official run, no CPU attention kernels): transformer "

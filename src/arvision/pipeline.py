@@ -151,9 +151,7 @@ class ARPipeline:
             raise ArvisionError("this pipeline's weights are packed for oneDNN; reload the model to quantize them")
         if self.weight_format is None:
             self.to(dtype=torch.bfloat16)
-            for blk in self.transformer.blocks:
-                quantize_linears(blk)
-            quantize_linears(self.transformer.head, only=("proj",))
+            self._swap_linears(quantize_linears)
             self.weight_format = kind
         return self
 
@@ -175,11 +173,15 @@ class ARPipeline:
                 raise ArvisionError(f"this PyTorch build or CPU cannot pack {self.weight_dtype} weights for oneDNN "
                                     "(bf16 needs AVX512 or AVX-NE-CONVERT)")
             least = MIN_WEIGHTS if min_weights is None else min_weights
-            count = sum(pack_linears(blk, min_weights=least) for blk in self.transformer.blocks)
-            count += pack_linears(self.transformer.head, only=("proj",), min_weights=least)
-            if count:  # a model whose layers are all too small to gain stays as it is
-                self.weight_format = "packed"
+            if self._swap_linears(lambda m, only=(): pack_linears(m, only, least)):
+                self.weight_format = "packed"  # else all its layers were too small to gain: it stays as it is
         return self
+
+    def _swap_linears(self, swap) -> int:
+        """``swap(module, only=...)`` (``quantize_linears``, ``pack_linears``) over the linear layers a weight format
+        replaces: every one of the transformer blocks, and the head's output projection; returns how many."""
+        return (sum(swap(blk) for blk in self.transformer.blocks)
+                + swap(self.transformer.head, only=("proj",)))
 
     def compile(self, **options) -> ARPipeline:
         """Compile the transformer's step function with ``torch.compile(**options)`` (e.g. ``mode="max-autotune"``,
@@ -395,12 +397,11 @@ class ARPipeline:
             from arvision.sampling.search import SearchSampler
 
             sample = SearchSampler.for_pipeline(self, search, verifier, options, return_progression)
-        if self.weight_format == "packed" and options.dtype != self.weight_dtype:
-            raise ArvisionError(f"this pipeline's weights are packed in {self.weight_dtype}; it cannot sample in "
-                                f"{options.dtype} (reload the model)")
-        if self.weight_dtype != torch.float32 and options.dtype != self.weight_dtype:
-            raise ArvisionError(f"this pipeline's transformer weights are {self.weight_dtype}; it cannot sample in "
-                                f"{options.dtype} (reload the model for exact fp32 sampling)")
+        packed = self.weight_format == "packed"  # packed fp32 weights cannot be autocast either
+        if options.dtype != self.weight_dtype and (packed or self.weight_dtype != torch.float32):
+            held = "weights are packed in" if packed else "transformer weights are"
+            raise ArvisionError(f"this pipeline's {held} {self.weight_dtype}; it cannot sample in {options.dtype} "
+                                f"(reload the model{'' if packed else ' for exact fp32 sampling'})")
         n = len(condition.keys())
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):

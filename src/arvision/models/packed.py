@@ -16,6 +16,8 @@ import functools
 import torch
 from torch import nn
 
+from arvision.models.quantized import swap_linears
+
 # oneDNN picks its blocking for a row count; any count runs on any packing, and hints of 2, 64 and 512 rows moved
 # a GPT-B step by 4-20% here (bench/packed_linear.py), near the machine's noise, so one hint serves every batch
 ROWS_HINT = 64
@@ -79,14 +81,5 @@ class PackedLinear(nn.Module):
 def pack_linears(module: nn.Module, only: tuple[str, ...] = (), min_weights: int = MIN_WEIGHTS) -> int:
     """Replace every ``nn.Linear`` with at least ``min_weights`` weights inside ``module`` (recursively; with
     ``only``, just the direct children of those names) by a ``PackedLinear``; returns how many."""
-    count = 0
-    for name, child in module.named_children():
-        if only and name not in only:
-            continue
-        if isinstance(child, nn.Linear):
-            if child.weight.numel() >= min_weights:
-                setattr(module, name, PackedLinear.from_linear(child))
-                count += 1
-        else:
-            count += pack_linears(child, min_weights=min_weights)
-    return count
+    return swap_linears(module, lambda linear: (PackedLinear.from_linear(linear)
+                                                if linear.weight.numel() >= min_weights else None), only)

@@ -52,19 +52,28 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-def quantize_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16, only: tuple[str, ...] = ()) -> int:
-    """Replace every ``nn.Linear`` inside ``module`` (recursively; with ``only``, just the direct children of
-    those names) by an ``Int8Linear``; returns how many."""
+def swap_linears(module: nn.Module, make, only: tuple[str, ...] = ()) -> int:
+    """Replace every ``nn.Linear`` inside ``module`` (recursively; with ``only``, just the direct children of those
+    names) by ``make(linear)``, where that is not None; returns how many were replaced.  The one walk behind the
+    weight formats: ``Int8Linear`` here, ``arvision.models.packed.PackedLinear``."""
     count = 0
     for name, child in module.named_children():
         if only and name not in only:
             continue
         if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear.from_linear(child, dtype))
-            count += 1
+            new = make(child)
+            if new is not None:
+                setattr(module, name, new)
+                count += 1
         else:
-            count += quantize_linears(child, dtype)
+            count += swap_linears(child, make)
     return count
+
+
+def quantize_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16, only: tuple[str, ...] = ()) -> int:
+    """Replace every ``nn.Linear`` inside ``module`` (recursively; with ``only``, just the direct children of those
+    names) by an ``Int8Linear``; returns how many."""
+    return swap_linears(module, lambda linear: Int8Linear.from_linear(linear, dtype), only)
 
 
 def linear_dtype(layer: nn.Module) -> torch.dtype:
