@@ -311,7 +311,7 @@ class StandInTrunk(torch.nn.Module):
     row's condition is E[label] (the null class E[-1]); step 0's hidden state is that row plus zeros (sos +
     pos_start), step s's is ``w_in @ input + b_in``; the block adds the condition; logits = ``w_out @ h + b_out``."""
 
-    static_steps = False
+    token_steps = False
 
     def __init__(self, c: dict, head):
         super().__init__()

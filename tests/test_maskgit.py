@@ -250,7 +250,7 @@ def test_guidance_combines_the_class_and_the_null_class(pipe):
 
 def test_options_that_do_not_apply_are_refused_in_one_line(pipe):
     caps = get_family("maskgit").capabilities
-    assert not (caps.speculative_decoding or caps.kv_policies or caps.static_token_step or caps.row_prefixes)
+    assert not (caps.speculative_decoding or caps.kv_policies or caps.token_step or caps.row_prefixes)
     cases = [dict(decoding="sjd"), dict(kv_policy="scalekv:0.1"), dict(patch_nums=(1, 2)), dict(search="gridar:2"),
              dict(iterations=0), dict(iterations=17), dict(order="random"), dict(choice_temperature=-1.0),
              dict(more_smooth=True), dict(cfg_interval=3)]

@@ -114,3 +114,18 @@ def test_bundled_models_are_too_small_to_pack(name):
     pipe.pack_weights()
     assert pipe.weight_format is None
     assert not [m for m in pipe.transformer.modules() if isinstance(m, PackedLinear)]
+
+
+def test_packed_raster_pipeline_compiles_with_frozen_weights():
+    """Inductor lowers oneDNN's packed linear only for weights that are graph constants: ``pipe.compile()`` of a
+    packed pipeline compiles with freezing (one graph for every position) and samples the eager packed tokens."""
+    pipe = make_pipe.__wrapped__("llamagen_g3_w64h2").pack_weights(min_weights=0)
+    kw = dict(output_type="tokens", precision="fp32", guidance_scale=2.0, top_k=0)
+    want = pipe([0, 1], generator=torch.Generator().manual_seed(4), **kw).tokens
+    torch._dynamo.reset()
+    pipe.compile()
+    got = pipe([0, 1], generator=torch.Generator().manual_seed(4), **kw).tokens
+    assert torch.equal(got, want)
+    assert pipe.transformer.token_steps
+    with pytest.raises(ArvisionError, match="compiled already: pack its weights first"):
+        make_pipe.__wrapped__("llamagen_g3_w64h2").compile().pack_weights(min_weights=0)

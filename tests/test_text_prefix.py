@@ -169,13 +169,11 @@ def test_cached_steps_equal_teacher_forcing(family):
                 x = tokens[:, s - 1:s]
             steps.append(tr.forward_step(s, cond, x, cache, layout))
         torch.testing.assert_close(torch.cat(steps, 1), full, atol=2e-5, rtol=1e-5)
-        if family == "llamagen":  # the fixed-shape one-token step (pipe.compile's): the masked static cache
+        if family == "llamagen":  # the one-token step pipe.compile compiles: its position from a tensor's length
             cache = tr.new_cache(B, sched)
-            cache.k.zero_()
-            cache.v.zero_()
             out = [tr.forward_positions(0, 1, cond, None, cache, layout)]
             for p in range(1, sched.length):
-                out.append(tr.forward_token(torch.tensor(p), cond, tokens[:, p - 1:p], cache, layout))
+                out.append(tr.forward_token(torch.arange(p + 1), cond, tokens[:, p - 1:p], cache, layout))
             torch.testing.assert_close(torch.cat(out, 1), full, atol=2e-5, rtol=1e-5)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -65,8 +66,9 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
 
     Returns a dict with per-image medians (``seconds_per_image``, ``transformer_seconds_per_image``,
     ``decode_seconds_per_image``), per-step medians (``step_seconds``, for the whole batch), ``peak_memory_bytes``,
-    ``kv_cache_bytes``, ``precision``, ``weights_dtype``, ``threads``, ``device`` and ``tokens_sha256`` (of the
-    first timed run's int64 tokens: equal hashes = identical tokens).
+    ``kv_cache_bytes``, ``precision``, ``weights_dtype``, ``threads``, ``device``, ``tokens_sha256`` (of the
+    first timed run's int64 tokens: equal hashes = identical tokens) and ``warmup_seconds`` (each warm-up run's
+    wall time: a compiled pipeline's first includes compiling).
     """
     if warmup < 0 or repeat < 1:
         raise ArvisionError(f"need warmup >= 0 and repeat >= 1, got {warmup} and {repeat}")
@@ -84,8 +86,11 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
     def run():
         return pipe(labels, generator=torch.Generator(device=pipe.device).manual_seed(seed), **kw)
 
+    warmup_seconds = []
     for _ in range(warmup):
+        t0 = time.perf_counter()
         run()
+        warmup_seconds.append(time.perf_counter() - t0)
     reset_peak_memory(pipe.device)
     runs = [run() for _ in range(repeat)]
     peak = peak_memory_bytes(pipe.device)
@@ -115,6 +120,7 @@ def benchmark(pipe, classes: list[int], *, batch_size: int | None = None, seed: 
         "threads": torch.get_num_threads(),
         "device": _device_name(pipe.device),
         "warmup": warmup,
+        "warmup_seconds": warmup_seconds,
         "repeat": repeat,
         "tokens_sha256": hashlib.sha256(tokens.numpy().tobytes()).hexdigest(),
     }

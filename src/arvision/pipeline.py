@@ -10,6 +10,7 @@ A model folder holds ``config.json``, ``tokenizer.safetensors`` and ``transforme
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -169,6 +170,9 @@ class ARPipeline:
         if self.weight_format is None:
             if self.device.type != "cpu":
                 raise ArvisionError(f"packed weights are for CPUs; this pipeline is on {self.device}")
+            if {"forward_token", "forward_step"} & vars(self.transformer).keys():
+                raise ArvisionError("this pipeline is compiled already: pack its weights first, then compile "
+                                    "(pipe.pack_weights().compile())")
             if not packing_available(self.weight_dtype):
                 raise ArvisionError(f"this PyTorch build or CPU cannot pack {self.weight_dtype} weights for oneDNN "
                                     "(bf16 needs AVX512 or AVX-NE-CONVERT)")
@@ -187,18 +191,38 @@ class ARPipeline:
         """Compile the transformer's step function with ``torch.compile(**options)`` (e.g. ``mode="max-autotune"``,
         ``backend="aot_eager"``).  The step traces as one graph, without breaks (``tests/test_speed.py``).  VAR: each
         scale is a specialisation, so the first call of each pays the compile time.  Raster models sample through
-        ``forward_token``, a fixed-shape step over the whole (zero-initialised) static cache with a position mask,
-        compiled once for every position."""
-        import torch._dynamo
+        ``forward_token``, whose one varying size (the cache length) is marked dynamic: one graph for every
+        position.
 
-        if self.family.capabilities.static_token_step:
-            # one fixed-shape step for every position after the first: one specialisation, compiled once
-            self.transformer.static_steps = True
-            self.transformer.forward_token = torch.compile(self.transformer.forward_token, **options)
-            return self
-        limit = max(torch._dynamo.config.cache_size_limit, 4 * self.schedule.num_steps)
-        torch._dynamo.config.cache_size_limit = limit
-        self.transformer.forward_step = torch.compile(self.transformer.forward_step, **options)
+        With packed weights (``pack_weights``, first) inductor compiles with ``freezing``: the weights become
+        constants of the graph, which is what lets it call oneDNN's packed linear itself (and fuse the small ops
+        between those calls); the compiled step holds the weights as they were, so such a pipeline samples only."""
+        import contextlib
+
+        import torch._dynamo
+        import torch._inductor.config
+
+        frozen = self.weight_format == "packed" and options.get("backend", "inductor") == "inductor"
+        token = self.family.capabilities.token_step
+        tr = self.transformer
+        step = torch.compile(tr.forward_token if token else tr.forward_step, **options)
+
+        @functools.wraps(step)
+        def compiled(*args, **kwargs):
+            if token:  # forward_token's ``seen`` (n,): its length is the only size that changes between positions
+                torch._dynamo.maybe_mark_dynamic(args[0], 0)
+            # inductor reads ``freezing`` when it compiles, lazily at a call (torch.compile's ``options`` do not
+            # reach that switch in torch 2.13); the patch costs ~20 us a step
+            with torch._inductor.config.patch(freezing=True) if frozen else contextlib.nullcontext():
+                return step(*args, **kwargs)
+
+        if token:
+            tr.token_steps = True
+            tr.forward_token = compiled
+        else:
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
+                                                        4 * self.schedule.num_steps)
+            tr.forward_step = compiled
         return self
 
     @property

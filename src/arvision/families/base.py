@@ -35,7 +35,7 @@ class Capabilities:
     progression: bool = False  # the state after every step decodes to a picture (coarse to fine)
     kv_policies: bool = False  # ScaleKV / HACK / SnapKV: map-aware compression of whole-scale steps
     speculative_decoding: bool = False  # Jacobi drafts: one token per causal step
-    static_token_step: bool = False  # one fixed-shape compiled step serves every position
+    token_step: bool = False  # one compiled one-token step serves every raster position (forward_token)
     student_forcing: bool = False  # SAR: a second pass on inputs built from the model's own predictions
     masked_stage: bool = False  # a second training stage of a masked block route (HMAR): ``start_masked_stage``
     latent_training: bool = False  # the trainer caches latents and the input builder makes targets per step

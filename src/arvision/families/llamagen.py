@@ -165,7 +165,7 @@ class LlamaGenFamily(Family):
     description = "LlamaGen"
     tokenizer_kind = "vq"
     block = "llama"
-    capabilities = Capabilities(speculative_decoding=True, static_token_step=True, row_prefixes=True)
+    capabilities = Capabilities(speculative_decoding=True, token_step=True, row_prefixes=True)
     guidance_rule = "constant"
     top_p_rule = "descending"
     defaults = {"guidance_scale": 2.0, "top_k": 0, "top_p": 0.0}  # the README of the LlamaGen repository

@@ -13,7 +13,7 @@ Training: the trainer's ``training_inputs`` slot masks each image's tokens at th
 
 There is no official PyTorch checkpoint (the official code is JAX): no ``arvision convert maskgit``.  Options of the
 one loop that assume one causal step per token or a cache that grows (speculative Jacobi decoding, KV policies,
-GridAR's row prefixes, the static compiled token step) are off through ``capabilities``.
+GridAR's row prefixes, the compiled one-token step) are off through ``capabilities``.
 """
 
 from __future__ import annotations

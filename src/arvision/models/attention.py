@@ -42,29 +42,32 @@ def join_prefix(prefix: tuple, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
 
 class KVCache:
-    """Keys and values of every layer, allocated once for (batch, heads, length, head_dim).
+    """Keys and values of every layer, allocated once: ``k[layer]``, ``v[layer]`` (batch, heads, length, head_dim).
 
     A forward over positions [begin, end) writes its keys there and attends to [0, end): no reallocation, no
     copies of the history.  Rewinding (rejected speculative tokens) needs no work: later writes overwrite.
+    One tensor per layer, not one for all (gpt-fast's layout): a compiled step then writes each layer's tensor in
+    place, where a write into a slice of one all-layer tensor makes inductor copy the whole buffer back at every
+    layer (``bench/compile_raster_trial.py``).
     Cache policies (``arvision.sampling.kv_policies``) subclass this and override ``attend``.
     """
 
     def __init__(self, depth: int, batch: int, heads: int, length: int, head_dim: int,
                  dtype=torch.float32, device=None):
-        shape = (depth, batch, heads, length, head_dim)
+        shape = (batch, heads, length, head_dim)
         # uninitialised: a position is always written before any query reads it, and zero-filling
         # 2 x 89 MB (VAR-d16 with guidance) costs more than a whole early step
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(depth)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(depth)]
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     @property
     def nbytes(self) -> int:
         """Bytes held now."""
-        return self.k.numel() * self.k.element_size() * 2
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
     @property
     def peak_nbytes(self) -> int:
@@ -74,9 +77,9 @@ class KVCache:
     def write(self, layer: int, begin: int, k: torch.Tensor, v: torch.Tensor):
         """k, v (B, H, n, hd) at positions [begin, begin+n) -> views of all keys/values in [0, begin+n)."""
         end = begin + k.shape[2]
-        self.k[layer, :, :, begin:end] = k
-        self.v[layer, :, :, begin:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, begin:end] = k
+        self.v[layer][:, :, begin:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def attend(self, layer: int, begin: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                scale: float | None = None, mask: torch.Tensor | None = None, prefix: tuple | None = None
@@ -84,18 +87,12 @@ class KVCache:
         """Store this forward's k, v (B, H, n, hd) at [begin, begin+n) and attend q (B, H, n, hd) to everything
         cached up to begin+n.  mask: (n, begin+n) additive, or None (the n positions see each other).  prefix: a
         text prefix's (k, v, bias), seen by every query besides the cache (``attend``); it is not stored."""
-        if isinstance(begin, torch.Tensor):
-            # fixed-shape one-token step (raster decoding under torch.compile): write at a tensor position and
-            # attend to the whole static cache, the positions not yet written masked out by ``mask`` (1, length)
-            self.k[layer].index_copy_(2, begin.view(1), k.to(self.k.dtype))
-            self.v[layer].index_copy_(2, begin.view(1), v.to(self.v.dtype))
-            return attend(q.to(self.k.dtype), self.k[layer], self.v[layer], scale, mask, prefix=prefix)
         k, v = self.write(layer, begin, k, v)
         return attend(q.to(k.dtype), k, v, scale, mask, prefix=prefix)  # under autocast q may leave the l2-norm in fp32
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep batch rows ``rows`` (int64, repeats allowed): search controllers re-batch the running samples."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.k, self.v = [t[rows] for t in self.k], [t[rows] for t in self.v]
 
 
 class StepLocalCache(KVCache):

@@ -150,7 +150,3 @@ class TokenEmbedder(nn.Module):
         if x_in is not None and x_in.shape[1] > 0:
             parts.append(self.input_proj(x_in))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-    def token(self, x_in: torch.Tensor) -> torch.Tensor:
-        """One token per row (B, 1) -> (B, 1, C): the fixed-shape raster step (``ARTransformer.forward_token``)."""
-        return self.input_proj(x_in)

@@ -79,7 +79,7 @@ class ARTransformer(nn.Module):
 
         cfg = config.transformer
         self.cfg, self.family = cfg, get_family(config.family)
-        self.static_steps = False  # raster sampling through forward_token (set by ARPipeline.compile)
+        self.token_steps = False  # raster sampling through forward_token (set by ARPipeline.compile)
         # registration order = initialisation order (init_weights walks self.modules())
         self.class_emb = self.text_encoder = None
         if cfg.condition == "text":
@@ -203,19 +203,15 @@ class ARTransformer(nn.Module):
         h, taps = self._blocks(h, cond, rope, mask, cache, begin, route)
         return self._logits(h, taps, cond, layout, begin, end, route)
 
-    def forward_token(self, pos: torch.Tensor, cond: Conditioning, x_in: torch.Tensor, cache: KVCache,
+    def forward_token(self, seen: torch.Tensor, cond: Conditioning, x_in: torch.Tensor, cache: KVCache,
                       layout: Layout) -> torch.Tensor:
-        """One-token step at position ``pos`` (0-d int64 tensor, >= 1) with fixed shapes: x_in (B, 1) the previous
-        token -> logits (B, 1, V).  The same arithmetic as ``forward_step`` (the masked-out positions add exact
-        zeros), but every call has the same shapes, so ``torch.compile`` specialises once instead of once per
-        cache length (gpt-fast's static-cache step).  Families with ``capabilities.static_token_step`` only."""
-        h = self.embed.token(x_in)
-        rope = layout.rope.index_select(0, pos.view(1))
-        keys = torch.arange(layout.schedule.length, device=pos.device)
-        mask = torch.zeros((), device=pos.device).masked_fill(keys > pos, float("-inf"))[None]  # (1, L)
-        for i, (blk, mod) in enumerate(zip(self.blocks, cond.blocks)):
-            h = blk(h, mod, rope, mask, cache, i, pos, cond.ctx(i))
-        return self.head(h, cond.head)
+        """One raster step: x_in (B, 1) the previous token, fed at position n-1 (n >= 2), which attends to the n
+        positions ``seen`` (n,) (int64, 0..n-1) -> logits (B, 1, V).  ``forward_positions(n-1, n, ...)``, with the
+        position taken from a tensor's length: ``pipe.compile`` marks that length dynamic, so one graph serves every
+        position, and each step still reads only the n cached positions (not the whole cache under a mask, which
+        reads twice the keys and values on average).  Families with ``capabilities.token_step`` only."""
+        n = seen.shape[0]
+        return self.forward_positions(n - 1, n, cond, x_in, cache, layout)
 
     def new_cache(self, batch: int, schedule: Schedule, dtype=torch.float32, device=None, policy=None) -> KVCache:
         """A full static cache for ``schedule``, or the one ``policy`` (``arvision.sampling.kv_policies``) builds; for a
@@ -226,11 +222,10 @@ class ARTransformer(nn.Module):
             return policy.new_cache(self, schedule, batch, dtype, device)
         if not schedule.sees_earlier_steps:
             return StepLocalCache(batch)
-        cache = KVCache(cfg.depth, batch, cfg.num_heads, schedule.seq_length, cfg.head_dim, dtype, device)
-        if self.static_steps:  # forward_token reads unwritten positions (masked): they must hold finite values
-            cache.k.zero_()
-            cache.v.zero_()
-        return cache
+        # the compiled one-token step reads the view [0, n) of the cache; were the last step's view the whole
+        # tensor (n == length), it would be contiguous, and the attention's matmul, guarded on that, recompiles
+        spare = 1 if self.token_steps else 0
+        return KVCache(cfg.depth, batch, cfg.num_heads, schedule.seq_length + spare, cfg.head_dim, dtype, device)
 
     @torch.no_grad()
     def init_weights(self) -> None:

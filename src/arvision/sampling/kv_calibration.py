@@ -98,7 +98,7 @@ class _StatsCache(KVCache):
     def attend(self, layer, begin, q, k, v, scale=None, mask=None, prefix=None):
         out = super().attend(layer, begin, q, k, v, scale, mask, prefix)
         if begin > 0:
-            self.recorder.record(layer, begin, q, self.k[layer, :, :, :begin + k.shape[2]], scale)
+            self.recorder.record(layer, begin, q, self.k[layer][:, :, :begin + k.shape[2]], scale)
         return out
 
 

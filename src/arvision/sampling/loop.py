@@ -155,7 +155,6 @@ class SamplingRun:
         # ids (B, L) int64, or continuous tokens (B, L, C) for a head whose ``token_dims`` say so (flow heads)
         self.tokens = tr.head.new_tokens(B, self.schedule.length, self.device)
         self.x_in = None
-        self.positions = torch.arange(self.schedule.length, device=self.device)  # 0-d views for forward_token
         self.rows = torch.arange(B, device=self.device)  # each image's row in the starting batch (select keeps it)
         return self
 
@@ -202,8 +201,9 @@ class SamplingRun:
         begin, end = self.schedule.begin_ends[s]
         tr = self.transformer
         # forward_step, not forward_positions: the per-step entry point is the one ``pipe.compile`` compiles
-        if s > 0 and tr.static_steps and self.kv_policy is None:
-            out = tr.forward_token(self.positions[s], self.cond, self.x_in, self.cache, self.layout)
+        if s > 0 and tr.token_steps and self.kv_policy is None:
+            seen = torch.arange(begin + 1, device=self.device)  # a new tensor: a view's length would be guarded on
+            out = tr.forward_token(seen, self.cond, self.x_in, self.cache, self.layout)
         else:
             out = tr.forward_step(s, self.cond, self.x_in, self.cache, self.layout)
         logits = self.guided(out, s)
