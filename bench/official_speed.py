@@ -135,24 +135,26 @@ def _med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def best_seconds(fn, n: int = 5) -> float:
+    """The fastest of n timed calls of fn(), after one untimed (bench/packed_linear.py times with it too)."""
+    fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
 def job_probe(spec: dict) -> dict:
     """This CPU's fp32 GEMM rate and weight-streaming (matrix-vector) bandwidth."""
     import torch
 
-    def best(fn, n=5):
-        fn()
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
-
     n = 2048
     mats = [torch.randn(n, n), torch.randn(n, n)]
-    gemm = 2 * n ** 3 / best(lambda: torch.mm(*mats))
+    gemm = 2 * n ** 3 / best_seconds(lambda: torch.mm(*mats))
     mats = [torch.randn(8192, 8192), torch.randn(8192)]  # 256 MiB of "weights", read once per product
-    stream = mats[0].numel() * 4 / best(lambda: torch.mv(*mats))
+    stream = mats[0].numel() * 4 / best_seconds(lambda: torch.mv(*mats))
     return {"gemm_flops_per_s": gemm, "gemm_shape": [n, n, n], "stream_bytes_per_s": stream,
             "stream_shape": [8192, 8192]}
 

@@ -17,23 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
+from official_speed import best_seconds as best  # bench/ is the script's folder: on sys.path
 
 from arvision.bench import machine_info
 from arvision.models.packed import ROWS_HINT
-
-
-def best(fn, n: int) -> float:
-    fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def pack(w: torch.Tensor, hint: int = ROWS_HINT) -> torch.Tensor:

@@ -137,6 +137,7 @@ class ARPipeline:
             self.transformer.to(dtype)  # rotary angles are made per call (``layout``), in fp32
         return self
 
+    # -- weight formats and compiling ------------------------------------------------------------------
     def quantize_weights(self, kind: str = "int8") -> ARPipeline:
         """Weight-only int8: every linear layer of the transformer blocks and the head keeps int8 weights with a
         bf16 scale per output row (``arvision.models.quantized``); the rest of the transformer is cast to bf16.
