@@ -3,18 +3,21 @@
     PYTHONPATH=src python bench/compile_raster_trial.py /tmp/arvision-official-speed/llamagen/arvision_model \
         --json /tmp/compile_trial.json
 
-On the GPT-B random-weight model of bench/official_speed.py, batch 1, cfg 4, fp32 with packed weights, tokens only:
+On the GPT-B random-weight model of bench/official_speed.py, batch 1, cfg 4, fp32, tokens only:
 
-1. eager (what `--precision auto` runs on a CPU without fast bf16);
-2. `pipe.compile()`: inductor with freezing, so the packed weights are graph constants and inductor calls oneDNN's
-   packed linear itself, the small ops between those calls fused; one graph for every position (the cache length
-   is a dynamic dimension);
+1. eager with packed weights (what `--precision auto` runs on a CPU without fast bf16);
+2. `pipe.pack_weights().compile()`: inductor with freezing, so the packed weights are graph constants and inductor
+   calls oneDNN's packed linear itself, the small ops between those calls fused; one graph for every position (the
+   cache length is a dynamic dimension);
 3. the same with the KV cache held as views of one tensor for all layers (the layout before this trial, a stand-in
-   subclass here): a layer's write is then a mutation of a view of a graph input.
+   subclass here): a layer's write is then a mutation of a view of a graph input;
+4. `pipe.compile()` of the full weights (what `arvision bench --compile` runs): frozen too, and inductor measures
+   its own C++ GEMM against MKL's packed one for every layer as it compiles and keeps the faster.
 
 For each: seconds per image (best of --repeat after a warm-up that includes compiling), the first call's time
 (compiling included), whether the tokens equal eager's, and the profiler's self time of the compiled graphs' own
-code (the fused elementwise kernels, plus any copies inductor adds).
+code (the fused elementwise kernels, plus any copies inductor adds; in 4 also the generated GEMMs, which are that
+code too).
 """
 
 from __future__ import annotations
@@ -52,10 +55,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kw = dict(guidance_scale=4.0, top_k=0, top_p=0, output_type="tokens", precision="fp32")
     results, reference = {}, None
-    for variant in ("eager", "compiled", "compiled, one cache tensor for all layers"):
+    variants = ("eager, packed", "compiled, packed", "compiled, packed, one cache tensor for all layers",
+                "compiled, full weights (inductor's GEMMs)")
+    for variant in variants:
         trunk.KVCache = AllLayersCache if "one cache tensor" in variant else KVCache
-        pipe = ARPipeline.from_pretrained(args.model).pack_weights()
-        if variant != "eager":
+        pipe = ARPipeline.from_pretrained(args.model)
+        if "packed" in variant:
+            pipe.pack_weights()
+        if variant.startswith("compiled"):
             torch._dynamo.reset()
             pipe.compile()
 
@@ -75,7 +82,7 @@ def main() -> None:
         results[variant] = {"seconds_per_image": best, "first_call_seconds": first,
                             "compiled_graph_self_seconds": graphs, "tokens_equal_eager": bool(torch.equal(tokens,
                                                                                                          reference))}
-        print(f"{variant:42s} {best:6.2f} s/image (first call {first:5.1f} s), compiled graphs' own time "
+        print(f"{variant:50s} {best:6.2f} s/image (first call {first:5.1f} s), compiled graphs' own time "
               f"{graphs:5.2f} s, tokens equal to eager: {results[variant]['tokens_equal_eager']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -129,3 +129,41 @@ def test_packed_raster_pipeline_compiles_with_frozen_weights():
     assert pipe.transformer.token_steps
     with pytest.raises(ArvisionError, match="compiled already: pack its weights first"):
         make_pipe.__wrapped__("llamagen_g3_w64h2").compile().pack_weights(min_weights=0)
+
+
+def test_compiled_cpu_pipeline_measures_each_gemm_over_frozen_full_weights():
+    """On a CPU, ``pipe.compile()`` of full-precision weights freezes them and lets inductor measure its own C++ GEMM
+    against the library's for each layer (``max_autotune``): the tokens stay eager's, and the autotuner ran."""
+    from torch._dynamo.utils import counters
+
+    pipe = make_pipe.__wrapped__("llamagen_g3_w64h2")
+    kw = dict(output_type="tokens", precision="fp32", guidance_scale=2.0, top_k=0)
+    want = pipe([0, 1], generator=torch.Generator().manual_seed(4), **kw).tokens
+    torch._dynamo.reset()
+    counters.clear()
+    pipe.compile()
+    got = pipe([0, 1], generator=torch.Generator().manual_seed(4), **kw).tokens
+    assert torch.equal(got, want)
+    assert counters["inductor"]["select_algorithm_autotune"] > 0
+    assert pipe.weight_format is None
+
+
+def test_bench_compile_leaves_the_weights_to_inductor(monkeypatch):
+    """``--weights auto`` with ``--compile`` on a CPU without fast bf16: a raster model's weights stay as loaded
+    (its one graph packs them and picks each GEMM itself); a scale schedule's (a graph per scale) and any model's
+    without ``--compile`` are packed."""
+    import argparse
+
+    import arvision.models.packed
+    import arvision.precision
+    from arvision.cli.sample import apply_weights
+
+    monkeypatch.setattr(arvision.precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(arvision.models.packed, "MIN_WEIGHTS", 0)
+    for name, compile_, want in (("llamagen_g3_w64h2", True, "full"), ("llamagen_g3_w64h2", False, "packed"),
+                                 ("var_pn124_w96h3_q0", True, "packed")):
+        pipe = make_pipe.__wrapped__(name)
+        assert pipe.gemms_picked_when_compiled == name.startswith("llamagen")
+        args = argparse.Namespace(weights="auto", precision="auto", compile=compile_)
+        apply_weights(pipe, args)
+        assert args.weights == want and (pipe.weight_format or "full") == want

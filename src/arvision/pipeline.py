@@ -195,15 +195,29 @@ class ARPipeline:
         ``forward_token``, whose one varying size (the cache length) is marked dynamic: one graph for every
         position.
 
-        With packed weights (``pack_weights``, first) inductor compiles with ``freezing``: the weights become
-        constants of the graph, which is what lets it call oneDNN's packed linear itself (and fuse the small ops
-        between those calls); the compiled step holds the weights as they were, so such a pipeline samples only."""
+        On a CPU, inductor compiles with ``freezing``: the weights become constants of the graph, so the compiled
+        step holds them as they were (such a pipeline samples; reload it to train).  Where ``gemms_picked_when_
+        compiled`` (raster models: one graph), full-precision weights are multiplied by inductor's own C++ GEMM,
+        generated for each layer's shape, or by the library's, whichever it measures faster for that layer when it
+        compiles (``max_autotune``): at the 2 rows of raster decoding the generated kernel streams the weights at
+        about the machine's read rate, which neither BLAS nor oneDNN reaches.  Measuring costs compile time (~1 min
+        for GPT-B, which ``arvision bench`` reports apart from the per-image figure) and the graph holds its own
+        blocked copy of the weights.  Weights packed already (``pack_weights``, first) are called through oneDNN's
+        packed linear, which inductor lowers only for graph constants."""
         import contextlib
+        import unittest.mock
 
         import torch._dynamo
         import torch._inductor.config
+        from torch._inductor import select_algorithm
 
-        frozen = self.weight_format == "packed" and options.get("backend", "inductor") == "inductor"
+        inductor = options.get("backend", "inductor") == "inductor"
+        autotune = inductor and self.weight_format is None and self.gemms_picked_when_compiled
+        settings = dict(freezing=True) if autotune or (inductor and self.weight_format == "packed") else {}
+        if autotune:
+            # ATEN: the library GEMM (MKL's packed sgemm for fp32), CPP: inductor's template; TRITON is for GPUs
+            settings.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN",
+                            max_autotune_report_choices_stats=False)
         token = self.family.capabilities.token_step
         tr = self.transformer
         step = torch.compile(tr.forward_token if token else tr.forward_step, **options)
@@ -212,9 +226,13 @@ class ARPipeline:
         def compiled(*args, **kwargs):
             if token:  # forward_token's ``seen`` (n,): its length is the only size that changes between positions
                 torch._dynamo.maybe_mark_dynamic(args[0], 0)
-            # inductor reads ``freezing`` when it compiles, lazily at a call (torch.compile's ``options`` do not
-            # reach that switch in torch 2.13); the patch costs ~20 us a step
-            with torch._inductor.config.patch(freezing=True) if frozen else contextlib.nullcontext():
+            # inductor reads its settings when it compiles, lazily at a call (torch.compile's ``options`` do not
+            # reach ``freezing`` in torch 2.13); the patches cost ~30 us a step
+            with contextlib.ExitStack() as stack:
+                if settings:
+                    stack.enter_context(torch._inductor.config.patch(**settings))
+                if "max_autotune" in settings:  # else a table per layer on stderr (no public switch in torch 2.13)
+                    stack.enter_context(unittest.mock.patch.object(select_algorithm, "PRINT_AUTOTUNE", False))
                 return step(*args, **kwargs)
 
         if token:
@@ -225,6 +243,14 @@ class ARPipeline:
                                                         4 * self.schedule.num_steps)
             tr.forward_step = compiled
         return self
+
+    @property
+    def gemms_picked_when_compiled(self) -> bool:
+        """Whether ``compile()`` lets inductor pack this pipeline's full-precision weights and pick each layer's
+        GEMM by measuring (``--weights auto`` then leaves them unpacked): on a CPU, for models that sample through
+        one graph (``capabilities.token_step``).  A scale schedule compiles a graph per scale, each of which
+        would hold its own copy of the weights (ten for VAR-d16), so those are packed first."""
+        return self.device.type == "cpu" and self.family.capabilities.token_step
 
     @property
     def weight_dtype(self) -> torch.dtype:

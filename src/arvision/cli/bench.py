@@ -46,7 +46,8 @@ def add_parser(sub) -> None:
                    help="CPU threads (default: torch's, one per core)")
     p.add_argument("--no-decode", action="store_true", help="time the tokens only")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the step function (compiles during the warm-up runs: use --warmup >= 1)")
+                   help="torch.compile the step function (compiles during the warm-up runs: use --warmup >= 1); on "
+                        "a CPU with frozen weights, each layer's GEMM measured and picked as it compiles")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of every number")
     add_policy_args(p)

@@ -40,15 +40,17 @@ def apply_weights(pipe, args) -> None:
     """``--weights``: ``int8`` quantizes the pipeline's linear layers, which compute in bf16 (so ``--precision``
     becomes bf16; an explicit fp32 is an error); ``packed`` casts the weights to the sampling precision and packs
     them once for oneDNN's CPU GEMM; ``auto`` (the default) packs where ``--precision auto`` picks fp32 on a CPU
-    (AVX2-only CPUs: the fast path there), else keeps the weights as loaded.  ``args.weights`` ends as the
-    choice made, so reports name it."""
+    (AVX2-only CPUs: the fast path there), unless a compiled step packs them and picks each layer's GEMM itself
+    (``bench --compile`` of a raster model: ``ARPipeline.gemms_picked_when_compiled``), else keeps the weights as
+    loaded.  ``args.weights`` ends as the choice made, so reports name it."""
     import torch
 
     from arvision.models.packed import packing_available
     from arvision.precision import resolve_precision
 
     if args.weights == "auto":
-        fast_fp32 = (args.precision == "auto" and pipe.device.type == "cpu"
+        compiled = getattr(args, "compile", False) and pipe.gemms_picked_when_compiled
+        fast_fp32 = (args.precision == "auto" and pipe.device.type == "cpu" and not compiled
                      and resolve_precision("auto", pipe.device) == torch.float32)
         args.weights = "packed" if fast_fp32 and packing_available(torch.float32) else "full"
     if args.weights == "int8":
