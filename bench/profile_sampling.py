@@ -4,6 +4,9 @@
         --cfg 4 --top-k 0 --top-p 0 --weights int8      # or fp32 (exact), fp32-packed (`auto` on AVX2)
 
 Prints the operators by self CPU time and, per operator, its share of the profiled total (tokens only, no decode).
+``--compile``: ``pipe.compile()`` first (the warm-up call compiles), with inductor's per-kernel profiling on, so
+that each generated kernel (fused elementwise ops, inductor's own GEMMs) is a row of its own rather than one
+``CompiledFxGraph`` row.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import time
 
 import torch
+import torch._inductor.config
 from torch.profiler import ProfilerActivity, profile
 
 from arvision.pipeline import ARPipeline
@@ -28,6 +32,7 @@ def main() -> None:
                     help="fp32: the exact path; fp32-packed: what `auto` runs on CPUs without AVX512-BF16/AMX")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=15)
+    ap.add_argument("--compile", action="store_true", help="pipe.compile() first; its kernels profiled one by one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = ARPipeline.from_pretrained(args.model)
@@ -38,6 +43,9 @@ def main() -> None:
     elif args.weights == "fp32-packed":
         pipe.pack_weights()
     precision = "fp32" if args.weights.startswith("fp32") else "bf16"
+    if args.compile:
+        torch._inductor.config.cpp.enable_kernel_profile = True  # read when the warm-up call compiles
+        pipe.compile()
     kw = dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, output_type="tokens", precision=precision)
     pipe(args.classes, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
     t = time.perf_counter()
