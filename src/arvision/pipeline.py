@@ -231,7 +231,7 @@ class ARPipeline:
             with contextlib.ExitStack() as stack:
                 if settings:
                     stack.enter_context(torch._inductor.config.patch(**settings))
-                if "max_autotune" in settings:  # else a table per layer on stderr (no public switch in torch 2.13)
+                if autotune:  # else the autotuner writes a table per layer to stderr (no public switch in torch 2.13)
                     stack.enter_context(unittest.mock.patch.object(select_algorithm, "PRINT_AUTOTUNE", False))
                 return step(*args, **kwargs)
 
