@@ -169,3 +169,42 @@ def test_bench_compile_leaves_the_weights_to_inductor(monkeypatch):
         args = argparse.Namespace(weights="auto", precision="auto", compile=compile_)
         apply_weights(pipe, args)
         assert args.weights == want and (pipe.weight_format or "full") == want
+
+
+def test_sample_and_eval_sample_compile_when_asked(tmp_path, capsys, monkeypatch):
+    """``arvision sample --compile`` and ``eval sample --compile`` compile the step once the weights are set (full
+    weights for a raster model under ``--weights auto``) and draw what the eager step draws, a smaller last batch
+    included; without the flag nothing is compiled."""
+    from safetensors.torch import load_file
+
+    from arvision.cli import main
+    from arvision.pipeline import ARPipeline
+    from conftest import tiny_raster_pipeline
+
+    model = tmp_path / "raster"
+    tiny_raster_pipeline(seed=2).save_pretrained(model)
+    real, calls = ARPipeline.compile, []
+
+    def compile_eagerly(pipe, **options):  # dynamo's trace of the real step, without inductor's minute of work
+        calls.append(pipe.weight_format)
+        return real(pipe, backend="eager")
+
+    monkeypatch.setattr(ARPipeline, "compile", compile_eagerly)
+    common = ["--classes", "0", "1", "2", "--batch-size", "2", "--seed", "5", "--precision", "auto"]
+    tokens = {}
+    for flag in ([], ["--compile"]):
+        path = tmp_path / f"tokens{len(flag)}.safetensors"
+        assert main(["sample", str(model), *common, *flag, "--save-tokens", str(path)]) == 0
+        tokens[bool(flag)] = load_file(str(path))
+        assert calls == ([None] if flag else [])
+    assert "compiling the step function" in capsys.readouterr().out
+    assert tokens[True].keys() == tokens[False].keys()
+    assert all(torch.equal(tokens[True][k], tokens[False][k]) for k in tokens[False])
+
+    images = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / f"eval{len(flag)}"
+        assert main(["eval", "sample", str(model), "--out", str(out), "--per-class", "1", "--classes", "0", "2",
+                     "--device", "cpu", *flag]) == 0
+        images[bool(flag)] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
+    assert len(calls) == 2 and len(images[True]) == 2 and images[True] == images[False]

@@ -65,6 +65,31 @@ def test_raster_token_step_is_exact_and_one_graph_for_every_position():
     assert counter.op_count > 0
 
 
+def test_raster_token_step_compiles_each_batch_size_static():
+    """A new batch size (a last, smaller batch of ``sample --compile``) compiles a graph of its own with a static
+    batch, as the first did (the GEMMs keep fixed row counts to be tuned for), not one whose batch is symbolic
+    (dynamo's default after a size changes: a slower compile and kernels for any row count)."""
+    import copy
+
+    pipe = copy.deepcopy(make_pipe("llamagen_g5_w96h4"))
+    kw = dict(output_type="tokens", guidance_scale=3.0, top_k=0)
+    want = pipe([2], generator=torch.Generator().manual_seed(1), **kw).tokens
+    torch._dynamo.reset()
+    symbols = []  # per graph: the symbolic sizes of its tensor inputs
+
+    def backend(gm, example_inputs):
+        fakes = [n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"]
+        sizes = [d for t in fakes for d in (t.shape if isinstance(t, torch.Tensor) else [t])]
+        symbols.append({str(d) for d in sizes if isinstance(d, torch.SymInt)})
+        return gm.forward
+
+    pipe.compile(backend=backend)
+    pipe([0, 1, 2], generator=torch.Generator().manual_seed(5), **kw)
+    got = pipe([2], generator=torch.Generator().manual_seed(1), **kw).tokens
+    assert torch.equal(got, want)
+    assert len(symbols) == 2 and all(len(s) == 1 for s in symbols), symbols  # the cache length only
+
+
 def test_bf16_weights_sample_in_bf16_only_and_report_stats():
     import copy
 

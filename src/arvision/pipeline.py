@@ -193,7 +193,7 @@ class ARPipeline:
         ``backend="aot_eager"``).  The step traces as one graph, without breaks (``tests/test_speed.py``).  VAR: each
         scale is a specialisation, so the first call of each pays the compile time.  Raster models sample through
         ``forward_token``, whose one varying size (the cache length) is marked dynamic: one graph for every
-        position.
+        position; each batch size compiles its own static graph.
 
         On a CPU, inductor compiles with ``freezing``: the weights become constants of the graph, so the compiled
         step holds them as they were (such a pipeline samples; reload it to train).  Where ``gemms_picked_when_
@@ -229,6 +229,9 @@ class ARPipeline:
             # inductor reads its settings when it compiles, lazily at a call (torch.compile's ``options`` do not
             # reach ``freezing`` in torch 2.13); the patches cost ~50 us a call, against ~20 ms for a GPT-B step
             with contextlib.ExitStack() as stack:
+                if token:  # a new batch size compiles a static graph of its own, as the first did (dynamo's default,
+                    # a symbolic batch, compiled ~2x slower for GPT-B and leaves inductor no row count to tune for)
+                    stack.enter_context(torch._dynamo.config.patch(automatic_dynamic_shapes=False))
                 if settings:
                     stack.enter_context(torch._inductor.config.patch(**settings))
                 if autotune:  # else the autotuner writes a table per layer to stderr (no public switch in torch 2.13)

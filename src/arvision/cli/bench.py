@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from arvision.cli import types
 from arvision.cli.loading import model_help
-from arvision.cli.sample import add_knob_args, add_policy_args, add_weights_arg, apply_weights, check_sampling_args
+from arvision.cli.sample import (
+    add_compile_arg,
+    add_knob_args,
+    add_policy_args,
+    add_weights_arg,
+    apply_weights,
+    check_sampling_args,
+)
 from arvision.errors import ArvisionError
 
 
@@ -45,9 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=types.threads, default=None,
                    help="CPU threads (default: torch's, one per core)")
     p.add_argument("--no-decode", action="store_true", help="time the tokens only")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the step function (compiles during the warm-up runs: use --warmup >= 1); on "
-                        "a CPU with frozen weights, each layer's GEMM measured and picked as it compiles")
+    add_compile_arg(p, when=", in the warm-up runs (use --warmup >= 1: the report gives that time apart)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of every number")
     add_policy_args(p)

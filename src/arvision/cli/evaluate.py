@@ -19,7 +19,7 @@ import torch
 from arvision.cli import types
 from arvision.cli.bench import add_throughput_args
 from arvision.cli.loading import model_help
-from arvision.cli.sample import add_knob_args, add_weights_arg, apply_weights
+from arvision.cli.sample import add_compile_arg, add_knob_args, add_weights_arg, apply_weights, compile_if_asked
 from arvision.errors import ArvisionError
 from arvision.evaluation import tokenizer_bench as tb
 
@@ -54,6 +54,7 @@ def add_parsers(sub) -> None:
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it, "
                         "else fp32 through packed weights (--weights)")
     add_weights_arg(e)
+    add_compile_arg(e, when=" (--batch-size auto measures the sizes before compiling)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.set_defaults(func=cmd_sample)
 
@@ -128,6 +129,7 @@ def cmd_sample(args) -> None:
     batch_size = args.batch_size
     if batch_size == "auto":
         batch_size = _auto_batch_size(pipe, spec, labels, args, info)
+    compile_if_asked(pipe, args)  # after --batch-size auto's measuring, which times the eager step
     written = sample_for_evaluation(pipe, args.out, spec, batch_size=batch_size, rank=info.rank,
                                     world=info.world, model_name=Path(model).name)
     barrier(info)

@@ -41,7 +41,7 @@ def apply_weights(pipe, args) -> None:
     becomes bf16; an explicit fp32 is an error); ``packed`` casts the weights to the sampling precision and packs
     them once for oneDNN's CPU GEMM; ``auto`` (the default) packs where ``--precision auto`` picks fp32 on a CPU
     (AVX2-only CPUs: the fast path there), unless a compiled step packs them and picks each layer's GEMM itself
-    (``bench --compile`` of a raster model: ``ARPipeline.gemms_picked_when_compiled``), else keeps the weights as
+    (``--compile`` of a raster model: ``ARPipeline.gemms_picked_when_compiled``), else keeps the weights as
     loaded.  ``args.weights`` ends as the choice made, so reports name it."""
     import torch
 
@@ -64,6 +64,23 @@ def apply_weights(pipe, args) -> None:
             pipe.to(dtype=dtype)
         pipe.pack_weights()
         args.weights = pipe.weight_format or "full"  # layers too small to gain are left as they are
+
+
+def add_compile_arg(p: argparse.ArgumentParser, when: str = "") -> None:
+    """``--compile`` (``sample``, ``bench``, ``eval sample``): ``pipe.compile()`` once the weights are set."""
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the step function: the first step of each new batch size compiles (about a "
+                        "minute for LlamaGen GPT-B on a 2-core CPU)" + when + "; on a CPU, raster models' weights are "
+                        "frozen and each layer's GEMM measured and picked as it compiles (GPT-B tokens ~2.4x faster "
+                        "than --weights packed on an AVX2 CPU, docs/performance.md)")
+
+
+def compile_if_asked(pipe, args) -> None:
+    """``--compile``: compile the step, saying that the first batch will pay for it."""
+    if getattr(args, "compile", False):
+        print("compiling the step function as the first batch starts (once per batch size; about a minute for "
+              "GPT-B on a 2-core CPU)", flush=True)
+        pipe.compile()
 
 
 def add_weights_arg(p: argparse.ArgumentParser) -> None:
@@ -139,6 +156,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="fp32 = exact official tokens (default); auto = bf16 where the hardware is fast at it, "
                         "else fp32 through packed weights (--weights)")
     add_weights_arg(p)
+    add_compile_arg(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
 
@@ -426,6 +444,7 @@ def cmd_sample(args) -> None:
     if n > args.batch_size:
         why = " (default: bounded by the model's size and the free memory; --batch-size to change)" if chosen else ""
         print(f"sampling {n} images in batches of {args.batch_size}{why}")
+    compile_if_asked(pipe, args)
     if getattr(args, "watermark_key", None) is not None and args.watermark_align is None:
         print("note: without --watermark-align the watermark is in the sampled tokens only; the detector re-tokenises "
               "the images and finds it in almost none of them on the models measured (docs/watermark.md)")
