@@ -9,6 +9,9 @@
    rate at which it streams the weights, beside torch.mv's rate on a 256 MiB matrix (the streaming probe of
    bench/official_speed.py) and a plain read (``sum``) of it.
 3. The same rows-hint question: one packing for every row count (``ROWS_HINT``).
+4. A VAR-d16 block's linear layers (qkv 1024x3072, proj 1024x1024, fc1 1024x4096, fc2 4096x1024) at the rows of each
+   scale at batch 1 with guidance (2 to 512): GFLOP/s of F.linear and of the packed weights, beside torch.mm on
+   2048 x 2048 (the GEMM probe of bench/official_speed.py, whose rate sets VAR's arithmetic floor).
 
 Best of N timed repeats after warm-up, interleaved so that a busy neighbour slows every variant alike.
 """
@@ -91,6 +94,37 @@ def gpt_b_step(repeat: int) -> dict:
     return out
 
 
+def var_scales(repeat: int) -> dict:
+    shapes = [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024)]  # (K, N): qkv, proj, fc1, fc2
+    torch.manual_seed(0)
+    Ws = [torch.randn(n, k) * 0.02 for k, n in shapes]
+    Ps = [pack(w) for w in Ws]
+    mats = [torch.randn(2048, 2048), torch.randn(2048, 2048)]
+    out = {"rows": {}}
+    probe = 0.0
+    for M in (2, 8, 18, 32, 50, 72, 128, 200, 338, 512):  # VAR-d16's 10 scales: 2 x side^2 rows
+        xs = [torch.randn(M, k) for k, _ in shapes]
+        flops = sum(2 * M * k * n for k, n in shapes)
+        a = best(lambda xs=xs: [F.linear(x, w) for x, w in zip(xs, Ws)], repeat)
+        b = best(lambda xs=xs: [packed_linear(x, p) for x, p in zip(xs, Ps)], repeat)
+        probe = max(probe, 2 * 2048 ** 3 / best(lambda: torch.mm(*mats), repeat))  # probed between the rows
+        out["rows"][M] = {"f_linear_gflops": flops / a / 1e9, "packed_gflops": flops / b / 1e9}
+        print(f"  VAR-d16 block, M={M:3d}: F.linear {flops / a / 1e9:5.0f} GFLOP/s, packed {flops / b / 1e9:5.0f} "
+              f"GFLOP/s", flush=True)
+    out["mm_probe_gflops"] = probe / 1e9
+    print(f"  torch.mm 2048^3 (the GEMM probe), best seen: {probe / 1e9:.0f} GFLOP/s", flush=True)
+    # VAR-d16's 16 blocks over its ten scales at these rates, against the same FLOPs at the probe's rate
+    flops = {M: 16 * sum(2 * M * k * n for k, n in shapes) for M in out["rows"]}
+    for kind in ("f_linear", "packed"):
+        out[f"var_d16_blocks_{kind}_seconds"] = sum(f / (out["rows"][M][f"{kind}_gflops"] * 1e9)
+                                                  for M, f in flops.items())
+    out["var_d16_blocks_probe_seconds"] = sum(flops.values()) / probe
+    print(f"  VAR-d16's 16 blocks over its 10 scales at these rates: F.linear "
+          f"{out['var_d16_blocks_f_linear_seconds']:.2f} s, packed {out['var_d16_blocks_packed_seconds']:.2f} s, "
+          f"at the probe's rate {out['var_d16_blocks_probe_seconds']:.2f} s ({sum(flops.values()) / 1e9:.0f} GFLOP)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
@@ -105,10 +139,12 @@ def main() -> None:
     layers = per_layer(args.repeat)
     print("2-3. a GPT-B step, weights streamed from memory:")
     step = gpt_b_step(args.repeat)
+    print("4. a VAR-d16 block at each scale's rows:")
+    var = var_scales(args.repeat)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "threads": torch.get_num_threads(), "rows_hint": ROWS_HINT,
-                       "per_layer": layers, "gpt_b_step": step}, f, indent=1)
+                       "per_layer": layers, "gpt_b_step": step, "var_d16_scales": var}, f, indent=1)
         print(f"wrote {args.json}")
 
 
