@@ -38,6 +38,7 @@ from arvision.bench import machine_info
 from arvision.pipeline import ARPipeline
 
 VARIANTS = ("as shipped", "cpp_wrapper", "guards skipped", "one-query attention via SDPA")
+shipped_attend = attention.attend
 
 
 def sdpa_attend(q, k, v, scale=None, mask=None, dropout=0.0, prefix=None):
@@ -45,9 +46,6 @@ def sdpa_attend(q, k, v, scale=None, mask=None, dropout=0.0, prefix=None):
     if prefix is None and mask is None and dropout == 0.0:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return shipped_attend(q, k, v, scale, mask, dropout, prefix)
-
-
-shipped_attend = attention.attend
 
 
 @contextlib.contextmanager

@@ -172,9 +172,9 @@ def test_bench_compile_leaves_the_weights_to_inductor(monkeypatch):
 
 
 def test_sample_and_eval_sample_compile_when_asked(tmp_path, capsys, monkeypatch):
-    """``arvision sample --compile`` and ``eval sample --compile`` compile the step once the weights are set (full
-    weights for a raster model under ``--weights auto``) and draw what the eager step draws, a smaller last batch
-    included; without the flag nothing is compiled."""
+    """``arvision sample --compile`` and ``eval sample --compile`` compile the step once, after the weights are set,
+    and draw what the eager step draws, a smaller last batch included; without the flag nothing is compiled.  (Which
+    weights ``--weights auto`` leaves to a compiled step: ``test_bench_compile_leaves_the_weights_to_inductor``.)"""
     from safetensors.torch import load_file
 
     from arvision.cli import main
