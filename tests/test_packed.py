@@ -208,3 +208,20 @@ def test_sample_and_eval_sample_compile_when_asked(tmp_path, capsys, monkeypatch
                      "--device", "cpu", *flag]) == 0
         images[bool(flag)] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
     assert len(calls) == 2 and len(images[True]) == 2 and images[True] == images[False]
+
+
+def test_compile_if_asked_compiles_on_every_rank_and_says_so_on_one(capsys):
+    """``eval sample --compile`` under torchrun: every process compiles its step, one prints the line about it."""
+    import argparse
+    import types
+
+    from arvision.cli.sample import compile_if_asked
+
+    calls = []
+    pipe = types.SimpleNamespace(compile=lambda: calls.append("compiled"))
+    compile_if_asked(pipe, argparse.Namespace(compile=True), say=False)
+    assert calls == ["compiled"] and capsys.readouterr().out == ""
+    compile_if_asked(pipe, argparse.Namespace(compile=True))
+    assert calls == ["compiled"] * 2 and "compiling the step function" in capsys.readouterr().out
+    compile_if_asked(pipe, argparse.Namespace(compile=False))
+    assert calls == ["compiled"] * 2

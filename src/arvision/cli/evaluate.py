@@ -129,7 +129,7 @@ def cmd_sample(args) -> None:
     batch_size = args.batch_size
     if batch_size == "auto":
         batch_size = _auto_batch_size(pipe, spec, labels, args, info)
-    compile_if_asked(pipe, args)  # after --batch-size auto's measuring, which times the eager step
+    compile_if_asked(pipe, args, say=info.is_main)  # after --batch-size auto's measuring, which times the eager step
     written = sample_for_evaluation(pipe, args.out, spec, batch_size=batch_size, rank=info.rank,
                                     world=info.world, model_name=Path(model).name)
     barrier(info)

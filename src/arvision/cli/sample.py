@@ -75,11 +75,13 @@ def add_compile_arg(p: argparse.ArgumentParser, when: str = "") -> None:
                         "than --weights packed on an AVX2 CPU, docs/performance.md)")
 
 
-def compile_if_asked(pipe, args) -> None:
-    """``--compile``: compile the step, saying that the first batch will pay for it."""
+def compile_if_asked(pipe, args, say: bool = True) -> None:
+    """``--compile``: compile the step, saying (``say``: one process of a torchrun group) that the first batch will
+    pay for it."""
     if getattr(args, "compile", False):
-        print("compiling the step function as the first batch starts (once per batch size; about a minute for "
-              "GPT-B on a 2-core CPU)", flush=True)
+        if say:
+            print("compiling the step function as the first batch starts (once per batch size; about a minute for "
+                  "GPT-B on a 2-core CPU)", flush=True)
         pipe.compile()
 
 
