@@ -220,6 +220,10 @@ class ARPipeline:
                             max_autotune_report_choices_stats=False)
         token = self.family.capabilities.token_step
         tr = self.transformer
+        if token:  # static sizes but the cache length marked below: a new batch size compiles a static graph of its
+            # own, as the first did (dynamo's default, a symbolic batch, compiled ~2x slower for GPT-B and leaves
+            # inductor no row count to tune for)
+            options = {"dynamic": False, **options}
         step = torch.compile(tr.forward_token if token else tr.forward_step, **options)
 
         @functools.wraps(step)
@@ -229,9 +233,6 @@ class ARPipeline:
             # inductor reads its settings when it compiles, lazily at a call (torch.compile's ``options`` do not
             # reach ``freezing`` in torch 2.13); the patches cost ~50 us a call, against ~20 ms for a GPT-B step
             with contextlib.ExitStack() as stack:
-                if token:  # a new batch size compiles a static graph of its own, as the first did (dynamo's default,
-                    # a symbolic batch, compiled ~2x slower for GPT-B and leaves inductor no row count to tune for)
-                    stack.enter_context(torch._dynamo.config.patch(automatic_dynamic_shapes=False))
                 if settings:
                     stack.enter_context(torch._inductor.config.patch(**settings))
                 if autotune:  # else the autotuner writes a table per layer to stderr (no public switch in torch 2.13)

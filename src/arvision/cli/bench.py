@@ -17,6 +17,7 @@ from arvision.cli.sample import (
     add_weights_arg,
     apply_weights,
     check_sampling_args,
+    compile_if_asked,
 )
 from arvision.errors import ArvisionError
 
@@ -106,8 +107,7 @@ def _bench(args) -> None:
     dtype = resolve_precision(args.precision, pipe.device)
     if dtype != torch.float32 and dtype != pipe.weight_dtype:
         pipe.to(dtype=dtype)  # weights cast once: half the memory, no per-call casts
-    if args.compile:
-        pipe.compile()
+    compile_if_asked(pipe, args, say=False)  # no line: the report gives the compile time apart (and --json is parsed)
     kw = dict(seed=args.seed, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
               temperature=args.temperature, precision=args.precision, warmup=args.warmup, repeat=args.repeat,
               decode=not args.no_decode, kv_policy=args.kv_policy, decoding=args.decoding)

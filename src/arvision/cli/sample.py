@@ -76,9 +76,9 @@ def add_compile_arg(p: argparse.ArgumentParser, when: str = "") -> None:
 
 
 def compile_if_asked(pipe, args, say: bool = True) -> None:
-    """``--compile``: compile the step, saying (``say``: one process of a torchrun group) that the first batch will
-    pay for it."""
-    if getattr(args, "compile", False):
+    """``--compile``: compile the step, saying that the first batch will pay for it (``say``: False for all but one
+    process of a torchrun group, and for ``bench``, whose report gives the compile time apart)."""
+    if args.compile:
         if say:
             print("compiling the step function as the first batch starts (once per batch size; about a minute for "
                   "GPT-B on a 2-core CPU)", flush=True)
